@@ -1,0 +1,91 @@
+"""The HTTP app (one port: REST, ``/metrics``, ``/healthz``) and the server that runs it.
+
+:class:`HttpServer` binds its socket itself (so port 0 works and the port is known at once) and runs
+uvicorn inside the hub's event loop; the hub, not uvicorn, owns SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from iothub import __version__
+from iothub.bridge import rest
+from iothub.hub.core import Hub
+from iothub.hub.settings import HttpSettings
+
+
+async def healthz(request: Request) -> JSONResponse:
+    hub: Hub = request.app.state.hub
+    return JSONResponse(
+        {
+            "status": "ok",
+            "version": __version__,
+            "devices": len(hub.fleet),
+            "online": hub.fleet.online_count(),
+            "ingest_queue": hub.ingest.depth,
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    hub: Hub = request.app.state.hub
+    return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+def create_app(hub: Hub) -> Starlette:
+    app = Starlette(
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *rest.routes],
+        exception_handlers={HTTPException: http_error},
+    )
+    app.state.hub = hub
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals belong to the hub's runner
+
+
+class HttpServer:
+    """``async with HttpServer(app, settings) as http``: ``http.port`` is bound on entry."""
+
+    def __init__(self, app: Starlette, settings: HttpSettings) -> None:
+        self._app = app
+        self.settings = settings
+        self.port = 0
+        self._tasks = asyncio.TaskGroup()
+        self._server: _EmbeddedServer | None = None
+
+    async def __aenter__(self) -> HttpServer:
+        sock = socket.create_server((self.settings.host, self.settings.port), reuse_port=False)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
+        self._server = _EmbeddedServer(config)
+        await self._tasks.__aenter__()
+        self._tasks.create_task(self._server.serve(sockets=[sock]), name="iothub-http")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        await self._tasks.__aexit__(None, None, None)

@@ -1,0 +1,12 @@
+"""The running hub: settings, embedded broker, ingest, store, presence and the event fan-out.
+
+Errors::
+
+    HubError
+    ├── SettingsError     bad settings at start-up; the message names the setting
+    └── StoreError        the store could not be opened or written
+"""
+
+from iothub.hub.errors import HubError, SettingsError, StoreError
+
+__all__ = ["HubError", "SettingsError", "StoreError"]

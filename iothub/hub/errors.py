@@ -1,0 +1,13 @@
+"""The hub's error tree (drawn in :mod:`iothub.hub`)."""
+
+
+class HubError(Exception):
+    """Base of the hub's own errors."""
+
+
+class SettingsError(HubError):
+    """Settings that cannot run; the message names each setting at fault."""
+
+
+class StoreError(HubError):
+    """The store could not be opened, read or written."""

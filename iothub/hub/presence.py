@@ -1,0 +1,30 @@
+"""Presence: why a device is online or offline, and since when.
+
+Sources, applied in the order the broker saw them (one ordered ingest stream):
+
+* the embedded broker's connection events: ``connected``; ``clean_disconnect`` (DISCONNECT packet),
+  ``last_will`` (dropped with a Will set), ``connection_lost`` (dropped without one);
+* ``devices/{id}/status`` messages: ``reported_online`` / ``reported_offline`` (the device's own
+  ``reason`` text is kept as ``detail``); with an external broker this is the only source;
+* the hub itself: ``hub_restart`` for devices that were online when the hub stopped.
+
+A Will arrives after the disconnect that caused it, so the broker's reason wins over the Will's text.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PresenceReason(enum.StrEnum):
+    UNKNOWN = "unknown"
+    CONNECTED = "connected"
+    REPORTED_ONLINE = "reported_online"
+    CLEAN_DISCONNECT = "clean_disconnect"
+    LAST_WILL = "last_will"
+    CONNECTION_LOST = "connection_lost"
+    REPORTED_OFFLINE = "reported_offline"
+    HUB_RESTART = "hub_restart"
+
+
+ONLINE_REASONS = frozenset({PresenceReason.CONNECTED, PresenceReason.REPORTED_ONLINE})

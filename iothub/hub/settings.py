@@ -1,0 +1,125 @@
+"""The one settings object, read from ``iothub.toml`` and ``IOTHUB_*`` variables, validated once.
+
+Precedence (highest first): values passed in code, environment (``IOTHUB_HTTP__PORT=0``), the TOML
+file (``[http] port = 0``), defaults. Port 0 means "pick a free port".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from iothub.hub.errors import SettingsError
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+DEFAULT_CONFIG_FILE = Path("iothub.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttSettings(_Section):
+    host: str = Field(default="127.0.0.1", description="address the embedded broker binds")
+    port: Port = 1883
+    ws_port: Port | None = Field(default=8083, description="MQTT over WebSocket; unset to disable")
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class IngestSettings(_Section):
+    max_payload_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
+    max_future_skew_s: float = Field(default=300.0, ge=0, description="how far ahead a device ts may be")
+    queue_size: int = Field(default=100_000, ge=100, description="messages waiting for the store")
+    batch_size: int = Field(default=2000, ge=1, description="most messages written in one transaction")
+    seq_window: int = Field(default=64, ge=1, le=4096, description="seq numbers remembered for dedup")
+
+
+class StoreSettings(_Section):
+    backend: Literal["sqlite"] = "sqlite"
+    event_retention: int = Field(
+        default=1_000_000, ge=1000, description="events kept for resume; older ones are pruned"
+    )
+
+
+class FanoutSettings(_Section):
+    queue_size: int = Field(default=10_000, ge=1, description="events buffered per consumer")
+
+
+class Settings(BaseSettings):
+    """Everything the hub reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IOTHUB_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        toml_file=DEFAULT_CONFIG_FILE,
+    )
+
+    data_dir: Path = Path("iothub-data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    mqtt: MqttSettings = MqttSettings()
+    http: HttpSettings = HttpSettings()
+    ingest: IngestSettings = IngestSettings()
+    store: StoreSettings = StoreSettings()
+    fanout: FanoutSettings = FanoutSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Read and validate the settings once; raise :class:`SettingsError` naming each bad setting.
+
+    ``config_file`` replaces ``./iothub.toml`` (which is optional); a named file must exist.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file {config_file} does not exist")
+    try:
+        if config_file is None:
+            return Settings(**overrides)
+        cls = type(
+            "Settings",
+            (Settings,),
+            {"model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})},
+        )
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc)) from None
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(p) for p in err["loc"])
+        env = "IOTHUB_" + "__".join(str(p).upper() for p in err["loc"])
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"setting {name} [{env}]: {err['msg']}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def environ_snapshot() -> dict[str, str]:
+    """The ``IOTHUB_*`` variables in force, for diagnostics."""
+    return {k: v for k, v in os.environ.items() if k.startswith("IOTHUB_")}

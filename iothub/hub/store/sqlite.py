@@ -1,0 +1,310 @@
+"""SQLite store: the embedded default.
+
+One writer thread commits batches (WAL, ``synchronous=NORMAL``); readers use their own connections
+on a small pool, so queries never wait behind a write. Layout:
+
+* ``series(id, device_id, metric, kind)``: one row per device metric (``kind``: number, bool, string)
+* ``points(series_id, ts, num, txt)`` indexed by ``(series_id, ts)``: by device, metric and time
+* ``events(id, ts, type, device_id, data)``: every event the hub emitted, for resume; pruned to
+  ``retention`` rows
+* ``devices(id, state)``: the per-device counters and presence, as JSON
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from iothub.hub.errors import StoreError
+from iothub.hub.events import EventType, HubEvent
+from iothub.hub.store.base import Agg, Batch, Series, StoredDevice, Value
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    UNIQUE (device_id, metric)
+);
+CREATE TABLE IF NOT EXISTS points (
+    series_id INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    num REAL,
+    txt TEXT
+);
+CREATE INDEX IF NOT EXISTS points_by_series_ts ON points (series_id, ts);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+"""
+
+_AGG_SQL = {Agg.AVG: "AVG(num)", Agg.MIN: "MIN(num)", Agg.MAX: "MAX(num)"}
+
+
+def _kind(value: Value) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    return "number"
+
+
+def _decode(kind: str, num: float | None, txt: str | None) -> Value | None:
+    if txt is not None:
+        return txt
+    if num is None:
+        return None
+    if kind == "bool":
+        return num != 0
+    return int(num) if num.is_integer() and abs(num) < 2**53 else num
+
+
+class SqliteStore:
+    def __init__(self, path: Path, retention: int = 1_000_000) -> None:
+        self.path = path
+        self.retention = retention
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-store-writer")
+        self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="iothub-store-reader")
+        self._writer: sqlite3.Connection | None = None
+        self._readers: list[sqlite3.Connection] = []
+        self._local = threading.local()
+        self._series: dict[tuple[str, str], tuple[int, str]] = {}
+        self._series_undo: dict[tuple[str, str], tuple[int, str] | None] = {}  # cache before this batch
+        self._next_event_id = 1
+        self._prune_at = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._in_writer(self._open_writer)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._in_writer(self._writer.close)
+            self._writer = None
+        self._writer_pool.shutdown(wait=True)
+        self._reader_pool.shutdown(wait=True)
+        for conn in self._readers:
+            conn.close()
+        self._readers.clear()
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn
+
+    def _open_writer(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
+        self._writer = conn
+        for sid, device_id, metric, kind in conn.execute("SELECT id, device_id, metric, kind FROM series"):
+            self._series[(device_id, metric)] = (sid, kind)
+        (last_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        self._next_event_id = last_id + 1
+        self._prune_at = self._next_event_id + self.retention // 10
+
+    async def _in_writer(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn)
+
+    async def _in_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._connect()
+                self._readers.append(conn)
+            return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, run)
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def write(self, batch: Batch) -> list[HubEvent]:
+        return await self._in_writer(lambda: self._write(batch))
+
+    def _write(self, batch: Batch) -> list[HubEvent]:
+        conn = self._writer
+        if conn is None:
+            raise StoreError("the store is closed")
+        self._series_undo.clear()
+        try:
+            conn.execute("BEGIN")
+            rows = []
+            for p in batch.points:
+                sid = self._series_id(conn, p.device_id, p.metric, _kind(p.value))
+                if isinstance(p.value, str):
+                    rows.append((sid, p.ts, None, p.value))
+                else:
+                    rows.append((sid, p.ts, float(p.value), None))
+            conn.executemany("INSERT INTO points (series_id, ts, num, txt) VALUES (?, ?, ?, ?)", rows)
+            first = self._next_event_id
+            events = [
+                HubEvent(first + i, EventType(e.type), e.ts, e.device_id, e.data)
+                for i, e in enumerate(batch.events)
+            ]
+            conn.executemany(
+                "INSERT INTO events (id, ts, type, device_id, data) VALUES (?, ?, ?, ?, ?)",
+                [(e.id, e.ts, e.type.value, e.device_id, json.dumps(e.data)) for e in events],
+            )
+            conn.executemany(
+                "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],
+            )
+            if self._next_event_id + len(events) >= self._prune_at:
+                conn.execute(
+                    "DELETE FROM events WHERE id <= ?", (self._next_event_id + len(events) - self.retention,)
+                )
+                self._prune_at = self._next_event_id + len(events) + self.retention // 10
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for key, before in self._series_undo.items():
+                if before is None:
+                    self._series.pop(key, None)
+                else:
+                    self._series[key] = before
+            raise StoreError(f"cannot write to the SQLite store at {self.path}: {exc}") from exc
+        self._next_event_id += len(events)
+        return events
+
+    def _series_id(self, conn: sqlite3.Connection, device_id: str, metric: str, kind: str) -> int:
+        known = self._series.get((device_id, metric))
+        if known is not None:
+            sid, known_kind = known
+            if known_kind != kind:
+                self._series_undo.setdefault((device_id, metric), known)
+                conn.execute("UPDATE series SET kind = ? WHERE id = ?", (kind, sid))
+                self._series[(device_id, metric)] = (sid, kind)
+            return sid
+        cur = conn.execute(
+            "INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?)", (device_id, metric, kind)
+        )
+        sid = cur.lastrowid
+        assert sid is not None
+        self._series_undo.setdefault((device_id, metric), None)
+        self._series[(device_id, metric)] = (sid, kind)
+        return sid
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    async def load_devices(self) -> list[StoredDevice]:
+        def load(conn: sqlite3.Connection) -> list[StoredDevice]:
+            latest: dict[str, dict[str, tuple[int, Value]]] = {}
+            series = conn.execute("SELECT id, device_id, metric, kind FROM series").fetchall()
+            for sid, device_id, metric, kind in series:
+                row = conn.execute(
+                    "SELECT ts, num, txt FROM points WHERE series_id = ? ORDER BY ts DESC LIMIT 1", (sid,)
+                ).fetchone()
+                if row is not None:
+                    value = _decode(kind, row[1], row[2])
+                    if value is not None:
+                        latest.setdefault(device_id, {})[metric] = (row[0], value)
+            return [
+                StoredDevice(device_id, json.loads(state), latest.get(device_id, {}))
+                for device_id, state in conn.execute("SELECT id, state FROM devices ORDER BY id")
+            ]
+
+        return await self._in_reader(load)
+
+    async def metrics_of(self, device_id: str) -> list[str]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("SELECT metric FROM series WHERE device_id = ? ORDER BY metric", (device_id,))
+            return [m for (m,) in rows]
+
+        return await self._in_reader(read)
+
+    async def query(
+        self,
+        device_id: str,
+        metrics: list[str],
+        start_ms: int,
+        end_ms: int,
+        step_ms: int | None,
+        agg: Agg,
+        limit: int,
+    ) -> list[Series]:
+        def read(conn: sqlite3.Connection) -> list[Series]:
+            out = []
+            for metric in metrics:
+                row = conn.execute(
+                    "SELECT id, kind FROM series WHERE device_id = ? AND metric = ?", (device_id, metric)
+                ).fetchone()
+                if row is None:
+                    out.append(Series(metric, []))
+                    continue
+                sid, kind = row
+                window = (sid, start_ms, end_ms)
+                if step_ms is None:
+                    rows = conn.execute(
+                        "SELECT ts, num, txt FROM points WHERE series_id = ? AND ts BETWEEN ? AND ?"
+                        " ORDER BY ts LIMIT ?",
+                        (*window, limit),
+                    )
+                    points = [(ts, _decode(kind, num, txt)) for ts, num, txt in rows]
+                elif agg is Agg.LAST or kind == "string":
+                    # SQLite returns the bare columns of the row holding MAX(ts) in each group.
+                    rows = conn.execute(
+                        "SELECT (ts / ?) * ? AS bucket, num, txt, MAX(ts) FROM points"
+                        " WHERE series_id = ? AND ts BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket LIMIT ?",
+                        (step_ms, step_ms, *window, limit),
+                    )
+                    points = [(b, _decode(kind, num, txt)) for b, num, txt, _ in rows]
+                else:
+                    rows = conn.execute(
+                        f"SELECT (ts / ?) * ? AS bucket, {_AGG_SQL[agg]} FROM points"
+                        " WHERE series_id = ? AND ts BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket LIMIT ?",
+                        (step_ms, step_ms, *window, limit),
+                    )
+                    points = [(b, v) for b, v in rows]
+                out.append(Series(metric, points))
+            return out
+
+        return await self._in_reader(read)
+
+    async def events_after(self, after_id: int, limit: int) -> list[HubEvent]:
+        def read(conn: sqlite3.Connection) -> list[HubEvent]:
+            rows = conn.execute(
+                "SELECT id, ts, type, device_id, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+            return [HubEvent(i, EventType(t), ts, d, json.loads(data)) for i, ts, t, d, data in rows]
+
+        return await self._in_reader(read)
+
+    async def stats(self) -> dict[str, Any]:
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            (points,) = conn.execute("SELECT COUNT(*) FROM points").fetchone()
+            (events,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+            return {"points": points, "events": events}
+
+        return await self._in_reader(read)

@@ -1,0 +1,273 @@
+"""A fleet of simulated devices on real MQTT connections (aiomqtt), cheap enough for 1,000 per process.
+
+Each device: connects with its Last Will (``{"online": false}`` on ``devices/{id}/status``, retained),
+announces itself online, publishes telemetry with ``seq`` at its rate, answers commands on
+``devices/{id}/commands/+``, and reconnects with jittered exponential backoff. ``chaos`` drops a
+connection ungracefully (the socket is shut without DISCONNECT, so the broker sends the Will).
+Stopping (duration, message count, SIGINT/SIGTERM) is graceful: status offline, then DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiomqtt
+from pydantic import ValidationError
+
+from iothub.devices import CommandRequest, CommandResponse, TopicKind, topic_for
+from iothub.simulators.profiles import Profile, make_profile
+
+log = logging.getLogger(__name__)
+CONNECT_CONCURRENCY = 100  # connection attempts in flight at once, so 1,000 devices do not stampede
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    devices: int = 10
+    rate: float = 1.0  # messages per second per device; 0 = as fast as acks allow (QoS 1/2)
+    qos: int = 1
+    chaos: float = 0.0
+    prefix: str = "sim"
+    profiles: tuple[str, ...] = ("thermostat", "power_meter", "tracker")
+    keepalive: int = 30
+    duration: float | None = None
+    messages: int | None = None
+    seed: int | None = None
+    first: int = 0  # index of the first device (several processes can share one prefix)
+
+    def __post_init__(self) -> None:
+        if self.rate == 0 and self.qos == 0:
+            raise ValueError("rate 0 (as fast as possible) needs QoS 1 or 2: QoS 0 has no acks to pace it")
+        for kind in self.profiles:
+            make_profile(kind, random.Random(0))
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: object) -> FleetConfig:
+        parts = urlsplit(url)
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ValueError(f"broker {url!r}: expected mqtt://host[:port]")
+        return cls(host=parts.hostname, port=parts.port or 1883, **kwargs)  # type: ignore[arg-type]
+
+    def device_ids(self) -> list[str]:
+        return [f"{self.prefix}-{i:04d}" for i in range(self.first, self.first + self.devices)]
+
+
+@dataclass
+class FleetStats:
+    sent: int = 0
+    failed: int = 0
+    connects: int = 0
+    connect_errors: int = 0
+    chaos_drops: int = 0
+    commands: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"sent {self.sent} messages in {elapsed:.1f} s ({self.sent / elapsed:.0f}/s); "
+            f"{self.failed} failed, {self.connects} connects, {self.connect_errors} connect errors, "
+            f"{self.chaos_drops} chaos drops, {self.commands} commands answered"
+        )
+
+
+class _Dropped(Exception):
+    """The device dropped its connection on purpose (chaos or reboot)."""
+
+
+class SimulatedDevice:
+    def __init__(self, device_id: str, profile: Profile, config: FleetConfig, rng: random.Random) -> None:
+        self.id = device_id
+        self.profile = profile
+        self.config = config
+        self.rng = rng
+        self.interval = 1 / config.rate if config.rate > 0 else 0.0
+        self.seq = 0
+        self.status_topic = topic_for(device_id, TopicKind.STATUS)
+        self.telemetry_topic = topic_for(device_id, TopicKind.TELEMETRY)
+        self.response_topic = topic_for(device_id, TopicKind.RESPONSE)
+        self.started = time.monotonic()
+        self._reboot = False
+
+    def _status(self, online: bool, reason: str) -> bytes:
+        return json.dumps({"online": online, "ts": int(time.time() * 1000), "reason": reason}).encode()
+
+    def _done(self) -> bool:
+        return self.config.messages is not None and self.seq >= self.config.messages
+
+    async def run(self, stats: FleetStats, stop: asyncio.Event, gate: asyncio.Semaphore) -> None:
+        attempt = 0
+        while not stop.is_set() and not self._done():
+            will = aiomqtt.Will(self.status_topic, self._status(False, "connection lost"), qos=1, retain=True)
+            client = aiomqtt.Client(
+                self.config.host,
+                self.config.port,
+                identifier=self.id,
+                will=will,
+                keepalive=self.config.keepalive,
+                clean_session=True,
+                timeout=10,
+            )
+            try:
+                async with gate:
+                    await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                stats.connect_errors += 1
+                attempt += 1
+                log.debug("%s: connect failed (%s)", self.id, exc)
+                await self._backoff(attempt, stop)
+                continue
+            stats.connects += 1
+            attempt = 0
+            try:
+                await self._session(client, stats, stop)
+            except* aiomqtt.MqttError as group:
+                log.debug("%s: connection lost (%s)", self.id, group.exceptions[0])
+                attempt = 1
+            except* _Dropped:
+                attempt = 1
+            finally:
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.__aexit__(None, None, None)
+            if attempt:
+                await self._backoff(attempt, stop)
+
+    async def _session(self, client: aiomqtt.Client, stats: FleetStats, stop: asyncio.Event) -> None:
+        await client.publish(self.status_topic, self._status(True, "connected"), qos=1, retain=True)
+        await client.subscribe(f"devices/{self.id}/commands/+", qos=1)
+        async with asyncio.TaskGroup() as tasks:
+            listener = tasks.create_task(self._answer_commands(client, stats), name=f"{self.id}-commands")
+            try:
+                await self._publish(client, stats, stop)
+            finally:
+                listener.cancel()
+        # Graceful end: say so, then the caller's __aexit__ sends DISCONNECT (no Will).
+        await client.publish(self.status_topic, self._status(False, "shutdown"), qos=1, retain=True)
+
+    async def _publish(self, client: aiomqtt.Client, stats: FleetStats, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + self.rng.uniform(0, self.interval)
+        while not stop.is_set() and not self._done():
+            if self.interval:
+                delay = next_at - loop.time()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), delay)
+                        return
+                    except TimeoutError:
+                        pass
+                next_at = max(next_at + self.interval, loop.time() - self.interval)
+                if self.config.chaos and self.rng.random() < self.config.chaos * self.interval:
+                    self._drop(client, stats)
+            if self._reboot:
+                self._reboot = False
+                self.seq = 0
+                raise _Dropped
+            payload = {
+                "ts": int(time.time() * 1000),
+                "seq": self.seq,
+                "metrics": self.profile.sample(time.time()),
+            }
+            try:
+                await client.publish(self.telemetry_topic, json.dumps(payload), qos=self.config.qos)
+            except aiomqtt.MqttError:
+                stats.failed += 1
+                raise
+            self.seq += 1
+            stats.sent += 1
+
+    def _drop(self, client: aiomqtt.Client, stats: FleetStats) -> None:
+        """Shut the socket without DISCONNECT: to the broker this is a crashed device."""
+        stats.chaos_drops += 1
+        sock = client._client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+            except OSError:
+                pass
+        raise _Dropped
+
+    async def _answer_commands(self, client: aiomqtt.Client, stats: FleetStats) -> None:
+        async for message in client.messages:
+            name = str(message.topic).rsplit("/", 1)[-1]
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                request = CommandRequest.model_validate_json(payload)
+            except ValidationError:
+                log.warning("%s: ignoring a malformed command on %s", self.id, message.topic)
+                continue
+            try:
+                result = self._execute(name, request.args)
+                response = CommandResponse(id=request.id, ok=True, result=result)
+            except ValueError as exc:
+                response = CommandResponse(id=request.id, ok=False, error=str(exc))
+            await client.publish(self.response_topic, response.model_dump_json(exclude_none=True), qos=1)
+            stats.commands += 1
+
+    def _execute(self, name: str, args: dict[str, object]) -> dict[str, object]:
+        if name == "ping":
+            return {"pong": True, "uptime_s": round(time.monotonic() - self.started, 1), "seq": self.seq}
+        if name == "set_rate":
+            rate = args.get("rate")
+            if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 < rate <= 1000:
+                raise ValueError("args.rate must be a number of messages per second in (0, 1000]")
+            self.interval = 1 / rate
+            return {"rate": rate}
+        if name == "reboot":
+            self._reboot = True
+            return {"rebooting": True}
+        result = self.profile.command(name, args)
+        if result is None:
+            raise ValueError(f"unknown command {name!r} for a {self.profile.kind}")
+        return result
+
+    async def _backoff(self, attempt: int, stop: asyncio.Event) -> None:
+        delay = self.rng.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+
+def build_fleet(config: FleetConfig) -> list[SimulatedDevice]:
+    rng = random.Random(config.seed)
+    devices = []
+    for i, device_id in enumerate(config.device_ids()):
+        device_rng = random.Random(rng.random())
+        profile = make_profile(config.profiles[i % len(config.profiles)], device_rng)
+        devices.append(SimulatedDevice(device_id, profile, config, device_rng))
+    return devices
+
+
+async def run_fleet(config: FleetConfig, stop: asyncio.Event | None = None) -> FleetStats:
+    """Run until ``stop`` is set, SIGINT/SIGTERM, ``duration`` passes or every device sent ``messages``."""
+    stop = stop or asyncio.Event()
+    stats = FleetStats()
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    timer = loop.call_later(config.duration, stop.set) if config.duration else None
+    log.info("simulating %d devices against %s:%d", config.devices, config.host, config.port)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for device in build_fleet(config):
+                tasks.create_task(device.run(stats, stop, gate), name=device.id)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return stats

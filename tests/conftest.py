@@ -1,0 +1,89 @@
+"""Fixtures: a real hub on free loopback ports, real MQTT clients, and waits that always time out."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from iothub.hub.events import Gap, HubEvent, Subscription
+from iothub.hub.settings import Settings, load_settings
+from iothub.runner import Running, serve
+
+WAIT_S = 10.0
+_ids = itertools.count()
+
+
+def unique_id(prefix: str = "dev") -> str:
+    """A device id no other test uses (tests share nothing but may share a hub)."""
+    return f"{prefix}-{next(_ids):05d}"
+
+
+def hub_settings(data_dir: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "data_dir": data_dir,
+        "mqtt": {"port": 0, "ws_port": 0},
+        "http": {"port": 0},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return load_settings(None, **base)
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[Running]:
+    async with serve(hub_settings(tmp_path / "data")) as running:
+        yield running
+
+
+@pytest.fixture
+async def http(hub: Running) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", timeout=WAIT_S) as client:
+        yield client
+
+
+def mqtt_client(hub: Running, client_id: str | None = None, **kwargs: Any) -> aiomqtt.Client:
+    return aiomqtt.Client("127.0.0.1", hub.ports["mqtt"], identifier=client_id, timeout=WAIT_S, **kwargs)
+
+
+def telemetry(metrics: dict[str, Any], **extra: Any) -> bytes:
+    return json.dumps({"metrics": metrics, **extra}).encode()
+
+
+class EventWaiter:
+    """Reads the hub's fan-out like a bridge would; every wait has a deadline."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self.sub = sub
+        self.seen: list[HubEvent | Gap] = []
+
+    async def until(self, match: Callable[[HubEvent], bool], timeout: float = WAIT_S) -> HubEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for item in await self.sub.next_batch():
+                    self.seen.append(item)
+                    if isinstance(item, HubEvent) and match(item):
+                        return item
+
+    async def telemetry_from(self, device_id: str, timeout: float = WAIT_S) -> HubEvent:
+        return await self.until(lambda e: e.type == "telemetry" and e.device_id == device_id, timeout)
+
+    async def status_of(self, device_id: str, online: bool, timeout: float = WAIT_S) -> HubEvent:
+        return await self.until(
+            lambda e: e.type == "status" and e.device_id == device_id and e.data["online"] is online, timeout
+        )
+
+
+@pytest.fixture
+def events(hub: Running) -> EventWaiter:
+    return EventWaiter(hub.hub.bus.subscribe("test"))
