@@ -7,7 +7,8 @@ and must never block:
 * ``Broker._broadcast_message`` is the one path every routed message takes (client PUBLISH after the
   ACL, Last Will, internal publish): the tap sees each exactly once, with no task per message
   (amqtt's ``on_broker_message_broadcast`` hook costs a task per message and misses Wills);
-* ``Broker._handle_disconnect`` tells a DISCONNECT from a dropped connection before the Will goes out;
+* ``Broker._handle_disconnect`` tells a DISCONNECT from a dropped connection before the Will goes out,
+  and from connections the hub itself closes on shutdown;
 * connects arrive through the documented ``on_broker_client_connected`` plugin hook.
 """
 
@@ -49,6 +50,11 @@ class _HubBroker(Broker):  # type: ignore[misc]
     def __init__(self, config: dict[str, Any], tap: BrokerTap) -> None:
         super().__init__(config)
         self._tap = tap
+        self._stopping = False
+
+    async def shutdown(self) -> None:
+        self._stopping = True  # amqtt closes sessions before its own state says "stopping"
+        await super().shutdown()
 
     async def _broadcast_message(
         self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
@@ -58,7 +64,9 @@ class _HubBroker(Broker):  # type: ignore[misc]
         await super()._broadcast_message(session, topic, data, force_qos)
 
     async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
-        if isinstance(disconnect_waiter.result(), DisconnectPacket):
+        if self._stopping:
+            reason = PresenceReason.HUB_STOPPED
+        elif isinstance(disconnect_waiter.result(), DisconnectPacket):
             reason = PresenceReason.CLEAN_DISCONNECT
         elif client_session.will_flag:
             reason = PresenceReason.LAST_WILL

@@ -176,7 +176,7 @@ class Ingest:
         batch = Batch()
         ts = now_ms()
         for state in self.fleet.devices.values():
-            if state.online and state.set_presence(False, PresenceReason.HUB_RESTART, ts):
+            if state.online and state.set_presence(False, PresenceReason.HUB_STOPPED, ts):
                 batch.events.append(self._status_event(state))
                 batch.devices[state.id] = state.persisted()
         if batch:

@@ -6,7 +6,7 @@ Sources, applied in the order the broker saw them (one ordered ingest stream):
   ``last_will`` (dropped with a Will set), ``connection_lost`` (dropped without one);
 * ``devices/{id}/status`` messages: ``reported_online`` / ``reported_offline`` (the device's own
   ``reason`` text is kept as ``detail``); with an external broker this is the only source;
-* the hub itself: ``hub_restart`` for devices that were online when the hub stopped.
+* the hub itself: ``hub_stopped`` for devices connected when the hub stopped (or crashed).
 
 A Will arrives after the disconnect that caused it, so the broker's reason wins over the Will's text.
 """
@@ -24,7 +24,7 @@ class PresenceReason(enum.StrEnum):
     LAST_WILL = "last_will"
     CONNECTION_LOST = "connection_lost"
     REPORTED_OFFLINE = "reported_offline"
-    HUB_RESTART = "hub_restart"
+    HUB_STOPPED = "hub_stopped"
 
 
 ONLINE_REASONS = frozenset({PresenceReason.CONNECTED, PresenceReason.REPORTED_ONLINE})
