@@ -61,19 +61,32 @@ def telemetry(metrics: dict[str, Any], **extra: Any) -> bytes:
 
 
 class EventWaiter:
-    """Reads the hub's fan-out like a bridge would; every wait has a deadline."""
+    """Reads the hub's fan-out like a bridge would; every wait has a deadline.
+
+    ``until`` returns the earliest matching event not returned before, whether it arrived earlier
+    (while waiting for something else) or arrives within the timeout.
+    """
 
     def __init__(self, sub: Subscription) -> None:
         self.sub = sub
         self.seen: list[HubEvent | Gap] = []
+        self._claimed: set[int] = set()
 
     async def until(self, match: Callable[[HubEvent], bool], timeout: float = WAIT_S) -> HubEvent:
+        def claim(items: list[HubEvent | Gap]) -> HubEvent | None:
+            for item in items:
+                if isinstance(item, HubEvent) and item.id not in self._claimed and match(item):
+                    self._claimed.add(item.id)
+                    return item
+            return None
+
+        found = claim(self.seen)
         async with asyncio.timeout(timeout):
-            while True:
-                for item in await self.sub.next_batch():
-                    self.seen.append(item)
-                    if isinstance(item, HubEvent) and match(item):
-                        return item
+            while found is None:
+                batch = await self.sub.next_batch()
+                self.seen.extend(batch)
+                found = claim(batch)
+        return found
 
     async def telemetry_from(self, device_id: str, timeout: float = WAIT_S) -> HubEvent:
         return await self.until(lambda e: e.type == "telemetry" and e.device_id == device_id, timeout)

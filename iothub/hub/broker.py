@@ -9,6 +9,7 @@ and must never block:
   (amqtt's ``on_broker_message_broadcast`` hook costs a task per message and misses Wills);
 * ``Broker._handle_disconnect`` tells a DISCONNECT from a dropped connection before the Will goes out,
   and from connections the hub itself closes on shutdown;
+* ``Broker.stream_connected`` closes every TCP connection's socket when its handler ends;
 * connects arrive through the documented ``on_broker_client_connected`` plugin hook.
 """
 
@@ -55,6 +56,15 @@ class _HubBroker(Broker):  # type: ignore[misc]
     async def shutdown(self) -> None:
         self._stopping = True  # amqtt closes sessions before its own state says "stopping"
         await super().shutdown()
+
+    async def stream_connected(self, reader: Any, writer: Any, listener_name: str) -> None:
+        # amqtt leaves the socket open when a connection ends before a valid CONNECT (a port scan,
+        # a client that gives up): close it whatever way the handler ends, or the fd leaks.
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            if not writer.is_closing():
+                writer.close()
 
     async def _broadcast_message(
         self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None

@@ -1,0 +1,64 @@
+"""The embedded broker as clients see it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import aiomqtt
+
+from iothub.runner import Running
+from tests.conftest import WAIT_S, EventWaiter, mqtt_client, telemetry, unique_id
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_connections_that_never_connect_are_closed(hub: Running, events: EventWaiter) -> None:
+    before = open_fds()
+    for payload in (b"", b"\x00\x01garbage", b"GET / HTTP/1.1\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.ports["mqtt"])
+        writer.write(payload)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    async with asyncio.timeout(WAIT_S):
+        while open_fds() > before:  # the broker closes its side when it sees the bad start
+            await asyncio.sleep(0.05)
+    device = unique_id()
+    async with mqtt_client(hub, device) as client:  # and keeps serving
+        await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
+        await events.telemetry_from(device)
+
+
+async def test_hub_status_is_retained(hub: Running) -> None:
+    async with mqtt_client(hub, "watcher") as client:
+        await client.subscribe("hub/status", qos=1)
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(client.messages))
+    assert message.retain
+    assert json.loads(message.payload)["online"] is True  # type: ignore[arg-type]
+
+
+async def test_mqtt_over_websocket(hub: Running, events: EventWaiter) -> None:
+    device = unique_id("ws")
+    client = aiomqtt.Client(
+        "127.0.0.1", hub.ports["mqtt_ws"], identifier=device, transport="websockets", timeout=WAIT_S
+    )
+    async with client:
+        await client.publish(f"devices/{device}/telemetry", telemetry({"t": 3}), qos=1)
+        event = await events.telemetry_from(device)
+    assert event.data["metrics"] == {"t": 3}
+
+
+async def test_qos2_telemetry_is_stored_once(hub: Running, events: EventWaiter) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device) as client:
+        for seq in range(3):
+            await client.publish(f"devices/{device}/telemetry", telemetry({"n": seq}, seq=seq), qos=2)
+        await events.until(lambda e: e.device_id == device and e.data.get("seq") == 2)
+    state = hub.hub.fleet.get(device)
+    assert state is not None
+    assert state.messages == 3

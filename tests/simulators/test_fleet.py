@@ -1,0 +1,129 @@
+"""The simulator as a real fleet of MQTT clients against a real hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from iothub.hub.events import EventType
+from iothub.runner import Running
+from iothub.simulators.fleet import FleetConfig, run_fleet
+from tests.conftest import EventWaiter, mqtt_client
+
+
+def config(hub: Running, **kwargs: object) -> FleetConfig:
+    return FleetConfig(host="127.0.0.1", port=hub.ports["mqtt"], seed=1, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_fleet_reports_and_stops_cleanly(hub: Running, events: EventWaiter) -> None:
+    cfg = config(hub, devices=6, rate=50, qos=1, messages=5, prefix="fleet")
+    async with asyncio.timeout(20):
+        stats = await run_fleet(cfg)
+    assert stats.sent == 30
+    assert stats.connects == 6
+    for device_id in cfg.device_ids():
+        await events.status_of(device_id, online=False)
+        state = hub.hub.fleet.get(device_id)
+        assert state is not None
+        assert state.messages == 5
+        assert state.seq_gaps == 0
+        assert (state.reason.value, state.detail) == ("reported_offline", "shutdown")
+    kinds = {tuple(sorted(hub.hub.fleet.devices[d].latest)) for d in cfg.device_ids()}
+    assert kinds == {
+        ("heating", "humidity", "setpoint", "temperature"),
+        ("energy", "power", "voltage"),
+        ("battery", "charging", "lat", "lon", "speed"),
+    }
+
+
+async def test_devices_answer_commands(hub: Running, events: EventWaiter) -> None:
+    cfg = config(hub, devices=1, rate=5, prefix="cmd")
+    stop = asyncio.Event()
+    device = cfg.device_ids()[0]
+    fleet = asyncio.create_task(run_fleet(cfg, stop))
+    try:
+        await events.status_of(device, online=True)
+        async with mqtt_client(hub, "operator") as operator:
+            for request_id, name, args in [
+                ("r1", "ping", {}),
+                ("r2", "set_setpoint", {"setpoint": 19.5}),
+                ("r3", "set_rate", {"rate": -1}),
+                ("r4", "fly", {}),
+            ]:
+                body = json.dumps({"id": request_id, "args": args})
+                await operator.publish(f"devices/{device}/commands/{name}", body, qos=1)
+            await operator.publish(f"devices/{device}/commands/ping", b"not a request", qos=1)
+            results = {}
+            while len(results) < 4:
+                event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
+                results[event.data["id"]] = event.data
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            stats = await fleet
+    assert results["r1"]["ok"] is True
+    assert results["r1"]["result"]["pong"] is True
+    assert results["r2"]["result"] == {"setpoint": 19.5}
+    assert results["r3"] == {"id": "r3", "ok": False, "error": "args.rate must be a number of messages per second in (0, 1000]"}
+    assert results["r4"]["error"] == "unknown command 'fly' for a thermostat"
+    assert stats.commands == 4
+
+
+async def test_chaos_drops_fire_wills_and_devices_come_back(hub: Running, events: EventWaiter) -> None:
+    cfg = config(hub, devices=3, rate=20, chaos=0.5, prefix="chaos")
+    stop = asyncio.Event()
+    fleet = asyncio.create_task(run_fleet(cfg, stop))
+    try:
+        dropped = await events.until(lambda e: e.type == EventType.STATUS and e.data["reason"] == "last_will")
+        back = await events.until(
+            lambda e: e.type == EventType.STATUS and e.device_id == dropped.device_id and e.data["online"]
+            and e.id > dropped.id
+        )
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            stats = await fleet
+    assert back.id > dropped.id
+    assert stats.chaos_drops >= 1
+    assert stats.connects > 3
+
+
+async def test_a_reboot_restarts_the_sequence(hub: Running, events: EventWaiter) -> None:
+    cfg = config(hub, devices=1, rate=50, prefix="reboot")
+    device = cfg.device_ids()[0]
+    stop = asyncio.Event()
+    fleet = asyncio.create_task(run_fleet(cfg, stop))
+    try:
+        await events.until(lambda e: e.device_id == device and e.data.get("seq") == 10)
+        async with mqtt_client(hub, "operator") as operator:
+            await operator.publish(f"devices/{device}/commands/reboot", b'{"id": "b1"}', qos=1)
+        await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
+        await events.until(lambda e: e.device_id == device and e.data.get("seq") == 0)
+        await events.until(lambda e: e.device_id == device and e.data.get("seq") == 3)
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await fleet
+    state = hub.hub.fleet.get(device)
+    assert state is not None
+    assert state.duplicates == 0
+
+
+async def test_an_unreachable_broker_is_retried_until_stopped() -> None:
+    cfg = FleetConfig(host="127.0.0.1", port=1, devices=2, duration=1.0, prefix="nobroker")
+    async with asyncio.timeout(10):
+        stats = await run_fleet(cfg)
+    assert stats.connects == 0
+    assert stats.connect_errors >= 2
+
+
+def test_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="needs QoS 1 or 2"):
+        FleetConfig(rate=0, qos=0)
+    with pytest.raises(ValueError, match="expected mqtt://host"):
+        FleetConfig.from_url("http://x")
+    assert FleetConfig.from_url("mqtt://10.1.2.3").port == 1883
+    with pytest.raises(ValueError, match="unknown profile"):
+        FleetConfig(profiles=("toaster",))
