@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,33 @@ def hub_settings(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(None, **base)
 
 
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing") and " took " in message:
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+async def _event_loop_never_blocks() -> AsyncIterator[None]:
+    """asyncio debug mode for every test; a callback holding the loop over 0.5 s fails it."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.5
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.messages, f"the event loop was blocked: {handler.messages}"
+
+
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[Running]:
     async with serve(hub_settings(tmp_path / "data")) as running:
@@ -72,7 +100,7 @@ class EventWaiter:
         self.seen: list[HubEvent | Gap] = []
         self._claimed: set[int] = set()
 
-    async def until(self, match: Callable[[HubEvent], bool], timeout: float = WAIT_S) -> HubEvent:
+    async def until(self, match: Callable[[HubEvent], bool], within: float = WAIT_S) -> HubEvent:
         def claim(items: list[HubEvent | Gap]) -> HubEvent | None:
             for item in items:
                 if isinstance(item, HubEvent) and item.id not in self._claimed and match(item):
@@ -81,19 +109,19 @@ class EventWaiter:
             return None
 
         found = claim(self.seen)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while found is None:
                 batch = await self.sub.next_batch()
                 self.seen.extend(batch)
                 found = claim(batch)
         return found
 
-    async def telemetry_from(self, device_id: str, timeout: float = WAIT_S) -> HubEvent:
-        return await self.until(lambda e: e.type == "telemetry" and e.device_id == device_id, timeout)
+    async def telemetry_from(self, device_id: str, within: float = WAIT_S) -> HubEvent:
+        return await self.until(lambda e: e.type == "telemetry" and e.device_id == device_id, within)
 
-    async def status_of(self, device_id: str, online: bool, timeout: float = WAIT_S) -> HubEvent:
+    async def status_of(self, device_id: str, online: bool, within: float = WAIT_S) -> HubEvent:
         return await self.until(
-            lambda e: e.type == "status" and e.device_id == device_id and e.data["online"] is online, timeout
+            lambda e: e.type == "status" and e.device_id == device_id and e.data["online"] is online, within
         )
 
 

@@ -37,7 +37,7 @@ class BrokerTap(Protocol):
     def on_disconnect(self, client_id: str, reason: PresenceReason) -> None: ...
 
 
-class ConnectionEvents(BasePlugin[Any]):
+class ConnectionEvents(BasePlugin[Any]):  # type: ignore[misc]
     """Forwards amqtt's connect hook to the tap (set by :class:`EmbeddedBroker` after loading)."""
 
     tap: BrokerTap | None = None
@@ -47,7 +47,7 @@ class ConnectionEvents(BasePlugin[Any]):
             self.tap.on_connect(client_id)
 
 
-class _HubBroker(Broker):  # type: ignore[misc]
+class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type information
     def __init__(self, config: dict[str, Any], tap: BrokerTap) -> None:
         super().__init__(config)
         self._tap = tap

@@ -89,8 +89,7 @@ class Subscription:
             out.append(Gap(self._missed, self._last_read))
             self._missed = 0
         n = len(self._buffer) if limit is None else min(limit, len(self._buffer))
-        for _ in range(n):
-            out.append(self._buffer.popleft())
+        out.extend(self._buffer.popleft() for _ in range(n))
         for item in reversed(out):
             if isinstance(item, HubEvent):
                 self._last_read = item.id

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-disable_created_metrics()  # the *_created series double the output and say nothing useful here
+disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series double the output and say nothing useful here
 
 GaugeReader = Callable[[], Iterable[tuple[tuple[str, ...], float]]]
 

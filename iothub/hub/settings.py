@@ -99,12 +99,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         if config_file is None:
             return Settings(**overrides)
-        cls = type(
+        file_settings: type[Settings] = type(
             "Settings",
             (Settings,),
             {"model_config": SettingsConfigDict(**{**Settings.model_config, "toml_file": config_file})},
         )
-        return cls(**overrides)
+        return file_settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_explain(exc)) from None
 

@@ -193,11 +193,9 @@ class SimulatedDevice:
         """Shut the socket without DISCONNECT: to the broker this is a crashed device."""
         stats.chaos_drops += 1
         sock = client._client.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-            except OSError:
-                pass
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         raise _Dropped
 
     async def _answer_commands(self, client: aiomqtt.Client, stats: FleetStats) -> None:

@@ -19,7 +19,9 @@ async def _seed(hub: Running, events: EventWaiter) -> str:
     async with mqtt_client(hub, device) as client:
         for i, temp in enumerate([10, 20, 30, 40]):
             metrics = {"temperature": temp, "door": i % 2 == 1, "mode": f"m{i}"}
-            await client.publish(f"devices/{device}/telemetry", telemetry(metrics, ts=T0 + i * 20_000, seq=i), qos=1)
+            await client.publish(
+                f"devices/{device}/telemetry", telemetry(metrics, ts=T0 + i * 20_000, seq=i), qos=1
+            )
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 3)
     return device
 
@@ -29,8 +31,12 @@ async def test_health_and_metrics(http: httpx.AsyncClient) -> None:
     assert health["status"] == "ok"
     metrics = await http.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
-    for name in ("iothub_messages_stored_total", "iothub_queue_depth", "iothub_store_batch_seconds_bucket",
-                 "iothub_devices"):
+    for name in (
+        "iothub_messages_stored_total",
+        "iothub_queue_depth",
+        "iothub_store_batch_seconds_bucket",
+        "iothub_devices",
+    ):
         assert name in metrics.text
 
 
@@ -82,9 +88,16 @@ async def test_downsampled_telemetry(
     assert body["series"]["temperature"] == [[T0, expected[0]], [T0 + 60_000, expected[1]]]
 
 
-async def test_downsampled_strings_and_flags(hub: Running, events: EventWaiter, http: httpx.AsyncClient) -> None:
+async def test_downsampled_strings_and_flags(
+    hub: Running, events: EventWaiter, http: httpx.AsyncClient
+) -> None:
     device = await _seed(hub, events)
-    params = [("metric", "mode"), ("metric", "door"), ("step", "1m"), ("from", str(T0))]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("metric", "mode"),
+        ("metric", "door"),
+        ("step", "1m"),
+        ("from", str(T0)),
+    ]
     series = (await http.get(f"/api/v1/devices/{device}/telemetry", params=params)).json()["series"]
     assert series["mode"] == [[T0, "m2"], [T0 + 60_000, "m3"]]  # strings can only be 'last'
     assert series["door"] == [[T0, 1 / 3], [T0 + 60_000, 1.0]]  # the share of time a flag was true
@@ -103,7 +116,12 @@ async def test_downsampled_strings_and_flags(hub: Running, events: EventWaiter, 
     ],
 )
 async def test_bad_queries_say_what_is_wrong(
-    hub: Running, events: EventWaiter, http: httpx.AsyncClient, params: dict[str, str], status: int, message: str
+    hub: Running,
+    events: EventWaiter,
+    http: httpx.AsyncClient,
+    params: dict[str, str],
+    status: int,
+    message: str,
 ) -> None:
     device = await _seed(hub, events)
     response = await http.get(f"/api/v1/devices/{device}/telemetry", params=params)

@@ -16,7 +16,9 @@ def telemetry(**fields: Any) -> bytes:
 
 def test_a_full_message_decodes() -> None:
     t = decode_telemetry(
-        telemetry(ts="2026-09-21T10:00:00+02:00", seq=7, metrics={"t": 21.5, "n": 3, "open": False, "mode": "eco"}),
+        telemetry(
+            ts="2026-09-21T10:00:00+02:00", seq=7, metrics={"t": 21.5, "n": 3, "open": False, "mode": "eco"}
+        ),
         **LIMITS,
     )
     assert t.ts == 1_789_977_600_000
@@ -36,7 +38,11 @@ def test_ts_may_be_epoch_ms_or_absent() -> None:
         (b"{not json", RejectReason.MALFORMED_JSON, "invalid JSON"),
         (b"[1, 2]", RejectReason.INVALID, "payload"),
         (telemetry(metrics={}), RejectReason.INVALID, "metrics: Dictionary should have at least 1 item"),
-        (telemetry(metrics={"t": "1"}, extra=1), RejectReason.INVALID, "extra: Extra inputs are not permitted"),
+        (
+            telemetry(metrics={"t": "1"}, extra=1),
+            RejectReason.INVALID,
+            "extra: Extra inputs are not permitted",
+        ),
         (telemetry(metrics={"t": [1]}), RejectReason.INVALID, "metrics.t: must be a finite number"),
         (telemetry(metrics={"t": None}), RejectReason.INVALID, "metrics.t: must be a finite number"),
         (telemetry(metrics={"t": "x" * 257}), RejectReason.INVALID, "string of at most 256"),
@@ -45,7 +51,11 @@ def test_ts_may_be_epoch_ms_or_absent() -> None:
         (telemetry(metrics={"t": 1}, seq=-1), RejectReason.INVALID, "seq: Input should be greater than"),
         (telemetry(metrics={"t": 1}, seq="1"), RejectReason.INVALID, "seq: Input should be a valid integer"),
         (telemetry(metrics={"t": 1}, ts=True), RejectReason.INVALID, "ts: Input should be a valid integer"),
-        (telemetry(metrics={"t": 1}, ts="yesterday"), RejectReason.INVALID, "neither epoch milliseconds nor RFC 3339"),
+        (
+            telemetry(metrics={"t": 1}, ts="yesterday"),
+            RejectReason.INVALID,
+            "neither epoch milliseconds nor RFC 3339",
+        ),
         (telemetry(metrics={"t": 1}, ts="2026-01-01T00:00:00"), RejectReason.INVALID, "has no UTC offset"),
         (telemetry(metrics={"t": 1}, ts=NOW + 301_000), RejectReason.TS_IN_FUTURE, "301 s in the future"),
         (telemetry(metrics={"t": 1}, ts=1_790_000_000), RejectReason.TS_OUT_OF_RANGE, "not seconds"),

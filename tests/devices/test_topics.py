@@ -24,8 +24,17 @@ def test_topics_outside_devices_are_not_ours(topic: str) -> None:
     assert parse(topic) is None
 
 
-@pytest.mark.parametrize("topic", ["devices/x/temp", "devices/x/telemetry/extra", "devices/x", "devices/x/state/other",
-                                   "devices/x/commands/", "devices/x/commands/a b"])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "devices/x/temp",
+        "devices/x/telemetry/extra",
+        "devices/x",
+        "devices/x/state/other",
+        "devices/x/commands/",
+        "devices/x/commands/a b",
+    ],
+)
 def test_unknown_shapes_are_refused_with_reason(topic: str) -> None:
     with pytest.raises(TopicError, match="unknown topic shape") as info:
         parse(topic)

@@ -14,7 +14,13 @@ def event(i: int) -> HubEvent:
 def test_event_is_serialised_once() -> None:
     e = event(1)
     assert e.json is e.json
-    assert json.loads(e.json) == {"id": 1, "type": "telemetry", "ts": 1001, "device_id": "d", "metrics": {"x": 1}}
+    assert json.loads(e.json) == {
+        "id": 1,
+        "type": "telemetry",
+        "ts": 1001,
+        "device_id": "d",
+        "metrics": {"x": 1},
+    }
 
 
 async def test_every_subscriber_gets_every_event() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from iothub.hub.events import EventType
+from iothub.hub.events import EventType, HubEvent
 from iothub.runner import Running, serve
 from tests.conftest import EventWaiter, hub_settings, mqtt_client, telemetry, unique_id
 
@@ -47,17 +47,31 @@ BAD_INPUT: list[tuple[str, str, bytes, str, str]] = [
     ("unknown field", "telemetry", telemetry({"t": 1}, colour="red"), "invalid", "colour: Extra inputs"),
     ("empty metrics", "telemetry", telemetry({}), "invalid", "at least 1 item"),
     ("not utf-8", "telemetry", b'{"metrics": {"t": "\xff"}}', "not_utf8", "not UTF-8"),
-    ("too large", "telemetry", telemetry({"t": "x" * 200, **{f"m{i}": i for i in range(200)}}, pad="y" * 70_000),
-     "too_large", "exceeds the limit of 65536"),
+    (
+        "too large",
+        "telemetry",
+        telemetry({"t": "x" * 200, **{f"m{i}": i for i in range(200)}}, pad="y" * 70_000),
+        "too_large",
+        "exceeds the limit of 65536",
+    ),
     ("future ts", "telemetry", telemetry({"t": 1}, ts=now_ms() + 3_600_000), "ts_in_future", "in the future"),
     ("unknown topic", "temperature", telemetry({"t": 1}), "unknown_topic", "unknown topic shape"),
     ("bad status", "status", b'{"online": "maybe"}', "invalid", "online: Input should be a valid boolean"),
 ]
 
 
-@pytest.mark.parametrize(("case", "suffix", "payload", "reason", "detail"), BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+@pytest.mark.parametrize(
+    ("case", "suffix", "payload", "reason", "detail"), BAD_INPUT, ids=[b[0] for b in BAD_INPUT]
+)
 async def test_bad_input_is_refused_counted_and_loses_nothing_else(
-    hub: Running, events: EventWaiter, http: Any, case: str, suffix: str, payload: bytes, reason: str, detail: str
+    hub: Running,
+    events: EventWaiter,
+    http: Any,
+    case: str,
+    suffix: str,
+    payload: bytes,
+    reason: str,
+    detail: str,
 ) -> None:
     device = unique_id()
     async with mqtt_client(hub, device) as client:
@@ -110,7 +124,7 @@ async def test_repeated_seq_is_dropped_and_gaps_counted(hub: Running, events: Ev
         for seq in (1, 2, 2, 5, 4, 6):
             await client.publish(f"devices/{device}/telemetry", telemetry({"n": seq}, seq=seq), qos=1)
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 6)
-    stored = [e.data["seq"] for e in events.seen if getattr(e, "device_id", None) == device]
+    stored = [e.data["seq"] for e in events.seen if isinstance(e, HubEvent) and e.device_id == device]
     assert stored == [1, 2, 5, 4, 6]
     state = hub.hub.fleet.get(device)
     assert state is not None
@@ -129,7 +143,9 @@ async def test_a_device_timestamp_is_kept(hub: Running, events: EventWaiter) -> 
 async def test_command_responses_become_events(hub: Running, events: EventWaiter) -> None:
     device = unique_id()
     async with mqtt_client(hub, device) as client:
-        await client.publish(f"devices/{device}/responses", b'{"id": "r-1", "ok": true, "result": {"x": 1}}', qos=1)
+        await client.publish(
+            f"devices/{device}/responses", b'{"id": "r-1", "ok": true, "result": {"x": 1}}', qos=1
+        )
         event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
     assert event.data == {"id": "r-1", "ok": True, "result": {"x": 1}}
 
@@ -137,8 +153,8 @@ async def test_command_responses_become_events(hub: Running, events: EventWaiter
 async def _crash(client: aiomqtt.Client) -> None:
     """End the TCP connection without DISCONNECT, as a crashed device would."""
     sock = client._client.socket()
-    assert sock is not None
-    sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+    assert isinstance(sock, socket.socket)
+    sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(aiomqtt.MqttError):
         await client.__aexit__(None, None, None)
 
@@ -158,7 +174,9 @@ async def test_presence_clean_disconnect(hub: Running, events: EventWaiter) -> N
 
 async def test_presence_last_will(hub: Running, events: EventWaiter) -> None:
     device = unique_id()
-    will = aiomqtt.Will(f"devices/{device}/status", b'{"online": false, "reason": "lost"}', qos=1, retain=True)
+    will = aiomqtt.Will(
+        f"devices/{device}/status", b'{"online": false, "reason": "lost"}', qos=1, retain=True
+    )
     client = mqtt_client(hub, device, will=will)
     await client.__aenter__()
     await _announce(client, device, events)
@@ -170,8 +188,9 @@ async def test_presence_last_will(hub: Running, events: EventWaiter) -> None:
         await observer.subscribe(f"devices/{device}/status", qos=1)
         async with asyncio.timeout(5):
             retained = await anext(aiter(observer.messages))
-    assert json.loads(retained.payload)["reason"] == "lost"  # type: ignore[arg-type]
-    assert [e.data["reason"] for e in events.seen if getattr(e, "device_id", None) == device] == [
+    assert isinstance(retained.payload, bytes)
+    assert json.loads(retained.payload)["reason"] == "lost"
+    assert [e.data["reason"] for e in events.seen if isinstance(e, HubEvent) and e.device_id == device] == [
         "reported_online",
         "last_will",
     ]
@@ -229,7 +248,9 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert state.rejected == {"malformed_json": 1}
         waiter = EventWaiter(running.hub.bus.subscribe("t"))
         async with mqtt_client(running, device) as client:
-            await client.publish(f"devices/{device}/telemetry", telemetry({"t": 9.9}, seq=11), qos=1)  # repeat
+            await client.publish(
+                f"devices/{device}/telemetry", telemetry({"t": 9.9}, seq=11), qos=1
+            )  # repeat
             await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1.7}, seq=12), qos=1)
             again = await waiter.until(lambda e: e.data.get("seq") == 12)
         assert state.duplicates == 1
@@ -263,7 +284,7 @@ async def test_a_locked_store_holds_ingest_and_overflow_is_counted(tmp_path: Pat
             finally:
                 blocker.rollback()
                 blocker.close()
-            last = await waiter.until(lambda e: e.data.get("seq", 0) > 0 and e.type == "telemetry", timeout=30)
+            last = await waiter.until(lambda e: e.data.get("seq", 0) > 0 and e.type == "telemetry", within=30)
             assert last.data["seq"] >= 1
     async with serve(settings) as running:
         stored = await running.hub.store.query(device, ["n"], 0, now_ms() + 1000, None, "last", 1000)  # type: ignore[arg-type]

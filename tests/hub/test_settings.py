@@ -25,7 +25,9 @@ def test_environment_nested_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.mqtt.port == 0  # the environment wins over the file
 
 
-def test_iothub_toml_in_the_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_iothub_toml_in_the_working_directory_is_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "iothub.toml").write_text("[ingest]\nbatch_size = 7\n")
     assert load_settings().ingest.batch_size == 7
@@ -34,14 +36,28 @@ def test_iothub_toml_in_the_working_directory_is_read(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize(
     ("env", "value", "message"),
     [
-        ("IOTHUB_HTTP__PORT", "abc", r"setting http.port \[IOTHUB_HTTP__PORT\]: Input should be a valid integer"),
-        ("IOTHUB_MQTT__PORT", "70000", r"setting mqtt.port \[IOTHUB_MQTT__PORT\]: .*less than or equal to 65535"),
+        (
+            "IOTHUB_HTTP__PORT",
+            "abc",
+            r"setting http.port \[IOTHUB_HTTP__PORT\]: Input should be a valid integer",
+        ),
+        (
+            "IOTHUB_MQTT__PORT",
+            "70000",
+            r"setting mqtt.port \[IOTHUB_MQTT__PORT\]: .*less than or equal to 65535",
+        ),
         ("IOTHUB_STORE__BACKEND", "oracle", r"setting store.backend .*'sqlite'"),
-        ("IOTHUB_INGEST__MAX_PAYLOAD_BYTES", "1", r"setting ingest.max_payload_bytes .*greater than or equal to 64"),
+        (
+            "IOTHUB_INGEST__MAX_PAYLOAD_BYTES",
+            "1",
+            r"setting ingest.max_payload_bytes .*greater than or equal to 64",
+        ),
         ("IOTHUB_LOG_LEVEL", "loud", r"setting log_level \[IOTHUB_LOG_LEVEL\]"),
     ],
 )
-def test_bad_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str) -> None:
+def test_bad_settings_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingsError, match=message):
         load_settings()

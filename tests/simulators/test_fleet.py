@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -55,9 +56,11 @@ async def test_devices_answer_commands(hub: Running, events: EventWaiter) -> Non
                 body = json.dumps({"id": request_id, "args": args})
                 await operator.publish(f"devices/{device}/commands/{name}", body, qos=1)
             await operator.publish(f"devices/{device}/commands/ping", b"not a request", qos=1)
-            results = {}
+            results: dict[str, dict[str, Any]] = {}
             while len(results) < 4:
-                event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
+                event = await events.until(
+                    lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device
+                )
                 results[event.data["id"]] = event.data
     finally:
         stop.set()
@@ -66,7 +69,11 @@ async def test_devices_answer_commands(hub: Running, events: EventWaiter) -> Non
     assert results["r1"]["ok"] is True
     assert results["r1"]["result"]["pong"] is True
     assert results["r2"]["result"] == {"setpoint": 19.5}
-    assert results["r3"] == {"id": "r3", "ok": False, "error": "args.rate must be a number of messages per second in (0, 1000]"}
+    assert results["r3"] == {
+        "id": "r3",
+        "ok": False,
+        "error": "args.rate must be a number of messages per second in (0, 1000]",
+    }
     assert results["r4"]["error"] == "unknown command 'fly' for a thermostat"
     assert stats.commands == 4
 
@@ -78,8 +85,12 @@ async def test_chaos_drops_fire_wills_and_devices_come_back(hub: Running, events
     try:
         dropped = await events.until(lambda e: e.type == EventType.STATUS and e.data["reason"] == "last_will")
         back = await events.until(
-            lambda e: e.type == EventType.STATUS and e.device_id == dropped.device_id and e.data["online"]
-            and e.id > dropped.id
+            lambda e: (
+                e.type == EventType.STATUS
+                and e.device_id == dropped.device_id
+                and e.data["online"]
+                and e.id > dropped.id
+            )
         )
     finally:
         stop.set()

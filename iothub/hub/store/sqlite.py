@@ -158,7 +158,7 @@ class SqliteStore:
         self._series_undo.clear()
         try:
             conn.execute("BEGIN")
-            rows = []
+            rows: list[tuple[int, int, float | None, str | None]] = []
             for p in batch.points:
                 sid = self._series_id(conn, p.device_id, p.metric, _kind(p.value))
                 if isinstance(p.value, str):
@@ -176,14 +176,14 @@ class SqliteStore:
                 [(e.id, e.ts, e.type.value, e.device_id, json.dumps(e.data)) for e in events],
             )
             conn.executemany(
-                "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                "INSERT INTO devices (id, state) VALUES (?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
                 [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],
             )
-            if self._next_event_id + len(events) >= self._prune_at:
-                conn.execute(
-                    "DELETE FROM events WHERE id <= ?", (self._next_event_id + len(events) - self.retention,)
-                )
-                self._prune_at = self._next_event_id + len(events) + self.retention // 10
+            next_id = self._next_event_id + len(events)
+            if next_id >= self._prune_at:
+                conn.execute("DELETE FROM events WHERE id < ?", (next_id - self.retention,))
+                self._prune_at = next_id + self.retention // 10
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -209,8 +209,9 @@ class SqliteStore:
         cur = conn.execute(
             "INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?)", (device_id, metric, kind)
         )
-        sid = cur.lastrowid
-        assert sid is not None
+        new_id = cur.lastrowid
+        assert new_id is not None
+        sid = new_id
         self._series_undo.setdefault((device_id, metric), None)
         self._series[(device_id, metric)] = (sid, kind)
         return sid

@@ -1,0 +1,3 @@
+from iothub.cli import main
+
+main(prog_name="iothub")

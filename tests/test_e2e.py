@@ -1,0 +1,155 @@
+"""The real ``iothub`` command, as a user runs it: hub and simulator in their own processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+IOTHUB = [sys.executable, "-m", "iothub"]
+DEADLINE_S = 20.0
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    env = {**os.environ, "IOTHUB_DATA_DIR": str(tmp_path / "data")}
+    with subprocess.Popen(
+        [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the hub prints its addresses once bound
+            match = re.match(r"iothub listening: mqtt=(\S+) mqtt_ws=(\S+) http=(\S+)", line)
+            assert match, f"unexpected first line {line!r}"
+            yield proc, {"mqtt": match[1], "mqtt_ws": match[2], "http": match[3]}
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+
+
+def poll(url: str, check: Any, deadline: float = DEADLINE_S) -> Any:
+    """GET ``url`` until ``check(json)`` is truthy; bounded in time."""
+    end = time.monotonic() + deadline
+    last = None
+    while time.monotonic() < end:
+        last = httpx.get(url, timeout=5).json()
+        if result := check(last):
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met within {deadline} s; last answer: {json.dumps(last)[:2000]}")
+
+
+def test_run_simulate_kill_and_stop(hub_process: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
+    proc, addr = hub_process
+    http = addr["http"]
+    keepalive = 2
+    sim = subprocess.Popen(
+        [
+            *IOTHUB,
+            "simulate",
+            "--broker",
+            f"mqtt://{addr['mqtt']}",
+            "--devices",
+            "5",
+            "--rate",
+            "10",
+            "--keepalive",
+            str(keepalive),
+            "--prefix",
+            "e2e",
+            "--seed",
+            "3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def all_online_with_data(body: dict[str, Any]) -> bool:
+            devices = body["devices"]
+            return len(devices) == 5 and all(d["online"] and d["messages"] >= 3 for d in devices)
+
+        poll(f"{http}/api/v1/devices", all_online_with_data)
+        series = httpx.get(
+            f"{http}/api/v1/devices/e2e-0000/telemetry", params={"metric": "temperature"}
+        ).json()
+        assert len(series["series"]["temperature"]) >= 3
+    finally:
+        killed_at = time.monotonic()
+        sim.kill()  # an ungraceful end: the broker sees the sockets drop
+        sim.wait(5)
+
+    def all_offline(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+        devices = body["devices"]
+        return devices if all(not d["online"] for d in devices) else None
+
+    devices = poll(f"{http}/api/v1/devices", all_offline, deadline=1.5 * keepalive)
+    offline_after = time.monotonic() - killed_at
+    assert offline_after <= 1.5 * keepalive
+    assert {d["reason"] for d in devices} == {"last_will"}
+
+    metrics = httpx.get(f"{http}/metrics").text
+    stored = float(re.search(r"^iothub_messages_stored_total (\S+)$", metrics, re.M)[1])  # type: ignore[index]
+    assert stored >= 15
+
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "hub stopped" in stderr
+
+
+def test_sigint_exits_cleanly(hub_process: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
+    proc, addr = hub_process
+    assert httpx.get(f"{addr['http']}/healthz").json()["status"] == "ok"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+def test_bad_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
+    env = {**os.environ, "IOTHUB_HTTP__PORT": "eighty"}
+    result = subprocess.run(
+        [*IOTHUB, "run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30
+    )
+    assert result.returncode != 0
+    assert "setting http.port [IOTHUB_HTTP__PORT]" in result.stderr
+
+
+def test_a_busy_port_is_reported(
+    tmp_path: Path, hub_process: tuple[subprocess.Popen[str], dict[str, str]]
+) -> None:
+    _, addr = hub_process
+    taken = addr["http"].rsplit(":", 1)[1]
+    result = subprocess.run(
+        [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", taken],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr.lower()
+
+
+def test_every_verb_has_help() -> None:
+    for verb in ([], ["run"], ["simulate"]):
+        result = subprocess.run([*IOTHUB, *verb, "--help"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0
+        assert "Usage: " in result.stdout
