@@ -88,9 +88,9 @@ async def serve_hub(args: argparse.Namespace) -> dict[str, Any]:
                 except TimeoutError:
                     batch = []
                 now = time.time() * 1000
-                for event in batch:
-                    if isinstance(event, HubEvent) and event.type == "telemetry":
-                        latencies.append(now - event.ts)
+                latencies.extend(
+                    now - e.ts for e in batch if isinstance(e, HubEvent) and e.type == "telemetry"
+                )
                 if sent is None and finish.done():
                     sent = finish.result()
             elapsed = time.monotonic() - started

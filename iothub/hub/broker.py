@@ -10,11 +10,14 @@ and must never block:
 * ``Broker._handle_disconnect`` tells a DISCONNECT from a dropped connection before the Will goes out,
   and from connections the hub itself closes on shutdown;
 * ``Broker.stream_connected`` closes every TCP connection's socket when its handler ends;
+* ``Broker._publish_retained_messages_for_subscription`` sends retained messages only for a
+  subscription just made [MQTT-3.3.1-6];
 * connects arrive through the documented ``on_broker_client_connected`` plugin hook.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
@@ -24,6 +27,7 @@ from amqtt.plugins.base import BasePlugin
 
 from iothub.hub.presence import PresenceReason
 from iothub.hub.settings import MqttSettings
+from iothub.hub.topicfilter import matches
 
 AMQTT_VERSION = "0.12.1"
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         super().__init__(config)
         self._tap = tap
         self._stopping = False
+        self._new_subscriptions: set[tuple[str, str]] = set()  # (client id, filter) awaiting retained
 
     async def shutdown(self) -> None:
         self._stopping = True  # amqtt closes sessions before its own state says "stopping"
@@ -65,6 +70,38 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         finally:
             if not writer.is_closing():
                 writer.close()
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Any) -> int:
+        code: int = await super().add_subscription(subscription, session)
+        if code != 0x80:
+            self._new_subscriptions.add((session.client_id, subscription[0]))
+        return code
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Any
+    ) -> None:
+        """[MQTT-3.3.1-6] retained messages go to a client only for a subscription it has just made.
+
+        amqtt also calls this at every connect for every filter of every client, which sends other
+        clients' matches and costs (filters x retained) per connect: 1,000 devices never settle.
+        """
+        key = (session.client_id, subscription[0])
+        if key not in self._new_subscriptions:
+            return
+        self._new_subscriptions.discard(key)
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        topic_filter, qos = subscription
+        publishes = [
+            handler.mqtt_publish(
+                topic, message.data, qos if message.qos is None else min(qos, message.qos), True
+            )
+            for topic, message in self._retained_messages.items()
+            if matches(topic_filter, topic)
+        ]
+        if publishes:
+            await asyncio.gather(*publishes)
 
     async def _broadcast_message(
         self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None

@@ -65,3 +65,24 @@ async def test_qos2_telemetry_is_stored_once(hub: Running, events: EventWaiter) 
     state = hub.hub.fleet.get(device)
     assert state is not None
     assert state.messages == 3
+
+
+async def test_retained_messages_go_only_to_matching_new_subscriptions(hub: Running) -> None:
+    """[MQTT-3.3.1-6]: plain amqtt sends a connecting client retained messages for others' filters."""
+    device = unique_id()
+    async with mqtt_client(hub, "status-watcher") as watcher, mqtt_client(hub, device) as publisher:
+        await watcher.subscribe("devices/+/status", qos=1)
+        await publisher.publish(f"devices/{device}/status", b'{"online": true}', qos=1, retain=True)
+        async with asyncio.timeout(WAIT_S):
+            await anext(aiter(watcher.messages))
+        async with mqtt_client(hub, "bystander") as bystander:
+            await bystander.subscribe("probe/bystander", qos=1)
+            await publisher.publish("probe/bystander", b"probe", qos=1)
+            async with asyncio.timeout(WAIT_S):
+                first = await anext(aiter(bystander.messages))
+            assert str(first.topic) == "probe/bystander"  # nothing retained came before it
+            await bystander.subscribe(f"devices/{device}/+", qos=0)
+            async with asyncio.timeout(WAIT_S):
+                retained = await anext(aiter(bystander.messages))
+            assert str(retained.topic) == f"devices/{device}/status"
+            assert (retained.retain, retained.qos) == (True, 0)
