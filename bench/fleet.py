@@ -21,9 +21,7 @@ import psutil
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=0.2, help="messages/s per device [0.2]")
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -78,10 +76,7 @@ def main() -> None:
 
     print(f"simulator: {args.devices} devices at {args.rate:g} msg/s each, {args.seconds:g} s")
     print(f"  all online after      {connected_after:.1f} s" if connected_after else "  not all came online")
-    print(
-        f"  peak RSS              {peak_rss / 2**20:.0f} MiB"
-        f" ({peak_rss / args.devices / 1024:.0f} KiB per device)"
-    )
+    print(f"  peak RSS              {peak_rss / 2**20:.0f} MiB ({peak_rss / args.devices / 1024:.0f} KiB per device)")
     if connected_after is not None and last_cpu is not None and last_at - steady_from > 1:
         busy = (last_cpu.user + last_cpu.system) - (cpu_start.user + cpu_start.system)
         print(f"  CPU while steady      {100 * busy / (last_at - steady_from):.0f}% of one core")

@@ -72,9 +72,7 @@ async def serve_hub(args: argparse.Namespace) -> dict[str, Any]:
     from iothub.runner import serve
 
     with tempfile.TemporaryDirectory() as data:
-        settings = load_settings(
-            None, data_dir=Path(data), mqtt={"port": 0, "ws_port": None}, http={"port": 0}
-        )
+        settings = load_settings(None, data_dir=Path(data), mqtt={"port": 0, "ws_port": None}, http={"port": 0})
         async with serve(settings) as running:
             sub = running.hub.bus.subscribe("bench", maxsize=1_000_000)
             latencies: list[float] = []
@@ -88,9 +86,7 @@ async def serve_hub(args: argparse.Namespace) -> dict[str, Any]:
                 except TimeoutError:
                     batch = []
                 now = time.time() * 1000
-                latencies.extend(
-                    now - e.ts for e in batch if isinstance(e, HubEvent) and e.type == "telemetry"
-                )
+                latencies.extend(now - e.ts for e in batch if isinstance(e, HubEvent) and e.type == "telemetry")
                 if sent is None and finish.done():
                     sent = finish.result()
             elapsed = time.monotonic() - started
@@ -149,9 +145,7 @@ def run_target(target: str, args: argparse.Namespace, rate: float) -> dict[str, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--qos", type=int, choices=(1, 2), default=1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ import click
 
 from iothub import __version__
 from iothub.hub.errors import HubError, SettingsError
+from iothub.hub.registry import Registry, RegistryError, Role, Scope
 from iothub.hub.settings import Settings, load_settings
 
 
@@ -42,9 +45,7 @@ def main() -> None:
 @click.option("--host", help="Address every listener binds [127.0.0.1].")
 @click.option("--mqtt-port", type=int, help="MQTT TCP port; 0 picks a free port [1883].")
 @click.option("--mqtt-ws-port", type=int, help="MQTT over WebSocket port; 0 picks a free port [8083].")
-@click.option(
-    "--http-port", type=int, help="HTTP port (REST, /metrics, /healthz); 0 picks a free port [8080]."
-)
+@click.option("--http-port", type=int, help="HTTP port (REST, /metrics, /healthz); 0 picks a free port [8080].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def run(
     config_file: Path | None,
@@ -95,6 +96,206 @@ def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+def _registry(config_file: Path | None, data_dir: Path | None) -> Registry:
+    overrides: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
+    settings = _settings(config_file, overrides)
+    return Registry(settings.data_dir / "registry.db")
+
+
+def _registry_options(fn: Any) -> Any:
+    fn = click.option("--data-dir", type=click.Path(path_type=Path), help="The hub's data dir [./iothub-data].")(fn)
+    return click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file.")(fn)
+
+
+def _fail(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+def _print(data: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+@main.group()
+def devices() -> None:
+    """Register and manage devices (MQTT username = device id, password = its secret)."""
+
+
+@devices.command("add")
+@click.argument("device_id")
+@click.option("--name", help="Display name [the id].")
+@click.option("--type", "device_type", default="generic", show_default=True)
+@click.option("--label", "labels", multiple=True, help="key=value; repeat for more.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_registry_options
+def devices_add(
+    device_id: str, name: str | None, device_type: str, labels: tuple[str, ...], as_json: bool,
+    config_file: Path | None, data_dir: Path | None,
+) -> None:  # fmt: skip
+    """Register a device and print its secret (shown this once)."""
+    parsed = {}
+    for label in labels:
+        key, sep, value = label.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{label!r} is not key=value", param_hint="--label")
+        parsed[key] = value
+    try:
+        record, secret = _registry(config_file, data_dir).add_device(device_id, name, device_type, parsed)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    text = f"device {record.id} registered\nsecret: {secret}\n(shown once; connect with username {record.id})"
+    _print({**record.view(), "secret": secret}, as_json, text)
+
+
+@devices.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_registry_options
+def devices_list(as_json: bool, config_file: Path | None, data_dir: Path | None) -> None:
+    """List registered devices."""
+    records = _registry(config_file, data_dir).devices()
+    lines = [f"{'ID':24} {'TYPE':14} {'ENABLED':8} LABELS"] + [
+        f"{r.id:24} {r.type:14} {'yes' if r.enabled else 'no':8} {' '.join(f'{k}={v}' for k, v in r.labels.items())}"
+        for r in records
+    ]
+    _print([r.view() for r in records], as_json, "\n".join(lines))
+
+
+@devices.command("show")
+@click.argument("device_id")
+@_registry_options
+def devices_show(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Show one device's registry entry (as JSON)."""
+    try:
+        record = _registry(config_file, data_dir).device(device_id)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(json.dumps(record.view(), indent=2))
+
+
+def _set_enabled(device_id: str, enabled: bool, config_file: Path | None, data_dir: Path | None) -> None:
+    try:
+        _registry(config_file, data_dir).set_enabled(device_id, enabled)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(f"device {device_id} {'enabled' if enabled else 'disabled'}")
+
+
+@devices.command("disable")
+@click.argument("device_id")
+@_registry_options
+def devices_disable(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Refuse the device's connections (a running hub also disconnects it)."""
+    _set_enabled(device_id, False, config_file, data_dir)
+
+
+@devices.command("enable")
+@click.argument("device_id")
+@_registry_options
+def devices_enable(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Let a disabled device connect again."""
+    _set_enabled(device_id, True, config_file, data_dir)
+
+
+@devices.command("rotate-secret")
+@click.argument("device_id")
+@_registry_options
+def devices_rotate(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Give the device a new secret (the old one stops working) and print it once."""
+    try:
+        _, secret = _registry(config_file, data_dir).rotate_secret(device_id)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(f"new secret for {device_id}: {secret}")
+
+
+@devices.command("remove")
+@click.argument("device_id")
+@_registry_options
+def devices_remove(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Remove a device from the registry (its stored telemetry stays)."""
+    try:
+        _registry(config_file, data_dir).remove_device(device_id)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(f"device {device_id} removed")
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens for HTTP (Authorization: Bearer ...): scopes read < command < admin."""
+
+
+@tokens.command("create")
+@click.option("--scope", type=click.Choice([s.value for s in Scope]), required=True)
+@click.option("--name", default="", help="What the token is for.")
+@_registry_options
+def tokens_create(scope: str, name: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Create a token and print it (shown this once; stored hashed)."""
+    record, token = _registry(config_file, data_dir).create_token(Scope(scope), name)
+    click.echo(f"token {record.id} ({record.scope}): {token}")
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_registry_options
+def tokens_list(as_json: bool, config_file: Path | None, data_dir: Path | None) -> None:
+    """List tokens (never their values)."""
+    records = _registry(config_file, data_dir).tokens()
+    lines = [f"{'ID':14} {'SCOPE':8} {'STATE':8} NAME"] + [
+        f"{t.id:14} {t.scope.value:8} {'revoked' if t.revoked else 'active':8} {t.name}" for t in records
+    ]
+    _print([t.view() for t in records], as_json, "\n".join(lines))
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@_registry_options
+def tokens_revoke(token_id: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Revoke a token by its id (from 'tokens list')."""
+    try:
+        _registry(config_file, data_dir).revoke_token(token_id)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(f"token {token_id} revoked")
+
+
+@main.group()
+def accounts() -> None:
+    """MQTT service accounts (username svc:NAME): observer subscribes anywhere, service also publishes."""
+
+
+@accounts.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@_registry_options
+def accounts_add(name: str, role: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Create a service account and print its secret (shown this once)."""
+    try:
+        _, secret = _registry(config_file, data_dir).add_account(name, Role(role))
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(f"account svc:{name} ({role})\nsecret: {secret}")
+
+
+@accounts.command("list")
+@_registry_options
+def accounts_list(config_file: Path | None, data_dir: Path | None) -> None:
+    """List service accounts."""
+    for account in _registry(config_file, data_dir).accounts():
+        click.echo(f"svc:{account.name}  {account.role.value}")
+
+
+@accounts.command("remove")
+@click.argument("name")
+@_registry_options
+def accounts_remove(name: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Remove a service account."""
+    try:
+        _registry(config_file, data_dir).remove_account(name)
+    except RegistryError as exc:
+        raise _fail(exc) from None
+    click.echo(f"account svc:{name} removed")
+
+
 @main.command()
 @click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="mqtt://host:port")
 @click.option("--devices", "count", type=click.IntRange(1, 100_000), default=10, show_default=True)
@@ -113,9 +314,7 @@ def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
     show_default=True,
     help="Chance per device per second of dropping the connection ungracefully (the Will fires).",
 )
-@click.option(
-    "--prefix", default="sim", show_default=True, help="Device ids are PREFIX-0000, PREFIX-0001, ..."
-)
+@click.option("--prefix", default="sim", show_default=True, help="Device ids are PREFIX-0000, PREFIX-0001, ...")
 @click.option(
     "--profile",
     "profiles",
@@ -123,16 +322,17 @@ def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
     type=click.Choice(["thermostat", "power_meter", "tracker"]),
     help="Signal profiles to cycle through [all three].",
 )
-@click.option(
-    "--keepalive", type=click.IntRange(1, 65535), default=30, show_default=True, help="MQTT keepalive, s."
-)
-@click.option(
-    "--duration", type=click.FloatRange(0), default=0, help="Stop after this many seconds [run until ^C]."
-)
-@click.option(
-    "--count", "messages", type=click.IntRange(0), default=0, help="Stop each device after N messages."
-)
+@click.option("--keepalive", type=click.IntRange(1, 65535), default=30, show_default=True, help="MQTT keepalive, s.")
+@click.option("--duration", type=click.FloatRange(0), default=0, help="Stop after this many seconds [run until ^C].")
+@click.option("--count", "messages", type=click.IntRange(0), default=0, help="Stop each device after N messages.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible signals and chaos.")
+@click.option(
+    "--credentials",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="JSON file of device id -> secret, instead of registering the fleet locally.",
+)
+@click.option("--anonymous", is_flag=True, help="Connect without credentials (a hub with mqtt.allow_anonymous).")
+@_registry_options
 def simulate(
     broker: str,
     count: int,
@@ -145,13 +345,21 @@ def simulate(
     duration: float,
     messages: int,
     seed: int | None,
+    credentials: Path | None,
+    anonymous: bool,
+    config_file: Path | None,
+    data_dir: Path | None,
 ) -> None:
     """Run a fleet of simulated devices against any MQTT broker.
 
     Each device publishes realistic telemetry with seq numbers, announces itself on
     devices/{id}/status (its Last Will says offline), answers commands and reconnects with backoff.
+
+    By default the fleet is registered in the local hub's registry (--data-dir) and its secrets kept
+    in DATA_DIR/simulator-credentials.json; --credentials or --anonymous do without.
     """
     _setup_logging("info")
+    from iothub.provision import CREDENTIALS_FILE, provision_fleet, read_credentials
     from iothub.simulators.fleet import FleetConfig, run_fleet
 
     config = FleetConfig.from_url(
@@ -167,6 +375,15 @@ def simulate(
         messages=messages or None,
         seed=seed,
     )
+    if credentials is not None:
+        config = dataclasses.replace(config, credentials=read_credentials(credentials))
+    elif not anonymous:
+        settings = _settings(config_file, {} if data_dir is None else {"data_dir": data_dir})
+        registry = Registry(settings.data_dir / "registry.db")
+        types = {d: config.profiles[i % len(config.profiles)] for i, d in enumerate(config.device_ids())}
+        secrets = provision_fleet(registry, types, settings.data_dir / CREDENTIALS_FILE)
+        registry.close()
+        config = dataclasses.replace(config, credentials=secrets)
     try:
         stats = asyncio.run(run_fleet(config))
     except KeyboardInterrupt:

@@ -54,6 +54,13 @@ async def run(settings: Settings, on_ready: Callable[[Running], None] | None = N
     try:
         async with serve(settings) as running:
             print(describe(running), flush=True)
+            if running.hub.first_token is not None:
+                print(
+                    f"first start: an admin API token was created (shown once): {running.hub.first_token}\n"
+                    f"  try: curl -H 'Authorization: Bearer {running.hub.first_token}' "
+                    f"http://{running.address('http')}/api/v1/devices",
+                    flush=True,
+                )
             if on_ready is not None:
                 on_ready(running)
             await stop.wait()

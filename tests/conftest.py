@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from iothub.hub.events import Gap, HubEvent, Subscription
+from iothub.hub.registry import Role
 from iothub.hub.settings import Settings, load_settings
 from iothub.runner import Running, serve
 
@@ -76,12 +77,42 @@ async def hub(tmp_path: Path) -> AsyncIterator[Running]:
 
 @pytest.fixture
 async def http(hub: Running) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", timeout=WAIT_S) as client:
+    """An HTTP client with an admin token."""
+    assert hub.hub.first_token is not None
+    headers = {"Authorization": f"Bearer {hub.hub.first_token}"}
+    async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", timeout=WAIT_S, headers=headers) as client:
         yield client
 
 
-def mqtt_client(hub: Running, client_id: str | None = None, **kwargs: Any) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", hub.ports["mqtt"], identifier=client_id, timeout=WAIT_S, **kwargs)
+def device_secret(hub: Running, device_id: str) -> str:
+    """Register ``device_id`` on first use (as an operator would) and return its secret."""
+    key = (str(hub.hub.registry.path), device_id)
+    if key not in _secrets:
+        _, _secrets[key] = hub.hub.registry.add_device(device_id, type="test")
+    return _secrets[key]
+
+
+def mqtt_client(hub: Running, device_id: str, port: str = "mqtt", **kwargs: Any) -> aiomqtt.Client:
+    """A client authenticated as device ``device_id`` (registered on first use)."""
+    secret = device_secret(hub, device_id)
+    return aiomqtt.Client(
+        "127.0.0.1", hub.ports[port], identifier=device_id, username=device_id, password=secret, timeout=WAIT_S,
+        **kwargs,
+    )  # fmt: skip
+
+
+def service_client(hub: Running, name: str, role: Role = Role.SERVICE, **kwargs: Any) -> aiomqtt.Client:
+    """A client authenticated as service account ``name`` (created on first use)."""
+    key = (str(hub.hub.registry.path), f"svc:{name}")
+    if key not in _secrets:
+        _, _secrets[key] = hub.hub.registry.add_account(name, role)
+    return aiomqtt.Client(
+        "127.0.0.1", hub.ports["mqtt"], identifier=f"svc-{name}", username=f"svc:{name}", password=_secrets[key],
+        timeout=WAIT_S, **kwargs,
+    )  # fmt: skip
+
+
+_secrets: dict[tuple[str, str], str] = {}
 
 
 def telemetry(metrics: dict[str, Any], **extra: Any) -> bytes:

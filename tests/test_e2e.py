@@ -23,6 +23,7 @@ DEADLINE_S = 20.0
 
 @pytest.fixture
 def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    """``iothub run`` on free ports; yields it and its addresses, plus the first-start token."""
     env = {**os.environ, "IOTHUB_DATA_DIR": str(tmp_path / "data")}
     with subprocess.Popen(
         [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0"],
@@ -37,19 +38,22 @@ def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[st
             line = proc.stdout.readline()  # the hub prints its addresses once bound
             match = re.match(r"iothub listening: mqtt=(\S+) mqtt_ws=(\S+) http=(\S+)", line)
             assert match, f"unexpected first line {line!r}"
-            yield proc, {"mqtt": match[1], "mqtt_ws": match[2], "http": match[3]}
+            token = re.search(r"token was created \(shown once\): (\S+)", proc.stdout.readline())
+            assert token, "no first-start token printed"
+            yield proc, {"mqtt": match[1], "mqtt_ws": match[2], "http": match[3], "token": token[1],
+                         "data_dir": env["IOTHUB_DATA_DIR"]}  # fmt: skip
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
 
 
-def poll(url: str, check: Any, deadline: float = DEADLINE_S) -> Any:
+def poll(url: str, token: str, check: Any, deadline: float = DEADLINE_S) -> Any:
     """GET ``url`` until ``check(json)`` is truthy; bounded in time."""
     end = time.monotonic() + deadline
     last = None
     while time.monotonic() < end:
-        last = httpx.get(url, timeout=5).json()
+        last = httpx.get(url, timeout=5, headers={"Authorization": f"Bearer {token}"}).json()
         if result := check(last):
             return result
         time.sleep(0.1)
@@ -58,8 +62,10 @@ def poll(url: str, check: Any, deadline: float = DEADLINE_S) -> Any:
 
 def test_run_simulate_kill_and_stop(hub_process: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
     proc, addr = hub_process
-    http = addr["http"]
+    http, token = addr["http"], addr["token"]
+    auth = {"Authorization": f"Bearer {token}"}
     keepalive = 2
+    # The simulator registers its fleet in the hub's registry (the same data dir), then connects.
     sim = subprocess.Popen(
         [
             *IOTHUB,
@@ -76,6 +82,8 @@ def test_run_simulate_kill_and_stop(hub_process: tuple[subprocess.Popen[str], di
             "e2e",
             "--seed",
             "3",
+            "--data-dir",
+            addr["data_dir"],
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -86,9 +94,9 @@ def test_run_simulate_kill_and_stop(hub_process: tuple[subprocess.Popen[str], di
             devices = body["devices"]
             return len(devices) == 5 and all(d["online"] and d["messages"] >= 3 for d in devices)
 
-        poll(f"{http}/api/v1/devices", all_online_with_data)
+        poll(f"{http}/api/v1/devices", token, all_online_with_data)
         series = httpx.get(
-            f"{http}/api/v1/devices/e2e-0000/telemetry", params={"metric": "temperature"}
+            f"{http}/api/v1/devices/e2e-0000/telemetry", params={"metric": "temperature"}, headers=auth
         ).json()
         assert len(series["series"]["temperature"]) >= 3
     finally:
@@ -100,12 +108,14 @@ def test_run_simulate_kill_and_stop(hub_process: tuple[subprocess.Popen[str], di
         devices = body["devices"]
         return devices if all(not d["online"] for d in devices) else None
 
-    devices = poll(f"{http}/api/v1/devices", all_offline, deadline=1.5 * keepalive)
+    devices = poll(f"{http}/api/v1/devices", token, all_offline, deadline=1.5 * keepalive)
     offline_after = time.monotonic() - killed_at
     assert offline_after <= 1.5 * keepalive
     assert {d["reason"] for d in devices} == {"last_will"}
 
-    metrics = httpx.get(f"{http}/metrics").text
+    assert {d["type"] for d in devices} == {"thermostat", "power_meter", "tracker"}
+    assert httpx.get(f"{http}/api/v1/devices").status_code == 401
+    metrics = httpx.get(f"{http}/metrics", headers=auth).text
     stored = float(re.search(r"^iothub_messages_stored_total (\S+)$", metrics, re.M)[1])  # type: ignore[index]
     assert stored >= 15
 
@@ -125,16 +135,12 @@ def test_sigint_exits_cleanly(hub_process: tuple[subprocess.Popen[str], dict[str
 
 def test_bad_settings_fail_with_the_setting_named(tmp_path: Path) -> None:
     env = {**os.environ, "IOTHUB_HTTP__PORT": "eighty"}
-    result = subprocess.run(
-        [*IOTHUB, "run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30
-    )
+    result = subprocess.run([*IOTHUB, "run"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
     assert result.returncode != 0
     assert "setting http.port [IOTHUB_HTTP__PORT]" in result.stderr
 
 
-def test_a_busy_port_is_reported(
-    tmp_path: Path, hub_process: tuple[subprocess.Popen[str], dict[str, str]]
-) -> None:
+def test_a_busy_port_is_reported(tmp_path: Path, hub_process: tuple[subprocess.Popen[str], dict[str, str]]) -> None:
     _, addr = hub_process
     taken = addr["http"].rsplit(":", 1)[1]
     result = subprocess.run(
@@ -149,7 +155,9 @@ def test_a_busy_port_is_reported(
 
 
 def test_every_verb_has_help() -> None:
-    for verb in ([], ["run"], ["simulate"]):
+    verbs = [[], ["run"], ["simulate"], ["devices"], ["tokens"], ["accounts"], ["devices", "add"],
+             ["devices", "rotate-secret"], ["tokens", "create"], ["accounts", "add"]]  # fmt: skip
+    for verb in verbs:
         result = subprocess.run([*IOTHUB, *verb, "--help"], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0
         assert "Usage: " in result.stdout

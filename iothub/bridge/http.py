@@ -20,24 +20,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from iothub import __version__
-from iothub.bridge import rest
+from iothub.bridge import admin, rest
+from iothub.bridge.auth import requires
 from iothub.hub.core import Hub
+from iothub.hub.registry import Scope
 from iothub.hub.settings import HttpSettings
 
 
 async def healthz(request: Request) -> JSONResponse:
-    hub: Hub = request.app.state.hub
-    return JSONResponse(
-        {
-            "status": "ok",
-            "version": __version__,
-            "devices": len(hub.fleet),
-            "online": hub.fleet.online_count(),
-            "ingest_queue": hub.ingest.depth,
-        }
-    )
+    """Liveness, open to load balancers and probes; says nothing about the fleet."""
+    return JSONResponse({"status": "ok", "version": __version__})
 
 
+@requires(Scope.READ)
 async def metrics(request: Request) -> Response:
     hub: Hub = request.app.state.hub
     return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -50,7 +45,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(hub: Hub) -> Starlette:
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *rest.routes],
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *rest.routes, *admin.routes],
         exception_handlers={HTTPException: http_error},
     )
     app.state.hub = hub

@@ -1,19 +1,22 @@
-"""REST API ``/api/v1``: devices and their telemetry."""
+"""REST API ``/api/v1``: devices (registry and what the hub saw of them) and their telemetry."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from iothub.bridge.auth import requires
 from iothub.bridge.errors import BadRequest
 from iothub.bridge.params import parse_duration_ms, parse_int, parse_time_ms
 from iothub.devices import is_valid_id
 from iothub.hub.core import Hub
 from iothub.hub.fleet import DeviceState, iso
 from iothub.hub.ingest import now_ms
+from iothub.hub.registry import DeviceRecord, Scope
 from iothub.hub.store import Agg
 
 DEFAULT_WINDOW_MS = 3_600_000
@@ -31,44 +34,73 @@ def _hub(request: Request) -> Hub:
     return hub
 
 
-def _device(request: Request) -> DeviceState | JSONResponse:
-    device_id = request.path_params["device_id"]
+def device_id_of(request: Request) -> str | JSONResponse:
+    device_id: str = request.path_params["device_id"]
     if not is_valid_id(device_id):
         return error(400, f"device id {device_id!r} breaks the rule [A-Za-z0-9_.-]{{1,64}}")
-    state = _hub(request).fleet.get(device_id)
-    if state is None:
-        return error(404, f"no device {device_id!r}")
-    return state
+    return device_id
 
 
-def _view(state: DeviceState) -> dict[str, Any]:
-    view = state.view()
-    if view["last_rejection"] is not None:
-        view["last_rejection"] = {**view["last_rejection"], "ts": iso(view["last_rejection"]["ts"])}
-    return view
+def device_view(record: DeviceRecord | None, state: DeviceState | None, device_id: str) -> dict[str, Any]:
+    """What the registry says of a device merged with what the hub saw of it."""
+    if state is not None:
+        seen = state.view()
+        if seen["last_rejection"] is not None:
+            seen["last_rejection"] = {**seen["last_rejection"], "ts": iso(seen["last_rejection"]["ts"])}
+    else:
+        seen = {"id": device_id, "online": False, "reason": "unknown", "detail": None, "since": None,
+                "last_seen": None, "first_seen": None, "latest": {}, "messages": 0, "duplicates": 0, "seq_gaps": 0,
+                "rejected": {}, "rejected_total": 0, "last_rejection": None}  # fmt: skip
+    registered: dict[str, Any] = {"registered": record is not None}
+    if record is not None:
+        registered |= {k: v for k, v in record.view().items() if k != "id"}
+        registered["created"] = iso(record.created)
+        registered["secret_rotated"] = iso(record.secret_rotated)
+    return {"id": device_id, **registered, **seen}
 
 
 async def list_devices(request: Request) -> JSONResponse:
-    online = request.query_params.get("online")
+    q = request.query_params
+    online = q.get("online")
     if online not in (None, "true", "false"):
         return error(400, f"parameter 'online': {online!r} is not true or false")
-    devices = sorted(_hub(request).fleet.devices.values(), key=lambda d: d.id)
+    wanted_labels = {}
+    for label in q.getlist("label"):
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            return error(400, f"parameter 'label': {label!r} is not key=value")
+        wanted_labels[key] = value
+    hub = _hub(request)
+    records = {r.id: r for r in await asyncio.to_thread(hub.registry.devices)}
+    views = [
+        device_view(records.get(i), hub.fleet.get(i), i) for i in sorted(records.keys() | hub.fleet.devices.keys())
+    ]
     if online is not None:
-        devices = [d for d in devices if d.online == (online == "true")]
-    return JSONResponse({"devices": [_view(d) for d in devices], "count": len(devices)})
+        views = [v for v in views if v["online"] == (online == "true")]
+    if wanted_labels:
+        views = [v for v in views if wanted_labels.items() <= v.get("labels", {}).items()]
+    return JSONResponse({"devices": views, "count": len(views)})
 
 
 async def get_device(request: Request) -> JSONResponse:
-    state = _device(request)
-    if isinstance(state, JSONResponse):
-        return state
-    return JSONResponse(_view(state))
+    device_id = device_id_of(request)
+    if isinstance(device_id, JSONResponse):
+        return device_id
+    hub = _hub(request)
+    record = await asyncio.to_thread(hub.registry.find_device, device_id)
+    state = hub.fleet.get(device_id)
+    if record is None and state is None:
+        return error(404, f"no device {device_id!r}")
+    return JSONResponse(device_view(record, state, device_id))
 
 
 async def get_telemetry(request: Request) -> JSONResponse:
-    state = _device(request)
-    if isinstance(state, JSONResponse):
-        return state
+    device_id = device_id_of(request)
+    if isinstance(device_id, JSONResponse):
+        return device_id
+    state = _hub(request).fleet.get(device_id)
+    if state is None:
+        return error(404, f"device {device_id!r} has sent no telemetry")
     q = request.query_params
     hub = _hub(request)
     now = now_ms()
@@ -79,9 +111,7 @@ async def get_telemetry(request: Request) -> JSONResponse:
             raise BadRequest("parameter 'from' is after 'to'")
         step = parse_duration_ms("step", q["step"]) if "step" in q else None
         if step is not None and (end - start) // step > MAX_BUCKETS:
-            raise BadRequest(
-                f"parameter 'step': more than {MAX_BUCKETS} buckets in the range; use a larger step"
-            )
+            raise BadRequest(f"parameter 'step': more than {MAX_BUCKETS} buckets in the range; use a larger step")
         try:
             agg = Agg(q.get("agg", "avg" if step else "last"))
         except ValueError:
@@ -108,7 +138,7 @@ async def get_telemetry(request: Request) -> JSONResponse:
 
 
 routes = [
-    Route("/api/v1/devices", list_devices),
-    Route("/api/v1/devices/{device_id}", get_device),
-    Route("/api/v1/devices/{device_id}/telemetry", get_telemetry),
+    Route("/api/v1/devices", requires(Scope.READ)(list_devices), methods=["GET"]),
+    Route("/api/v1/devices/{device_id}", requires(Scope.READ)(get_device), methods=["GET"]),
+    Route("/api/v1/devices/{device_id}/telemetry", requires(Scope.READ)(get_telemetry), methods=["GET"]),
 ]

@@ -41,9 +41,7 @@ def _metric_value(value: Any) -> bool | int | float | str:
         return value
     if isinstance(value, str) and len(value) <= MAX_STRING_VALUE:
         return value
-    raise ValueError(
-        f"must be a finite number, a boolean or a string of at most {MAX_STRING_VALUE} characters"
-    )
+    raise ValueError(f"must be a finite number, a boolean or a string of at most {MAX_STRING_VALUE} characters")
 
 
 MetricValue = Annotated[bool | int | float | str, PlainValidator(_metric_value)]

@@ -71,9 +71,7 @@ def parse(topic: str) -> DeviceTopic | None:
 def topic_for(device_id: str, kind: TopicKind, command: str | None = None) -> str:
     """Build the topic of ``kind`` for ``device_id``; the inverse of :func:`parse`."""
     if not is_valid_id(device_id):
-        raise TopicError(
-            f"device id {device_id!r} breaks the rule {ID_PATTERN}", reason=RejectReason.BAD_DEVICE_ID
-        )
+        raise TopicError(f"device id {device_id!r} breaks the rule {ID_PATTERN}", reason=RejectReason.BAD_DEVICE_ID)
     if kind is TopicKind.COMMAND:
         if command is None or not is_valid_id(command):
             raise TopicError(f"command name {command!r} breaks the rule {ID_PATTERN}")

@@ -12,6 +12,8 @@ and must never block:
 * ``Broker.stream_connected`` closes every TCP connection's socket when its handler ends;
 * ``Broker._publish_retained_messages_for_subscription`` sends retained messages only for a
   subscription just made [MQTT-3.3.1-6];
+* ``_authenticate`` and ``_topic_filtering`` ask :mod:`iothub.hub.auth` directly (amqtt's plugin
+  path starts a task per check), and the protocol handler answers CONNACK with the refusal's code;
 * connects arrive through the documented ``on_broker_client_connected`` plugin hook.
 """
 
@@ -19,12 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import time
 from typing import Any, Protocol
 
 from amqtt.broker import Broker
+from amqtt.contexts import Action
+from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.disconnect import DisconnectPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BasePlugin
 
+from iothub.hub.auth import NOT_AUTHORIZED, Authenticator, Principal, PrincipalKind, Refusal, certificate_cn
+from iothub.hub.auth import may_publish as acl_publish
+from iothub.hub.auth import may_subscribe as acl_subscribe
+from iothub.hub.metrics import HubMetrics
 from iothub.hub.presence import PresenceReason
 from iothub.hub.settings import MqttSettings
 from iothub.hub.topicfilter import matches
@@ -51,12 +62,99 @@ class ConnectionEvents(BasePlugin[Any]):  # type: ignore[misc]
             self.tap.on_connect(client_id)
 
 
+_PRINCIPAL = "iothub.principal"
+_CONNACK = "iothub.connack"
+_LOG_EVERY_S = 60.0
+
+
+class _HubProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
+    async def mqtt_connack_authorize(self, authorize: bool) -> None:
+        """CONNACK with the refusal's own code (amqtt always answers 0x05)."""
+        code = 0 if authorize else self.session.attributes.get(_CONNACK, NOT_AUTHORIZED)
+        await self._send_packet(ConnackPacket.build(self.session.parent, code))
+
+
 class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type information
-    def __init__(self, config: dict[str, Any], tap: BrokerTap) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        settings: MqttSettings,
+        tap: BrokerTap,
+        auth: Authenticator,
+        metrics: HubMetrics,
+    ) -> None:
         super().__init__(config)
+        self._settings = settings
         self._tap = tap
+        self._auth = auth
         self._stopping = False
         self._new_subscriptions: set[tuple[str, str]] = set()  # (client id, filter) awaiting retained
+        self._closing: dict[str, PresenceReason] = {}  # connections the hub is closing, and why
+        self._auth_results = {r: metrics.mqtt_auth.labels(r) for r in ("ok", "0x02", "0x04", "0x05")}
+        self._acl_denied = {a: metrics.acl_denied.labels(a.value) for a in (Action.PUBLISH, Action.SUBSCRIBE)}
+        self._acl_logged: dict[str, float] = {}
+
+    # -- authentication and ACL --------------------------------------------------------------------
+
+    async def _initialize_client_session(self, *args: Any) -> tuple[Any, Any]:
+        handler, session = await super()._initialize_client_session(*args)
+        handler.__class__ = _HubProtocolHandler  # only mqtt_connack_authorize differs
+        return handler, session
+
+    async def _authenticate(self, session: Any, listener: Any) -> bool:
+        result = await self._auth.authenticate(
+            client_id=session.client_id,
+            username=session.username,
+            password=session.password,
+            will_topic=session.will_topic if session.will_flag else None,
+            peer_cn=certificate_cn(session.ssl_object),
+        )
+        if isinstance(result, Refusal):
+            session.attributes[_CONNACK] = result.code
+            self._auth_results[f"0x{result.code:02x}"].inc()
+            log.warning("refused MQTT client %r (CONNACK 0x%02x): %s", session.client_id, result.code, result.reason)
+            return False
+        session.attributes[_PRINCIPAL] = result
+        self._auth_results["ok"].inc()
+        return True
+
+    async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
+        if action is Action.RECEIVE:
+            return True  # subscriptions were checked when made
+        principal: Principal | None = session.attributes.get(_PRINCIPAL)
+        if principal is None:
+            return False
+        allowed = acl_publish(principal, topic) if action is Action.PUBLISH else acl_subscribe(principal, topic)
+        if not allowed:
+            self._acl_denied[action].inc()
+            now = time.monotonic()
+            if now - self._acl_logged.get(principal.name, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+                self._acl_logged[principal.name] = now
+                log.warning(
+                    "%s %r may not %s %r (logged once a minute)",
+                    principal.kind,
+                    principal.name,
+                    action,
+                    topic,
+                )
+            if action is Action.PUBLISH and self._settings.acl_violation == "disconnect":
+                await self.disconnect(session.client_id, PresenceReason.ACL_VIOLATION)
+        return allowed
+
+    async def disconnect(self, client_id: str, reason: PresenceReason) -> bool:
+        """Close a client's connection from the hub's side; False when it is not connected."""
+        session, handler = self._sessions.get(client_id, (None, None))
+        if handler is None or handler.writer is None or session.transitions.state != "connected":
+            return False
+        self._closing[client_id] = reason
+        await handler.writer.close()
+        return True
+
+    def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
+        context: ssl.SSLContext = Broker._create_ssl_context(listener)
+        if self._settings.tls.require_client_cert:
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     async def shutdown(self) -> None:
         self._stopping = True  # amqtt closes sessions before its own state says "stopping"
@@ -77,9 +175,7 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
             self._new_subscriptions.add((session.client_id, subscription[0]))
         return code
 
-    async def _publish_retained_messages_for_subscription(
-        self, subscription: tuple[str, int], session: Any
-    ) -> None:
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Any) -> None:
         """[MQTT-3.3.1-6] retained messages go to a client only for a subscription it has just made.
 
         amqtt also calls this at every connect for every filter of every client, which sends other
@@ -94,9 +190,7 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
             return
         topic_filter, qos = subscription
         publishes = [
-            handler.mqtt_publish(
-                topic, message.data, qos if message.qos is None else min(qos, message.qos), True
-            )
+            handler.mqtt_publish(topic, message.data, qos if message.qos is None else min(qos, message.qos), True)
             for topic, message in self._retained_messages.items()
             if matches(topic_filter, topic)
         ]
@@ -113,6 +207,8 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
     async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
         if self._stopping:
             reason = PresenceReason.HUB_STOPPED
+        elif client_session.client_id in self._closing:
+            reason = self._closing.pop(client_session.client_id)
         elif isinstance(disconnect_waiter.result(), DisconnectPacket):
             reason = PresenceReason.CLEAN_DISCONNECT
         elif client_session.will_flag:
@@ -127,41 +223,66 @@ def broker_config(settings: MqttSettings) -> dict[str, Any]:
     listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{settings.host}:{settings.port}"}}
     if settings.ws_port is not None:
         listeners["ws"] = {"type": "ws", "bind": f"{settings.host}:{settings.ws_port}"}
+    tls = settings.tls
+    if tls.port is not None:
+        listeners["tls"] = {
+            "type": "tcp",
+            "bind": f"{settings.host}:{tls.port}",
+            "ssl": True,
+            "certfile": str(tls.certfile),
+            "keyfile": str(tls.keyfile),
+            **({"cafile": str(tls.cafile)} if tls.cafile else {}),
+        }
     return {
         "listeners": listeners,
-        # Our own plugin list replaces amqtt's defaults ($SYS, event and packet loggers cost 28-38%).
-        "plugins": {
-            "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            f"{__name__}.ConnectionEvents": {},
-        },
+        # Our own plugin list replaces amqtt's defaults ($SYS, event and packet loggers cost 28-38%);
+        # authentication and ACL are overrides of _HubBroker, not plugins (no task per check).
+        "plugins": {f"{__name__}.ConnectionEvents": {}},
     }
 
 
 class EmbeddedBroker:
     """``async with EmbeddedBroker(settings, tap) as broker``: listening on entry, shut down on exit."""
 
-    def __init__(self, settings: MqttSettings, tap: BrokerTap) -> None:
+    def __init__(self, settings: MqttSettings, tap: BrokerTap, auth: Authenticator, metrics: HubMetrics) -> None:
         self.settings = settings
         self._tap = tap
+        self._auth = auth
+        self._metrics = metrics
         self._broker: _HubBroker | None = None
         self.ports: dict[str, int] = {}
 
     async def __aenter__(self) -> EmbeddedBroker:
-        broker = _HubBroker(broker_config(self.settings), self._tap)
+        broker = _HubBroker(broker_config(self.settings), self.settings, self._tap, self._auth, self._metrics)
         for plugin in broker.plugins_manager.plugins:
             if isinstance(plugin, ConnectionEvents):
                 plugin.tap = self._tap
         await broker.start()
         self._broker = broker
+        names = {"default": "mqtt", "ws": "mqtt_ws", "tls": "mqtts"}
         for name, server in broker._servers.items():
-            port = server.instance.sockets[0].getsockname()[1]
-            self.ports["mqtt" if name == "default" else "mqtt_ws"] = port
+            self.ports[names[name]] = server.instance.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._broker is not None:
             await self._broker.shutdown()
             self._broker = None
+
+    async def disconnect(self, client_id: str, reason: PresenceReason) -> bool:
+        """Close ``client_id``'s connection (e.g. its device was disabled); False if not connected."""
+        return self._broker is not None and await self._broker.disconnect(client_id, reason)
+
+    def connected_devices(self) -> list[str]:
+        """Ids of the devices (authenticated as devices) with a live connection."""
+        if self._broker is None:
+            return []
+        return [
+            cid
+            for cid, (session, _) in self._broker._sessions.items()
+            if session.transitions.state == "connected"
+            and getattr(session.attributes.get(_PRINCIPAL), "kind", None) is PrincipalKind.DEVICE
+        ]
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish as the hub itself (not a client): routed to subscribers, retained if asked."""

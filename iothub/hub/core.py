@@ -8,21 +8,26 @@ drain and commit what is queued, end the fan-out, close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from contextlib import AsyncExitStack
 from types import TracebackType
 
+from iothub.hub.auth import Authenticator
 from iothub.hub.broker import EmbeddedBroker
 from iothub.hub.events import EventBus
 from iothub.hub.fleet import Fleet
 from iothub.hub.ingest import Ingest, now_ms
 from iothub.hub.metrics import HubMetrics
+from iothub.hub.presence import PresenceReason
+from iothub.hub.registry import Registry, Scope
 from iothub.hub.settings import Settings
 from iothub.hub.store import SqliteStore, Store
 
 log = logging.getLogger(__name__)
 HUB_STATUS_TOPIC = "hub/status"
+REGISTRY_POLL_S = 1.0
 
 
 class Hub:
@@ -32,8 +37,11 @@ class Hub:
         self.fleet = Fleet(settings.ingest.seq_window)
         self.bus = EventBus(self.metrics, settings.fanout.queue_size)
         self.store: Store = SqliteStore(settings.data_dir / "iothub.db", settings.store.event_retention)
+        self.registry = Registry(settings.data_dir / "registry.db")
         self.ingest = Ingest(settings.ingest, self.store, self.fleet, self.bus, self.metrics)
-        self.broker = EmbeddedBroker(settings.mqtt, self.ingest)
+        self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)
+        self.broker = EmbeddedBroker(settings.mqtt, self.ingest, self.auth, self.metrics)
+        self.first_token: str | None = None  # an admin token made on first start, to print once
         self._stack = AsyncExitStack()
 
     @property
@@ -42,6 +50,9 @@ class Hub:
 
     async def __aenter__(self) -> Hub:
         async with AsyncExitStack() as stack:
+            stack.callback(self.registry.close)
+            if not self.registry.tokens():
+                _, self.first_token = self.registry.create_token(Scope.ADMIN, "first-start")
             await self.store.open()
             stack.push_async_callback(self.store.close)
             for stored in await self.store.load_devices():
@@ -53,6 +64,9 @@ class Hub:
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
             await self._announce(online=True)
+            stopped = asyncio.Event()
+            stack.callback(stopped.set)
+            tasks.create_task(self._watch_registry(stopped), name="iothub-registry-watch")
             self._stack = stack.pop_all()
         log.info("hub started with %d known devices; data in %s", len(self.fleet), self.settings.data_dir)
         return self
@@ -62,6 +76,21 @@ class Hub:
     ) -> None:
         await self._stack.__aexit__(exc_type, exc, tb)
         log.info("hub stopped")
+
+    async def _watch_registry(self, stopped: asyncio.Event) -> None:
+        """Apply registry changes made anywhere (REST, another process): disconnect disabled devices."""
+        while not stopped.is_set():
+            if await asyncio.to_thread(self.registry.changed):
+                await self.enforce_registry()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), REGISTRY_POLL_S)
+
+    async def enforce_registry(self) -> None:
+        for device_id in self.broker.connected_devices():
+            device = await asyncio.to_thread(self.registry.find_device, device_id)
+            if device is None or not device.enabled:
+                log.info("disconnecting device %s: %s", device_id, "removed" if device is None else "disabled")
+                await self.broker.disconnect(device_id, PresenceReason.DISABLED)
 
     async def _announce(self, *, online: bool) -> None:
         payload = json.dumps({"online": online, "ts": now_ms()}).encode()

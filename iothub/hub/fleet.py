@@ -102,9 +102,7 @@ class Fleet:
     def touch(self, device_id: str, now_ms: int) -> DeviceState:
         state = self.devices.get(device_id)
         if state is None:
-            state = self.devices[device_id] = DeviceState(
-                device_id, now_ms, now_ms, SeqWindow(self._seq_window)
-            )
+            state = self.devices[device_id] = DeviceState(device_id, now_ms, now_ms, SeqWindow(self._seq_window))
         else:
             state.last_seen = now_ms
         return state

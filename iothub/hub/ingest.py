@@ -109,9 +109,7 @@ class Ingest:
         except TopicError:
             parsed = None
         state = self.fleet.get(parsed.device_id) if parsed is not None else None
-        self._reject(
-            state, RejectReason.QUEUE_FULL, f"ingest queue full ({self.settings.queue_size})", topic, received
-        )
+        self._reject(state, RejectReason.QUEUE_FULL, f"ingest queue full ({self.settings.queue_size})", topic, received)
 
     # -- the batch loop ----------------------------------------------------------------------------
 
@@ -218,9 +216,7 @@ class Ingest:
         limits = {"max_bytes": self.settings.max_payload_bytes}
         try:
             if parsed.kind is TopicKind.TELEMETRY:
-                t = decode_telemetry(
-                    item.payload, now_ms=received, max_future_ms=self._max_future_ms, **limits
-                )
+                t = decode_telemetry(item.payload, now_ms=received, max_future_ms=self._max_future_ms, **limits)
                 if t.seq is not None:
                     is_new, gaps = state.seq.accept(t.seq)
                     if not is_new:
@@ -247,9 +243,7 @@ class Ingest:
             elif parsed.kind is TopicKind.RESPONSE:
                 r = decode_response(item.payload, **limits)
                 batch.events.append(
-                    PendingEvent(
-                        EventType.COMMAND_RESULT.value, received, state.id, r.model_dump(exclude_none=True)
-                    )
+                    PendingEvent(EventType.COMMAND_RESULT.value, received, state.id, r.model_dump(exclude_none=True))
                 )
         except PayloadError as exc:
             self._reject(state, exc.reason, str(exc), item.topic, received)
@@ -259,9 +253,7 @@ class Ingest:
         assert state.since is not None
         return PendingEvent(EventType.STATUS.value, state.since, state.id, state.presence_view())
 
-    def _reject(
-        self, state: DeviceState | None, reason: RejectReason, detail: str, topic: str, received: int
-    ) -> None:
+    def _reject(self, state: DeviceState | None, reason: RejectReason, detail: str, topic: str, received: int) -> None:
         self._rejected[reason].inc()
         if state is None:
             last = self._global_logged.get(reason, 0)

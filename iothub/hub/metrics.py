@@ -44,13 +44,23 @@ class HubMetrics:
         self.messages_rejected = Counter(
             "iothub_messages_rejected", "Device messages refused, by reason", ["reason"], registry=r
         )
-        self.duplicates = Counter(
-            "iothub_duplicates_dropped", "Telemetry dropped as a repeated seq", registry=r
-        )
+        self.duplicates = Counter("iothub_duplicates_dropped", "Telemetry dropped as a repeated seq", registry=r)
         self.seq_gaps = Counter("iothub_seq_gaps", "seq numbers never received", registry=r)
         self.events_published = Counter("iothub_events_published", "Events handed to the fan-out", registry=r)
         self.fanout_dropped = Counter(
             "iothub_fanout_dropped", "Events dropped from a slow consumer's queue", ["consumer"], registry=r
+        )
+        self.mqtt_auth = Counter(
+            "iothub_mqtt_connects",
+            "MQTT connection attempts, by result (ok or CONNACK code)",
+            ["result"],
+            registry=r,
+        )
+        self.acl_denied = Counter(
+            "iothub_acl_denied",
+            "Publishes and subscriptions refused by the topic ACL",
+            ["action"],
+            registry=r,
         )
         self.store_batch_seconds = Histogram(
             "iothub_store_batch_seconds",

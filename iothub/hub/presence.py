@@ -6,7 +6,9 @@ Sources, applied in the order the broker saw them (one ordered ingest stream):
   ``last_will`` (dropped with a Will set), ``connection_lost`` (dropped without one);
 * ``devices/{id}/status`` messages: ``reported_online`` / ``reported_offline`` (the device's own
   ``reason`` text is kept as ``detail``); with an external broker this is the only source;
-* the hub itself: ``hub_stopped`` for devices connected when the hub stopped (or crashed).
+* the hub itself: ``hub_stopped`` for devices connected when the hub stopped (or crashed),
+  ``disabled`` when an operator disabled or removed a connected device, ``acl_violation`` when the
+  hub closed a connection for publishing where it may not (``mqtt.acl_violation = "disconnect"``).
 
 A Will arrives after the disconnect that caused it, so the broker's reason wins over the Will's text.
 """
@@ -25,6 +27,8 @@ class PresenceReason(enum.StrEnum):
     CONNECTION_LOST = "connection_lost"
     REPORTED_OFFLINE = "reported_offline"
     HUB_STOPPED = "hub_stopped"
+    DISABLED = "disabled"
+    ACL_VIOLATION = "acl_violation"
 
 
 ONLINE_REASONS = frozenset({PresenceReason.CONNECTED, PresenceReason.REPORTED_ONLINE})

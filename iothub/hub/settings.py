@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,10 +28,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Section):
+    port: Port | None = Field(default=None, description="MQTT over TLS; unset to disable")
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    cafile: Path | None = Field(default=None, description="CA that signs device client certificates")
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> Self:
+        if self.port is None:
+            return self
+        if self.certfile is None or self.keyfile is None:
+            raise ValueError("a TLS port needs certfile and keyfile")
+        for name in ("certfile", "keyfile", "cafile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        if self.require_client_cert and self.cafile is None:
+            raise ValueError("require_client_cert needs cafile")
+        return self
+
+
 class MqttSettings(_Section):
     host: str = Field(default="127.0.0.1", description="address the embedded broker binds")
     port: Port = 1883
     ws_port: Port | None = Field(default=8083, description="MQTT over WebSocket; unset to disable")
+    tls: TlsSettings = TlsSettings()
+    allow_anonymous: bool = Field(default=False, description="let clients in without credentials (development)")
+    acl_violation: Literal["drop", "disconnect"] = Field(
+        default="drop", description="what a publish to a forbidden topic costs the client besides the message"
+    )
 
 
 class HttpSettings(_Section):

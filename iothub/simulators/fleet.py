@@ -47,6 +47,7 @@ class FleetConfig:
     messages: int | None = None
     seed: int | None = None
     first: int = 0  # index of the first device (several processes can share one prefix)
+    credentials: dict[str, str] | None = field(default=None, repr=False)  # device id -> secret
 
     def __post_init__(self) -> None:
         if self.rate == 0 and self.qos == 0:
@@ -100,6 +101,7 @@ class SimulatedDevice:
         self.telemetry_topic = topic_for(device_id, TopicKind.TELEMETRY)
         self.response_topic = topic_for(device_id, TopicKind.RESPONSE)
         self.started = time.monotonic()
+        self.secret = (config.credentials or {}).get(device_id)
         self._reboot = False
 
     def _status(self, online: bool, reason: str) -> bytes:
@@ -119,6 +121,8 @@ class SimulatedDevice:
                 will=will,
                 keepalive=self.config.keepalive,
                 clean_session=True,
+                username=self.id if self.secret is not None else None,
+                password=self.secret,
                 timeout=10,
             )
             try:

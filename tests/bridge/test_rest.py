@@ -19,9 +19,7 @@ async def _seed(hub: Running, events: EventWaiter) -> str:
     async with mqtt_client(hub, device) as client:
         for i, temp in enumerate([10, 20, 30, 40]):
             metrics = {"temperature": temp, "door": i % 2 == 1, "mode": f"m{i}"}
-            await client.publish(
-                f"devices/{device}/telemetry", telemetry(metrics, ts=T0 + i * 20_000, seq=i), qos=1
-            )
+            await client.publish(f"devices/{device}/telemetry", telemetry(metrics, ts=T0 + i * 20_000, seq=i), qos=1)
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 3)
     return device
 
@@ -88,9 +86,7 @@ async def test_downsampled_telemetry(
     assert body["series"]["temperature"] == [[T0, expected[0]], [T0 + 60_000, expected[1]]]
 
 
-async def test_downsampled_strings_and_flags(
-    hub: Running, events: EventWaiter, http: httpx.AsyncClient
-) -> None:
+async def test_downsampled_strings_and_flags(hub: Running, events: EventWaiter, http: httpx.AsyncClient) -> None:
     device = await _seed(hub, events)
     params: list[tuple[str, str | int | float | bool | None]] = [
         ("metric", "mode"),

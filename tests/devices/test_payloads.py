@@ -16,9 +16,7 @@ def telemetry(**fields: Any) -> bytes:
 
 def test_a_full_message_decodes() -> None:
     t = decode_telemetry(
-        telemetry(
-            ts="2026-09-21T10:00:00+02:00", seq=7, metrics={"t": 21.5, "n": 3, "open": False, "mode": "eco"}
-        ),
+        telemetry(ts="2026-09-21T10:00:00+02:00", seq=7, metrics={"t": 21.5, "n": 3, "open": False, "mode": "eco"}),
         **LIMITS,
     )
     assert t.ts == 1_789_977_600_000

@@ -7,10 +7,8 @@ import json
 import os
 import time
 
-import aiomqtt
-
 from iothub.runner import Running
-from tests.conftest import WAIT_S, EventWaiter, mqtt_client, telemetry, unique_id
+from tests.conftest import WAIT_S, EventWaiter, mqtt_client, service_client, telemetry, unique_id
 
 
 def open_fds() -> int:
@@ -36,7 +34,7 @@ async def test_connections_that_never_connect_are_closed(hub: Running, events: E
 
 
 async def test_hub_status_is_retained(hub: Running) -> None:
-    async with mqtt_client(hub, "watcher") as client:
+    async with service_client(hub, "watcher") as client:
         await client.subscribe("hub/status", qos=1)
         async with asyncio.timeout(WAIT_S):
             message = await anext(aiter(client.messages))
@@ -47,10 +45,7 @@ async def test_hub_status_is_retained(hub: Running) -> None:
 
 async def test_mqtt_over_websocket(hub: Running, events: EventWaiter) -> None:
     device = unique_id("ws")
-    client = aiomqtt.Client(
-        "127.0.0.1", hub.ports["mqtt_ws"], identifier=device, transport="websockets", timeout=WAIT_S
-    )
-    async with client:
+    async with mqtt_client(hub, device, port="mqtt_ws", transport="websockets") as client:
         await client.publish(f"devices/{device}/telemetry", telemetry({"t": 3}), qos=1)
         event = await events.telemetry_from(device)
     assert event.data["metrics"] == {"t": 3}
@@ -70,14 +65,14 @@ async def test_qos2_telemetry_is_stored_once(hub: Running, events: EventWaiter) 
 async def test_retained_messages_go_only_to_matching_new_subscriptions(hub: Running) -> None:
     """[MQTT-3.3.1-6]: plain amqtt sends a connecting client retained messages for others' filters."""
     device = unique_id()
-    async with mqtt_client(hub, "status-watcher") as watcher, mqtt_client(hub, device) as publisher:
+    async with service_client(hub, "status-watcher") as watcher, mqtt_client(hub, device) as publisher:
         await watcher.subscribe("devices/+/status", qos=1)
         await publisher.publish(f"devices/{device}/status", b'{"online": true}', qos=1, retain=True)
         async with asyncio.timeout(WAIT_S):
             await anext(aiter(watcher.messages))
-        async with mqtt_client(hub, "bystander") as bystander:
+        async with service_client(hub, "bystander") as bystander:
             await bystander.subscribe("probe/bystander", qos=1)
-            await publisher.publish("probe/bystander", b"probe", qos=1)
+            await bystander.publish("probe/bystander", b"probe", qos=1)
             async with asyncio.timeout(WAIT_S):
                 first = await anext(aiter(bystander.messages))
             assert str(first.topic) == "probe/bystander"  # nothing retained came before it

@@ -16,7 +16,7 @@ import pytest
 
 from iothub.hub.events import EventType, HubEvent
 from iothub.runner import Running, serve
-from tests.conftest import EventWaiter, hub_settings, mqtt_client, telemetry, unique_id
+from tests.conftest import EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
 
 
 def now_ms() -> int:
@@ -60,9 +60,7 @@ BAD_INPUT: list[tuple[str, str, bytes, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "suffix", "payload", "reason", "detail"), BAD_INPUT, ids=[b[0] for b in BAD_INPUT]
-)
+@pytest.mark.parametrize(("case", "suffix", "payload", "reason", "detail"), BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
 async def test_bad_input_is_refused_counted_and_loses_nothing_else(
     hub: Running,
     events: EventWaiter,
@@ -74,7 +72,8 @@ async def test_bad_input_is_refused_counted_and_loses_nothing_else(
     detail: str,
 ) -> None:
     device = unique_id()
-    async with mqtt_client(hub, device) as client:
+    # A service account (a gateway, say) may publish any topic, so every kind of bad input reaches ingest.
+    async with service_client(hub, "gateway") as client:
         await client.publish(f"devices/{device}/{suffix}", payload, qos=1)
         # The same connection then sends a good message; ingest keeps broker order, so once the good
         # one is stored the bad one has been judged.
@@ -95,7 +94,7 @@ async def test_a_topic_id_breaking_the_rule_is_counted_without_a_device(
     hub: Running, events: EventWaiter, http: Any
 ) -> None:
     good = unique_id()
-    async with mqtt_client(hub, good) as client:
+    async with service_client(hub, "gateway") as client:
         await client.publish("devices/bad id!/telemetry", telemetry({"t": 1}), qos=1)
         await client.publish(f"devices/{good}/telemetry", telemetry({"t": 1}), qos=1)
         await events.telemetry_from(good)
@@ -107,12 +106,13 @@ async def test_a_topic_id_breaking_the_rule_is_counted_without_a_device(
 
 async def test_other_topics_pass_through_untouched(hub: Running, events: EventWaiter) -> None:
     device = unique_id()
-    async with mqtt_client(hub, "listener") as listener, mqtt_client(hub, device) as client:
+    async with service_client(hub, "listener") as listener, service_client(hub, "plant") as plant:
         await listener.subscribe("plant/#", qos=1)
-        await client.publish("plant/line1/speed", b"not json at all", qos=1)
+        await plant.publish("plant/line1/speed", b"not json at all", qos=1)
         async with asyncio.timeout(5):
             message = await anext(aiter(listener.messages))
         assert message.payload == b"not json at all"
+    async with mqtt_client(hub, device) as client:
         await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
         await events.telemetry_from(device)
     assert len(hub.hub.fleet) == 1
@@ -143,9 +143,7 @@ async def test_a_device_timestamp_is_kept(hub: Running, events: EventWaiter) -> 
 async def test_command_responses_become_events(hub: Running, events: EventWaiter) -> None:
     device = unique_id()
     async with mqtt_client(hub, device) as client:
-        await client.publish(
-            f"devices/{device}/responses", b'{"id": "r-1", "ok": true, "result": {"x": 1}}', qos=1
-        )
+        await client.publish(f"devices/{device}/responses", b'{"id": "r-1", "ok": true, "result": {"x": 1}}', qos=1)
         event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
     assert event.data == {"id": "r-1", "ok": True, "result": {"x": 1}}
 
@@ -174,9 +172,7 @@ async def test_presence_clean_disconnect(hub: Running, events: EventWaiter) -> N
 
 async def test_presence_last_will(hub: Running, events: EventWaiter) -> None:
     device = unique_id()
-    will = aiomqtt.Will(
-        f"devices/{device}/status", b'{"online": false, "reason": "lost"}', qos=1, retain=True
-    )
+    will = aiomqtt.Will(f"devices/{device}/status", b'{"online": false, "reason": "lost"}', qos=1, retain=True)
     client = mqtt_client(hub, device, will=will)
     await client.__aenter__()
     await _announce(client, device, events)
@@ -184,7 +180,7 @@ async def test_presence_last_will(hub: Running, events: EventWaiter) -> None:
     event = await events.status_of(device, online=False)
     assert event.data["reason"] == "last_will"
     # The Will itself reached the broker's subscribers, and changed nothing more.
-    async with mqtt_client(hub, "observer") as observer:
+    async with service_client(hub, "observer") as observer:
         await observer.subscribe(f"devices/{device}/status", qos=1)
         async with asyncio.timeout(5):
             retained = await anext(aiter(observer.messages))
@@ -248,9 +244,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert state.rejected == {"malformed_json": 1}
         waiter = EventWaiter(running.hub.bus.subscribe("t"))
         async with mqtt_client(running, device) as client:
-            await client.publish(
-                f"devices/{device}/telemetry", telemetry({"t": 9.9}, seq=11), qos=1
-            )  # repeat
+            await client.publish(f"devices/{device}/telemetry", telemetry({"t": 9.9}, seq=11), qos=1)  # repeat
             await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1.7}, seq=12), qos=1)
             again = await waiter.until(lambda e: e.data.get("seq") == 12)
         assert state.duplicates == 1

@@ -25,9 +25,7 @@ def test_environment_nested_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert s.mqtt.port == 0  # the environment wins over the file
 
 
-def test_iothub_toml_in_the_working_directory_is_read(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_iothub_toml_in_the_working_directory_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "iothub.toml").write_text("[ingest]\nbatch_size = 7\n")
     assert load_settings().ingest.batch_size == 7
@@ -55,9 +53,7 @@ def test_iothub_toml_in_the_working_directory_is_read(
         ("IOTHUB_LOG_LEVEL", "loud", r"setting log_level \[IOTHUB_LOG_LEVEL\]"),
     ],
 )
-def test_bad_settings_name_the_setting(
-    monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str
-) -> None:
+def test_bad_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, env: str, value: str, message: str) -> None:
     monkeypatch.setenv(env, value)
     with pytest.raises(SettingsError, match=message):
         load_settings()

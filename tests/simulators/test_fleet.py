@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -11,11 +12,14 @@ import pytest
 from iothub.hub.events import EventType
 from iothub.runner import Running
 from iothub.simulators.fleet import FleetConfig, run_fleet
-from tests.conftest import EventWaiter, mqtt_client
+from tests.conftest import EventWaiter, device_secret, service_client
 
 
-def config(hub: Running, **kwargs: object) -> FleetConfig:
-    return FleetConfig(host="127.0.0.1", port=hub.ports["mqtt"], seed=1, **kwargs)  # type: ignore[arg-type]
+def config(hub: Running, **kwargs: Any) -> FleetConfig:
+    """A fleet whose devices are registered with the hub, as ``iothub simulate`` would do."""
+    cfg = FleetConfig(host="127.0.0.1", port=hub.ports["mqtt"], seed=1, **kwargs)
+    credentials = {device_id: device_secret(hub, device_id) for device_id in cfg.device_ids()}
+    return dataclasses.replace(cfg, credentials=credentials)
 
 
 async def test_a_fleet_reports_and_stops_cleanly(hub: Running, events: EventWaiter) -> None:
@@ -46,7 +50,7 @@ async def test_devices_answer_commands(hub: Running, events: EventWaiter) -> Non
     fleet = asyncio.create_task(run_fleet(cfg, stop))
     try:
         await events.status_of(device, online=True)
-        async with mqtt_client(hub, "operator") as operator:
+        async with service_client(hub, "operator") as operator:
             for request_id, name, args in [
                 ("r1", "ping", {}),
                 ("r2", "set_setpoint", {"setpoint": 19.5}),
@@ -58,9 +62,7 @@ async def test_devices_answer_commands(hub: Running, events: EventWaiter) -> Non
             await operator.publish(f"devices/{device}/commands/ping", b"not a request", qos=1)
             results: dict[str, dict[str, Any]] = {}
             while len(results) < 4:
-                event = await events.until(
-                    lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device
-                )
+                event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
                 results[event.data["id"]] = event.data
     finally:
         stop.set()
@@ -108,7 +110,7 @@ async def test_a_reboot_restarts_the_sequence(hub: Running, events: EventWaiter)
     fleet = asyncio.create_task(run_fleet(cfg, stop))
     try:
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 10)
-        async with mqtt_client(hub, "operator") as operator:
+        async with service_client(hub, "operator") as operator:
             await operator.publish(f"devices/{device}/commands/reboot", b'{"id": "b1"}', qos=1)
         await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 0)

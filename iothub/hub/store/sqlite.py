@@ -168,16 +168,14 @@ class SqliteStore:
             conn.executemany("INSERT INTO points (series_id, ts, num, txt) VALUES (?, ?, ?, ?)", rows)
             first = self._next_event_id
             events = [
-                HubEvent(first + i, EventType(e.type), e.ts, e.device_id, e.data)
-                for i, e in enumerate(batch.events)
+                HubEvent(first + i, EventType(e.type), e.ts, e.device_id, e.data) for i, e in enumerate(batch.events)
             ]
             conn.executemany(
                 "INSERT INTO events (id, ts, type, device_id, data) VALUES (?, ?, ?, ?, ?)",
                 [(e.id, e.ts, e.type.value, e.device_id, json.dumps(e.data)) for e in events],
             )
             conn.executemany(
-                "INSERT INTO devices (id, state) VALUES (?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
                 [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],
             )
             next_id = self._next_event_id + len(events)
@@ -206,9 +204,7 @@ class SqliteStore:
                 conn.execute("UPDATE series SET kind = ? WHERE id = ?", (kind, sid))
                 self._series[(device_id, metric)] = (sid, kind)
             return sid
-        cur = conn.execute(
-            "INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?)", (device_id, metric, kind)
-        )
+        cur = conn.execute("INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?)", (device_id, metric, kind))
         new_id = cur.lastrowid
         assert new_id is not None
         sid = new_id

@@ -1,0 +1,70 @@
+"""API tokens on HTTP: ``Authorization: Bearer <token>``; 401 without a valid token, 403 without scope.
+
+Streaming endpoints that a browser's EventSource must reach (which cannot set headers) may also
+accept ``?access_token=`` (``query=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from iothub.hub.core import Hub
+from iothub.hub.registry import Scope, TokenRecord
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="iothub"'})
+
+
+def presented_token(request: Request, query: bool) -> str | None:
+    header = request.headers.get("authorization")
+    if header is not None:
+        kind, _, value = header.partition(" ")
+        return value.strip() if kind.lower() == "bearer" and value.strip() else ""
+    if query:
+        return request.query_params.get("access_token")
+    return None
+
+
+async def check(request: Request, scope: Scope, query: bool = False) -> TokenRecord | JSONResponse:
+    token = presented_token(request, query)
+    if token is None:
+        return _unauthorized("this needs an API token: send 'Authorization: Bearer <token>'")
+    if token == "":
+        return _unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    hub: Hub = request.app.state.hub
+    record = await asyncio.to_thread(hub.registry.lookup_token, token)
+    if record is None:
+        return _unauthorized("unknown API token")
+    if record.revoked is not None:
+        return _unauthorized(f"API token {record.id!r} has been revoked")
+    if not record.scope.allows(scope):
+        return JSONResponse(
+            {"error": f"API token {record.id!r} has scope '{record.scope}'; this needs '{scope}'"},
+            status_code=403,
+        )
+    return record
+
+
+def requires(scope: Scope, query: bool = False) -> Callable[[Endpoint], Endpoint]:
+    """Decorate an endpoint so it runs only for a token of ``scope`` (or a wider one)."""
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def guarded(request: Request) -> Response:
+            result = await check(request, scope, query)
+            if isinstance(result, JSONResponse):
+                return result
+            request.state.token = result
+            return await endpoint(request)
+
+        return guarded
+
+    return decorate

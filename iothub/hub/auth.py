@@ -1,0 +1,179 @@
+"""MQTT authentication and topic ACL for the embedded broker.
+
+Who may connect (:class:`Authenticator`):
+
+* a device: username = its id, password = its secret, client id = its id; or a TLS client
+  certificate whose CN is its id (a username, if given, must match);
+* a service account: username ``svc:{name}``, password = its secret (roles: observer, service);
+* anyone, when ``mqtt.allow_anonymous`` is set (development only).
+
+Refusals carry the MQTT 3.1.1 CONNACK code: 0x02 client id is not the device id, 0x04 unknown
+device or wrong secret (the same code for both), 0x05 disabled device, anonymous access off, or a
+Will on a topic the client may not publish to.
+
+What each may do (:func:`may_publish`, :func:`may_subscribe`), with MQTT wildcard semantics: a
+filter is allowed only if every topic it can match is allowed, so ``devices/+/commands/#`` or ``#``
+are refused to a device even though they include its own topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import ssl
+from dataclasses import dataclass
+
+from iothub.devices import TopicError, TopicKind
+from iothub.devices import parse as parse_topic
+from iothub.hub.credentials import verify_secret
+from iothub.hub.registry import Registry, Role
+
+log = logging.getLogger(__name__)
+
+SERVICE_PREFIX = "svc:"
+IDENTIFIER_REJECTED = 0x02
+BAD_CREDENTIALS = 0x04
+NOT_AUTHORIZED = 0x05
+_DEVICE_PUBLISHES = frozenset({TopicKind.TELEMETRY, TopicKind.STATUS, TopicKind.RESPONSE, TopicKind.STATE_REPORTED})
+_CACHE_LIMIT = 100_000
+
+
+class PrincipalKind(enum.StrEnum):
+    DEVICE = "device"
+    SERVICE = "service"
+    ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    kind: PrincipalKind
+    name: str
+    role: Role | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    code: int
+    reason: str
+
+
+def filter_within(topic_filter: str, allowed: str) -> bool:
+    """True when every topic matching ``topic_filter`` also matches the filter ``allowed``."""
+    want, have = topic_filter.split("/"), allowed.split("/")
+    for i, level in enumerate(want):
+        if i >= len(have):
+            return False
+        if have[i] == "#":
+            return True
+        if level == "#" or (level == "+" and have[i] != "+"):
+            return False
+        if have[i] != "+" and level != have[i]:
+            return False
+    # The filter ended: it is inside ``allowed`` if that ends here too, or continues with '#'
+    # ('a/#' matches 'a' itself).
+    return len(have) == len(want) or (len(have) == len(want) + 1 and have[-1] == "#")
+
+
+def device_subscriptions(device_id: str) -> tuple[str, str]:
+    return f"devices/{device_id}/commands/#", f"devices/{device_id}/state/desired"
+
+
+def may_publish(principal: Principal, topic: str) -> bool:
+    if principal.kind is PrincipalKind.ANONYMOUS:
+        return True
+    if principal.kind is PrincipalKind.SERVICE:
+        return principal.role is Role.SERVICE
+    try:
+        parsed = parse_topic(topic)
+    except TopicError:
+        return False
+    return parsed is not None and parsed.device_id == principal.name and parsed.kind in _DEVICE_PUBLISHES
+
+
+def may_subscribe(principal: Principal, topic_filter: str) -> bool:
+    if principal.kind is not PrincipalKind.DEVICE:
+        return True
+    return any(filter_within(topic_filter, allowed) for allowed in device_subscriptions(principal.name))
+
+
+def certificate_cn(ssl_object: ssl.SSLObject | None) -> str | None:
+    """The subject CN of a verified client certificate, if the client presented one."""
+    if ssl_object is None:
+        return None
+    cert = ssl_object.getpeercert()
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for attribute in rdn:
+            if attribute[0] == "commonName":
+                return str(attribute[1])
+    return None
+
+
+class Authenticator:
+    """Checks credentials against the registry; verified secrets are cached (by their hash)."""
+
+    def __init__(self, registry: Registry, allow_anonymous: bool) -> None:
+        self.registry = registry
+        self.allow_anonymous = allow_anonymous
+        self._verified: set[tuple[str, str]] = set()  # (stored hash, sha256 of the presented secret)
+
+    async def authenticate(
+        self,
+        *,
+        client_id: str,
+        username: str | None,
+        password: str | None,
+        will_topic: str | None,
+        peer_cn: str | None = None,
+    ) -> Principal | Refusal:
+        result = await asyncio.to_thread(self._authenticate, client_id, username, password, peer_cn)
+        if isinstance(result, Principal) and will_topic is not None and not may_publish(result, will_topic):
+            return Refusal(NOT_AUTHORIZED, f"{result.name} may not publish its Will on {will_topic!r}")
+        return result
+
+    def _authenticate(
+        self, client_id: str, username: str | None, password: str | None, peer_cn: str | None
+    ) -> Principal | Refusal:
+        if peer_cn is not None:
+            if username is not None and username != peer_cn:
+                return Refusal(BAD_CREDENTIALS, f"username {username!r} differs from certificate CN {peer_cn!r}")
+            return self._device(client_id, peer_cn, None, cert_verified=True)
+        if username is None:
+            if self.allow_anonymous:
+                return Principal(PrincipalKind.ANONYMOUS, client_id)
+            return Refusal(NOT_AUTHORIZED, "anonymous access is off (mqtt.allow_anonymous)")
+        if username.startswith(SERVICE_PREFIX):
+            name = username[len(SERVICE_PREFIX) :]
+            account = self.registry.find_account(name)
+            if account is None or password is None or not self._verify(password, account.secret_hash):
+                return Refusal(BAD_CREDENTIALS, f"service account {name!r}: unknown or wrong secret")
+            return Principal(PrincipalKind.SERVICE, name, account.role)
+        return self._device(client_id, username, password, cert_verified=False)
+
+    def _device(
+        self, client_id: str, device_id: str, password: str | None, *, cert_verified: bool
+    ) -> Principal | Refusal:
+        device = self.registry.find_device(device_id)
+        if device is None:
+            return Refusal(BAD_CREDENTIALS, f"unknown device {device_id!r}")
+        if not cert_verified and (password is None or not self._verify(password, device.secret_hash)):
+            return Refusal(BAD_CREDENTIALS, f"device {device_id!r}: missing or wrong secret")
+        if not device.enabled:
+            return Refusal(NOT_AUTHORIZED, f"device {device_id!r} is disabled")
+        if client_id != device_id:
+            return Refusal(IDENTIFIER_REJECTED, f"device {device_id!r} must connect with client id {device_id!r}")
+        return Principal(PrincipalKind.DEVICE, device_id)
+
+    def _verify(self, secret: str, stored_hash: str) -> bool:
+        key = (stored_hash, hashlib.sha256(secret.encode()).hexdigest())
+        if key in self._verified:
+            return True
+        if not verify_secret(secret, stored_hash):
+            return False
+        if len(self._verified) >= _CACHE_LIMIT:
+            self._verified.clear()
+        self._verified.add(key)
+        return True

@@ -1,0 +1,177 @@
+"""Authentication and the topic ACL, pure and through the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from iothub.hub.auth import Principal, PrincipalKind, filter_within, may_publish, may_subscribe
+from iothub.hub.registry import Role
+from iothub.runner import Running, serve
+from tests.conftest import (
+    WAIT_S,
+    EventWaiter,
+    device_secret,
+    hub_settings,
+    mqtt_client,
+    service_client,
+    telemetry,
+    unique_id,
+)
+from tests.mqtt_raw import connack_code
+
+DEVICE = Principal(PrincipalKind.DEVICE, "a")
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "allowed", "inside"),
+    [
+        ("devices/a/commands/reboot", "devices/a/commands/#", True),
+        ("devices/a/commands/+", "devices/a/commands/#", True),
+        ("devices/a/commands/#", "devices/a/commands/#", True),
+        ("devices/a/commands", "devices/a/commands/#", True),  # '#' includes the parent level
+        ("devices/a/#", "devices/a/commands/#", False),
+        ("devices/+/commands/#", "devices/a/commands/#", False),
+        ("#", "devices/a/commands/#", False),
+        ("+/a/commands/x", "devices/a/commands/#", False),
+        ("devices/a/state/desired", "devices/a/state/desired", True),
+        ("devices/a/state/+", "devices/a/state/desired", False),
+        ("devices/a/state/desired/x", "devices/a/state/desired", False),
+        ("devices/a/state", "devices/a/state/desired", False),
+        ("a/b", "a/+", True),
+        ("a/+", "a/+", True),
+        ("a/#", "a/+", False),  # amqtt's own ACL lets this through
+    ],
+)
+def test_filter_within(topic_filter: str, allowed: str, inside: bool) -> None:
+    assert filter_within(topic_filter, allowed) is inside
+
+
+@pytest.mark.parametrize(
+    ("topic", "allowed"),
+    [
+        ("devices/a/telemetry", True),
+        ("devices/a/status", True),
+        ("devices/a/responses", True),
+        ("devices/a/state/reported", True),
+        ("devices/a/state/desired", False),
+        ("devices/a/commands/x", False),
+        ("devices/b/telemetry", False),
+        ("devices/a/other", False),
+        ("hub/status", False),
+        ("devices/a b/telemetry", False),
+    ],
+)
+def test_device_publish_rules(topic: str, allowed: bool) -> None:
+    assert may_publish(DEVICE, topic) is allowed
+
+
+def test_service_and_observer_rules() -> None:
+    service = Principal(PrincipalKind.SERVICE, "s", Role.SERVICE)
+    observer = Principal(PrincipalKind.SERVICE, "o", Role.OBSERVER)
+    assert may_publish(service, "devices/x/commands/y")
+    assert not may_publish(observer, "devices/x/commands/y")
+    assert may_subscribe(observer, "#")
+    assert may_subscribe(DEVICE, "devices/a/state/desired")
+    assert not may_subscribe(DEVICE, "devices/b/state/desired")
+
+
+async def test_connack_codes(hub: Running) -> None:
+    port = hub.ports["mqtt"]
+    device = unique_id()
+    secret = device_secret(hub, device)
+    assert await connack_code(port, device, username=device, password=secret) == 0x00
+    assert await connack_code(port, device, username=device, password="wrong") == 0x04
+    assert await connack_code(port, device, username=device) == 0x04  # no password
+    assert await connack_code(port, "ghost", username="ghost", password="x") == 0x04
+    assert await connack_code(port, "someone") == 0x05  # anonymous access is off by default
+    assert await connack_code(port, "other-id", username=device, password=secret) == 0x02
+    assert await connack_code(port, "svc-x", username="svc:nobody", password="x") == 0x04
+    will = (f"devices/{unique_id()}/status", b'{"online": false}')
+    assert await connack_code(port, device, username=device, password=secret, will=will) == 0x05
+    hub.hub.registry.set_enabled(device, False)
+    assert await connack_code(port, device, username=device, password=secret) == 0x05
+    hub.hub.registry.set_enabled(device, True)
+    _, new_secret = hub.hub.registry.rotate_secret(device)
+    assert await connack_code(port, device, username=device, password=secret) == 0x04
+    assert await connack_code(port, device, username=device, password=new_secret) == 0x00
+    metrics = hub.hub.metrics.render().decode()
+    assert 'iothub_mqtt_connects_total{result="0x04"} 5.0' in metrics
+    assert 'iothub_mqtt_connects_total{result="0x02"} 1.0' in metrics
+
+
+async def test_anonymous_access_when_allowed(tmp_path: Path) -> None:
+    async with serve(hub_settings(tmp_path / "data", mqtt={"allow_anonymous": True})) as running:
+        assert await connack_code(running.ports["mqtt"], "anyone") == 0x00
+
+
+async def test_a_device_can_neither_read_nor_write_another(hub: Running, events: EventWaiter) -> None:
+    a, b = unique_id("a"), unique_id("b")
+    async with mqtt_client(hub, a) as dev_a, mqtt_client(hub, b) as dev_b:
+        # Subscriptions outside its own commands and desired state are refused (SUBACK 0x80) ...
+        for topic_filter in (f"devices/{b}/commands/#", "devices/+/commands/#", "#", f"devices/{a}/#", "+/+/+"):
+            granted = await dev_a.subscribe(topic_filter, qos=1)
+            assert [code.value for code in granted] == [0x80], topic_filter  # type: ignore[union-attr]
+        granted = await dev_a.subscribe(f"devices/{a}/commands/+", qos=1)
+        assert [code.value for code in granted] == [1]  # type: ignore[union-attr]
+        # ... and publishing as B is dropped and counted; B's own data is untouched.
+        await dev_a.publish(f"devices/{b}/telemetry", telemetry({"forged": 1}), qos=1)
+        await dev_b.publish(f"devices/{b}/telemetry", telemetry({"real": 1}), qos=1)
+        event = await events.telemetry_from(b)
+        assert event.data["metrics"] == {"real": 1}
+        # A still receives its own commands.
+        async with service_client(hub, "operator") as operator:
+            await operator.publish(f"devices/{a}/commands/ping", b'{"id": "1"}', qos=1)
+            async with asyncio.timeout(WAIT_S):
+                message = await anext(aiter(dev_a.messages))
+        assert str(message.topic) == f"devices/{a}/commands/ping"
+    state = hub.hub.fleet.get(b)
+    assert state is not None
+    assert "forged" not in state.latest
+    metrics = hub.hub.metrics.render().decode()
+    assert 'iothub_acl_denied_total{action="publish"} 1.0' in metrics
+    assert 'iothub_acl_denied_total{action="subscribe"} 5.0' in metrics
+
+
+async def test_observers_read_but_do_not_write(hub: Running) -> None:
+    device = unique_id()
+    async with service_client(hub, "watch", Role.OBSERVER) as observer, mqtt_client(hub, device) as dev:
+        await observer.subscribe("devices/#", qos=1)
+        await observer.publish(f"devices/{device}/commands/x", b'{"id": "1"}', qos=1)  # refused
+        await dev.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(observer.messages))
+        assert str(message.topic) == f"devices/{device}/telemetry"
+
+
+async def test_acl_violation_can_disconnect(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", mqtt={"acl_violation": "disconnect"})
+    async with serve(settings) as running:
+        events = EventWaiter(running.hub.bus.subscribe("t"))
+        device = unique_id()
+        client = mqtt_client(running, device)
+        await client.__aenter__()
+        await client.publish(f"devices/{device}/status", b'{"online": true}', qos=1)
+        await events.status_of(device, online=True)
+        await client.publish("devices/someone-else/telemetry", telemetry({"t": 1}), qos=0)
+        offline = await events.status_of(device, online=False)
+        assert offline.data["reason"] == "acl_violation"
+        with contextlib.suppress(aiomqtt.MqttError):  # the hub already closed it
+            await client.__aexit__(None, None, None)
+
+
+async def test_disabling_a_connected_device_disconnects_it(hub: Running, events: EventWaiter, http: object) -> None:
+    device = unique_id()
+    client = mqtt_client(hub, device)
+    await client.__aenter__()
+    await client.publish(f"devices/{device}/status", b'{"online": true}', qos=1)
+    await events.status_of(device, online=True)
+    hub.hub.registry.set_enabled(device, False)  # as `iothub devices disable` in another process would
+    offline = await events.status_of(device, online=False)  # the hub polls the registry every second
+    assert offline.data["reason"] == "disabled"
+    with contextlib.suppress(aiomqtt.MqttError):  # the hub already closed it
+        await client.__aexit__(None, None, None)
