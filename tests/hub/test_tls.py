@@ -46,10 +46,10 @@ async def test_client_certificates_map_their_cn_to_the_device(tmp_path: Path) ->
         async with tls_client(running, pki, "meter-1", cert=None, username="meter-1", password=secret):
             pass
         # A certificate for a device the registry does not know, or a username that is not its CN, is refused.
-        with pytest.raises(aiomqtt.MqttError, match="[Bb]ad user name or password"):
+        with pytest.raises(aiomqtt.MqttError, match=r"[Bb]ad user name or password"):
             async with tls_client(running, pki, "stranger", cert="stranger"):
                 pass
-        with pytest.raises(aiomqtt.MqttError, match="[Bb]ad user name or password"):
+        with pytest.raises(aiomqtt.MqttError, match=r"[Bb]ad user name or password"):
             async with tls_client(running, pki, "meter-1", cert="meter-1", username="other", password="x"):
                 pass
 
