@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from iothub import __version__
-from iothub.bridge import admin, rest
+from iothub.bridge import admin, control, rest
 from iothub.bridge.auth import requires
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
@@ -45,7 +45,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def create_app(hub: Hub) -> Starlette:
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *rest.routes, *admin.routes],
+        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *rest.routes, *admin.routes, *control.routes],
         exception_handlers={HTTPException: http_error},
     )
     app.state.hub = hub

@@ -14,6 +14,7 @@ from iothub.devices.payloads import (
     MetricValue,
     Status,
     Telemetry,
+    TwinDocument,
     decode_status,
     decode_telemetry,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Telemetry",
     "TopicError",
     "TopicKind",
+    "TwinDocument",
     "decode_status",
     "decode_telemetry",
     "is_valid_id",

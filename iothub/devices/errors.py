@@ -17,6 +17,9 @@ class RejectReason(enum.StrEnum):
     BAD_DEVICE_ID = "bad_device_id"
     UNKNOWN_TOPIC = "unknown_topic"
     QUEUE_FULL = "queue_full"
+    UNKNOWN_REQUEST = "unknown_request"
+    WRONG_DEVICE = "wrong_device"
+    STALE_VERSION = "stale_version"
 
 
 class DeviceContractError(ValueError):

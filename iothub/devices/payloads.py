@@ -115,6 +115,13 @@ class CommandResponse(_Contract):
 M = TypeVar("M", bound=_Contract)
 
 
+class TwinDocument(_Contract):
+    """``devices/{id}/state/desired`` and ``.../state/reported``: a versioned state document."""
+
+    version: Annotated[StrictInt, Field(ge=0)]
+    state: dict[str, Any]
+
+
 def describe(exc: ValidationError, limit: int = 3) -> str:
     """One line that names each failing field: ``metrics.temp: Input should be a valid number``."""
     parts = []
@@ -182,3 +189,7 @@ def decode_status(payload: bytes, *, now_ms: int, max_bytes: int, max_future_ms:
 
 def decode_response(payload: bytes, *, max_bytes: int) -> CommandResponse:
     return _decode(CommandResponse, payload, max_bytes)
+
+
+def decode_twin(payload: bytes, *, max_bytes: int) -> TwinDocument:
+    return _decode(TwinDocument, payload, max_bytes)

@@ -14,6 +14,9 @@ and must never block:
   subscription just made [MQTT-3.3.1-6];
 * ``_authenticate`` and ``_topic_filtering`` ask :mod:`iothub.hub.auth` directly (amqtt's plugin
   path starts a task per check), and the protocol handler answers CONNACK with the refusal's code;
+* ``handle_read_timeout`` closes a client silent for 1.5x its keepalive [MQTT-3.1.2-24];
+* ``_delete_session`` waits for authentication, then takes over a live connection [MQTT-3.1.4-2];
+* ``_handle_client_session`` puts back the session a refused client displaced;
 * connects arrive through the documented ``on_broker_client_connected`` plugin hook.
 """
 
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from amqtt.broker import Broker
@@ -68,10 +72,22 @@ _LOG_EVERY_S = 60.0
 
 
 class _HubProtocolHandler(BrokerProtocolHandler):  # type: ignore[misc]
+    keepalive_expired = False
+
     async def mqtt_connack_authorize(self, authorize: bool) -> None:
         """CONNACK with the refusal's own code (amqtt always answers 0x05)."""
         code = 0 if authorize else self.session.attributes.get(_CONNACK, NOT_AUTHORIZED)
         await self._send_packet(ConnackPacket.build(self.session.parent, code))
+
+    def handle_read_timeout(self) -> None:
+        """[MQTT-3.1.2-24] nothing heard for 1.5x the keepalive: close, and let the Will go out.
+
+        amqtt's reader waits ``session.keep_alive`` (set to 1.5x by _HubBroker) and then calls this,
+        which amqtt leaves empty; ending the reader task takes the usual lost-connection path.
+        """
+        self.keepalive_expired = True
+        if self._reader_task is not None:
+            self._reader_task.cancel()
 
 
 class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type information
@@ -90,6 +106,10 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         self._stopping = False
         self._new_subscriptions: set[tuple[str, str]] = set()  # (client id, filter) awaiting retained
         self._closing: dict[str, PresenceReason] = {}  # connections the hub is closing, and why
+        self._deferred_deletes: set[str] = set()  # clean-session CONNECTs waiting for authentication
+        self._superseded: set[int] = set()  # handlers of connections taken over (already reported)
+        # awaited after a client's new subscription is acknowledged: (client id, filter)
+        self.subscribed_listeners: list[Callable[[str, str], Awaitable[None]]] = []
         self._auth_results = {r: metrics.mqtt_auth.labels(r) for r in ("ok", "0x02", "0x04", "0x05")}
         self._acl_denied = {a: metrics.acl_denied.labels(a.value) for a in (Action.PUBLISH, Action.SUBSCRIBE)}
         self._acl_logged: dict[str, float] = {}
@@ -98,8 +118,39 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
 
     async def _initialize_client_session(self, *args: Any) -> tuple[Any, Any]:
         handler, session = await super()._initialize_client_session(*args)
-        handler.__class__ = _HubProtocolHandler  # only mqtt_connack_authorize differs
+        handler.__class__ = _HubProtocolHandler  # CONNACK codes and keepalive differ
+        if session.keep_alive > 0:
+            session.keep_alive = session.keep_alive * 1.5  # how long the reader waits for a packet
         return handler, session
+
+    async def _delete_session(self, client_id: str) -> None:
+        """[MQTT-3.1.4-2] amqtt drops the old session of a clean-session CONNECT *before* authenticating.
+
+        That let anyone who knows a device's id wipe its subscriptions. The deletion (and the takeover
+        of a live connection) now waits for :meth:`_authenticate` to accept the new client.
+        """
+        self._deferred_deletes.add(client_id)
+
+    async def _handle_client_session(self, reader: Any, writer: Any, session: Any, *args: Any) -> None:
+        previous = self._sessions.get(session.client_id)
+        await super()._handle_client_session(reader, writer, session, *args)
+        if _CONNACK in session.attributes and self._sessions.get(session.client_id, (None,))[0] is session:
+            # amqtt registers even a refused client under its id, which cut the real one off
+            # from everything routed to it; put the real one back.
+            if previous is None:
+                del self._sessions[session.client_id]
+            else:
+                self._sessions[session.client_id] = previous
+
+    async def _take_over(self, client_id: str) -> None:
+        session, handler = self._sessions.get(client_id, (None, None))
+        if session is not None and handler is not None and session.transitions.state == "connected":
+            session.will_flag = False  # the device is alive on its new connection: no Will
+            self._superseded.add(id(handler))
+            self._tap.on_disconnect(client_id, PresenceReason.TAKEN_OVER)
+            if handler.writer is not None:
+                await handler.writer.close()
+        await super()._delete_session(client_id)
 
     async def _authenticate(self, session: Any, listener: Any) -> bool:
         result = await self._auth.authenticate(
@@ -110,12 +161,16 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
             peer_cn=certificate_cn(session.ssl_object),
         )
         if isinstance(result, Refusal):
+            self._deferred_deletes.discard(session.client_id)
             session.attributes[_CONNACK] = result.code
             self._auth_results[f"0x{result.code:02x}"].inc()
             log.warning("refused MQTT client %r (CONNACK 0x%02x): %s", session.client_id, result.code, result.reason)
             return False
         session.attributes[_PRINCIPAL] = result
         self._auth_results["ok"].inc()
+        if session.client_id in self._deferred_deletes:
+            self._deferred_deletes.discard(session.client_id)
+            await self._take_over(session.client_id)
         return True
 
     async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
@@ -196,6 +251,8 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         ]
         if publishes:
             await asyncio.gather(*publishes)
+        for listener in self.subscribed_listeners:
+            await listener(session.client_id, topic_filter)
 
     async def _broadcast_message(
         self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
@@ -205,10 +262,16 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         await super()._broadcast_message(session, topic, data, force_qos)
 
     async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
+        if id(handler) in self._superseded:
+            self._superseded.discard(id(handler))
+            await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+            return
         if self._stopping:
             reason = PresenceReason.HUB_STOPPED
         elif client_session.client_id in self._closing:
             reason = self._closing.pop(client_session.client_id)
+        elif getattr(handler, "keepalive_expired", False):
+            reason = PresenceReason.KEEPALIVE_TIMEOUT
         elif isinstance(disconnect_waiter.result(), DisconnectPacket):
             reason = PresenceReason.CLEAN_DISCONNECT
         elif client_session.will_flag:
@@ -250,10 +313,12 @@ class EmbeddedBroker:
         self._auth = auth
         self._metrics = metrics
         self._broker: _HubBroker | None = None
+        self._listeners: list[Callable[[str, str], Awaitable[None]]] = []
         self.ports: dict[str, int] = {}
 
     async def __aenter__(self) -> EmbeddedBroker:
         broker = _HubBroker(broker_config(self.settings), self.settings, self._tap, self._auth, self._metrics)
+        broker.subscribed_listeners = self._listeners
         for plugin in broker.plugins_manager.plugins:
             if isinstance(plugin, ConnectionEvents):
                 plugin.tap = self._tap
@@ -272,6 +337,10 @@ class EmbeddedBroker:
     async def disconnect(self, client_id: str, reason: PresenceReason) -> bool:
         """Close ``client_id``'s connection (e.g. its device was disabled); False if not connected."""
         return self._broker is not None and await self._broker.disconnect(client_id, reason)
+
+    def on_subscribed(self, listener: Callable[[str, str], Awaitable[None]]) -> None:
+        """Call ``listener(client_id, filter)`` once a client's new subscription is acknowledged."""
+        self._listeners.append(listener)
 
     def connected_devices(self) -> list[str]:
         """Ids of the devices (authenticated as devices) with a live connection."""

@@ -16,6 +16,7 @@ from types import TracebackType
 
 from iothub.hub.auth import Authenticator
 from iothub.hub.broker import EmbeddedBroker
+from iothub.hub.commands import Commands
 from iothub.hub.events import EventBus
 from iothub.hub.fleet import Fleet
 from iothub.hub.ingest import Ingest, now_ms
@@ -24,6 +25,7 @@ from iothub.hub.presence import PresenceReason
 from iothub.hub.registry import Registry, Scope
 from iothub.hub.settings import Settings
 from iothub.hub.store import SqliteStore, Store
+from iothub.hub.twin import Twins
 
 log = logging.getLogger(__name__)
 HUB_STATUS_TOPIC = "hub/status"
@@ -41,6 +43,10 @@ class Hub:
         self.ingest = Ingest(settings.ingest, self.store, self.fleet, self.bus, self.metrics)
         self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)
         self.broker = EmbeddedBroker(settings.mqtt, self.ingest, self.auth, self.metrics)
+        self.commands = Commands(self.registry, self.fleet, self.broker)
+        self.twins = Twins(self.registry, self.broker)
+        self.ingest.replies = self.commands
+        self.ingest.reports = self.twins
         self.first_token: str | None = None  # an admin token made on first start, to print once
         self._stack = AsyncExitStack()
 
@@ -64,6 +70,8 @@ class Hub:
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
             await self._announce(online=True)
+            await self.twins.announce_all()
+            self.broker.on_subscribed(self.commands.on_subscribed)
             stopped = asyncio.Event()
             stack.callback(stopped.set)
             tasks.create_task(self._watch_registry(stopped), name="iothub-registry-watch")

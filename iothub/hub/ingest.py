@@ -19,11 +19,20 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-from iothub.devices import PayloadError, RejectReason, TopicError, TopicKind, decode_status, decode_telemetry
+from iothub.devices import (
+    CommandResponse,
+    PayloadError,
+    RejectReason,
+    TopicError,
+    TopicKind,
+    TwinDocument,
+    decode_status,
+    decode_telemetry,
+)
 from iothub.devices import parse as parse_topic
-from iothub.devices.payloads import decode_response
+from iothub.devices.payloads import decode_response, decode_twin
 from iothub.hub.errors import StoreError
 from iothub.hub.events import EventBus, EventType
 from iothub.hub.fleet import DeviceState, Fleet
@@ -47,6 +56,14 @@ class _Inbound(NamedTuple):
     received_ms: int
 
 
+class Replies(Protocol):
+    def on_response(self, device_id: str, response: CommandResponse) -> dict[str, Any] | RejectReason: ...
+
+
+class Reports(Protocol):
+    async def on_reported(self, device_id: str, report: TwinDocument) -> RejectReason | None: ...
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -60,6 +77,9 @@ class Ingest:
         self.fleet = fleet
         self.bus = bus
         self.metrics = metrics
+        self.replies: Replies | None = None  # commands waiting for answers
+        self.reports: Reports | None = None  # device twins
+        self._reports: list[tuple[DeviceState, TwinDocument, str, int]] = []
         self._queue: deque[_Inbound] = deque()
         self._pending_messages = 0
         self._wakeup = asyncio.Event()
@@ -140,6 +160,16 @@ class Ingest:
                 batch.devices[device_id] = state.persisted()
             if batch:
                 await self._commit(batch)
+            await self._apply_reports()
+
+    async def _apply_reports(self) -> None:
+        reports, self._reports = self._reports, []
+        for state, report, topic, received in reports:
+            if self.reports is None:
+                return
+            refused = await self.reports.on_reported(state.id, report)
+            if refused is not None:
+                self._reject(state, refused, f"reported version {report.version} is not newer", topic, received)
 
     def _take(self, limit: int) -> list[_Inbound]:
         n = min(limit, len(self._queue))
@@ -242,9 +272,15 @@ class Ingest:
                     batch.events.append(self._status_event(state))
             elif parsed.kind is TopicKind.RESPONSE:
                 r = decode_response(item.payload, **limits)
-                batch.events.append(
-                    PendingEvent(EventType.COMMAND_RESULT.value, received, state.id, r.model_dump(exclude_none=True))
-                )
+                matched = self.replies.on_response(state.id, r) if self.replies else RejectReason.UNKNOWN_REQUEST
+                if isinstance(matched, RejectReason):
+                    detail = "no command is waiting for" if matched is RejectReason.UNKNOWN_REQUEST else (
+                        "another device was asked for")  # fmt: skip
+                    self._reject(state, matched, f"response id {r.id!r}: {detail} it", item.topic, received)
+                else:
+                    batch.events.append(PendingEvent(EventType.COMMAND_RESULT.value, received, state.id, matched))
+            elif parsed.kind is TopicKind.STATE_REPORTED:
+                self._reports.append((state, decode_twin(item.payload, **limits), item.topic, received))
         except PayloadError as exc:
             self._reject(state, exc.reason, str(exc), item.topic, received)
 

@@ -3,7 +3,9 @@
 Sources, applied in the order the broker saw them (one ordered ingest stream):
 
 * the embedded broker's connection events: ``connected``; ``clean_disconnect`` (DISCONNECT packet),
-  ``last_will`` (dropped with a Will set), ``connection_lost`` (dropped without one);
+  ``last_will`` (dropped with a Will set), ``connection_lost`` (dropped without one),
+  ``keepalive_timeout`` (silent for 1.5x its keepalive; the Will goes out), ``taken_over`` (a new
+  connection with the same client id replaced it; followed by ``connected``);
 * ``devices/{id}/status`` messages: ``reported_online`` / ``reported_offline`` (the device's own
   ``reason`` text is kept as ``detail``); with an external broker this is the only source;
 * the hub itself: ``hub_stopped`` for devices connected when the hub stopped (or crashed),
@@ -28,6 +30,8 @@ class PresenceReason(enum.StrEnum):
     REPORTED_OFFLINE = "reported_offline"
     HUB_STOPPED = "hub_stopped"
     DISABLED = "disabled"
+    KEEPALIVE_TIMEOUT = "keepalive_timeout"
+    TAKEN_OVER = "taken_over"
     ACL_VIOLATION = "acl_violation"
 
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 from pydantic import ValidationError
 
-from iothub.devices import CommandRequest, CommandResponse, TopicKind, topic_for
+from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, topic_for
 from iothub.simulators.profiles import Profile, make_profile
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class SimulatedDevice:
         self.status_topic = topic_for(device_id, TopicKind.STATUS)
         self.telemetry_topic = topic_for(device_id, TopicKind.TELEMETRY)
         self.response_topic = topic_for(device_id, TopicKind.RESPONSE)
+        self.desired_topic = topic_for(device_id, TopicKind.STATE_DESIRED)
+        self.reported_topic = topic_for(device_id, TopicKind.STATE_REPORTED)
+        self.settings: dict[str, object] = {}  # desired state applied so far
         self.started = time.monotonic()
         self.secret = (config.credentials or {}).get(device_id)
         self._reboot = False
@@ -152,6 +155,7 @@ class SimulatedDevice:
     async def _session(self, client: aiomqtt.Client, stats: FleetStats, stop: asyncio.Event) -> None:
         await client.publish(self.status_topic, self._status(True, "connected"), qos=1, retain=True)
         await client.subscribe(f"devices/{self.id}/commands/+", qos=1)
+        await client.subscribe(self.desired_topic, qos=1)
         async with asyncio.TaskGroup() as tasks:
             listener = tasks.create_task(self._answer_commands(client, stats), name=f"{self.id}-commands")
             try:
@@ -206,6 +210,9 @@ class SimulatedDevice:
         async for message in client.messages:
             name = str(message.topic).rsplit("/", 1)[-1]
             payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            if str(message.topic) == self.desired_topic:
+                await self._apply_desired(client, payload)
+                continue
             try:
                 request = CommandRequest.model_validate_json(payload)
             except ValidationError:
@@ -218,6 +225,26 @@ class SimulatedDevice:
                 response = CommandResponse(id=request.id, ok=False, error=str(exc))
             await client.publish(self.response_topic, response.model_dump_json(exclude_none=True), qos=1)
             stats.commands += 1
+
+    async def _apply_desired(self, client: aiomqtt.Client, payload: bytes) -> None:
+        """Take what it can of the desired state and report what it runs with, at the same version."""
+        try:
+            desired = TwinDocument.model_validate_json(payload)
+        except ValidationError:
+            log.warning("%s: ignoring a malformed desired state", self.id)
+            return
+        for key, value in desired.state.items():
+            try:
+                if key == "rate":
+                    self._execute("set_rate", {"rate": value})
+                elif key == "setpoint":
+                    self._execute("set_setpoint", {"setpoint": value})
+            except ValueError as exc:
+                log.warning("%s: desired %s=%r refused: %s", self.id, key, value, exc)
+                continue
+            self.settings[key] = value
+        report = {"version": desired.version, "state": self.settings}
+        await client.publish(self.reported_topic, json.dumps(report), qos=1)
 
     def _execute(self, name: str, args: dict[str, object]) -> dict[str, object]:
         if name == "ping":

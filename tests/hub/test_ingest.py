@@ -140,12 +140,18 @@ async def test_a_device_timestamp_is_kept(hub: Running, events: EventWaiter) -> 
     assert event.ts == ts
 
 
-async def test_command_responses_become_events(hub: Running, events: EventWaiter) -> None:
+async def test_responses_nobody_asked_for_are_refused(hub: Running, events: EventWaiter) -> None:
     device = unique_id()
     async with mqtt_client(hub, device) as client:
         await client.publish(f"devices/{device}/responses", b'{"id": "r-1", "ok": true, "result": {"x": 1}}', qos=1)
-        event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.device_id == device)
-    assert event.data == {"id": "r-1", "ok": True, "result": {"x": 1}}
+        await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
+        await events.telemetry_from(device)
+    state = hub.hub.fleet.get(device)
+    assert state is not None
+    assert state.rejected == {"unknown_request": 1}
+    assert state.last_rejection is not None
+    assert "response id 'r-1': no command is waiting for it" in state.last_rejection["detail"]
+    assert not [e for e in events.seen if isinstance(e, HubEvent) and e.type is EventType.COMMAND_RESULT]
 
 
 async def _crash(client: aiomqtt.Client) -> None:
