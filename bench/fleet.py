@@ -42,7 +42,7 @@ def main() -> None:
             sim = subprocess.Popen(
                 [sys.executable, "-m", "iothub", "simulate", "--broker", f"mqtt://{mqtt}",
                  "--devices", str(args.devices), "--rate", str(args.rate),
-                 "--duration", str(args.seconds), "--prefix", "fleet"],
+                 "--duration", str(args.seconds), "--prefix", "fleet", "--data-dir", data],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )  # fmt: skip
             proc = psutil.Process(sim.pid)

@@ -39,11 +39,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
-async def _load(port: int, args: argparse.Namespace) -> tuple[asyncio.subprocess.Process, float]:
+async def _load(
+    port: int, args: argparse.Namespace, data_dir: str | None = None
+) -> tuple[asyncio.subprocess.Process, float]:
+    """The real simulator; registered in the hub's registry, or anonymous for plain amqtt."""
+    login = ["--data-dir", data_dir] if data_dir else ["--anonymous"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "iothub", "simulate", "--broker", f"mqtt://127.0.0.1:{port}",
         "--devices", str(args.devices), "--rate", str(args.rate), "--qos", str(args.qos),
-        "--duration", str(args.seconds), "--prefix", "bench", "--seed", "1",
+        "--duration", str(args.seconds), "--prefix", "bench", "--seed", "1", *login,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     return proc, time.monotonic()
@@ -76,7 +80,7 @@ async def serve_hub(args: argparse.Namespace) -> dict[str, Any]:
         async with serve(settings) as running:
             sub = running.hub.bus.subscribe("bench", maxsize=1_000_000)
             latencies: list[float] = []
-            proc, started = await _load(running.ports["mqtt"], args)
+            proc, started = await _load(running.ports["mqtt"], args, data)
             finish = asyncio.create_task(_finish(proc))
             sent: int | None = None
             deadline = started + args.seconds + DRAIN_S
