@@ -10,17 +10,19 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from iothub import __version__
-from iothub.bridge import admin, control, rest
+from iothub.bridge import admin, control, rest, sse
 from iothub.bridge.auth import requires
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
@@ -43,12 +45,29 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
 
+STATIC = Path(__file__).parent / "static"
+
+
+async def dashboard(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
 def create_app(hub: Hub) -> Starlette:
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/metrics", metrics), *rest.routes, *admin.routes, *control.routes],
+        routes=[
+            Route("/", dashboard),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/healthz", healthz),
+            Route("/metrics", metrics),
+            *sse.routes,
+            *rest.routes,
+            *admin.routes,
+            *control.routes,
+        ],
         exception_handlers={HTTPException: http_error},
     )
     app.state.hub = hub
+    app.state.sse = sse.SseHub(hub, hub.settings.sse)
     return app
 
 
@@ -77,10 +96,12 @@ class HttpServer:
         )
         self._server = _EmbeddedServer(config)
         await self._tasks.__aenter__()
+        self._tasks.create_task(self._app.state.sse.run(), name="iothub-sse")
         self._tasks.create_task(self._server.serve(sockets=[sock]), name="iothub-http")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._app.state.sse.close()  # streams end first, or uvicorn would wait for them
         if self._server is not None:
             self._server.should_exit = True
         await self._tasks.__aexit__(None, None, None)

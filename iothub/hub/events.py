@@ -41,10 +41,19 @@ class HubEvent:
     @cached_property
     def json(self) -> bytes:
         """The event serialised once, shared by every consumer."""
-        return json.dumps(
-            {"id": self.id, "type": self.type.value, "ts": self.ts, "device_id": self.device_id, **self.data},
-            separators=(",", ":"),
-        ).encode()
+        return self.json_with(self.data)
+
+    def json_with(self, data: dict[str, Any]) -> bytes:
+        body = {"id": self.id, "type": self.type.value, "ts": self.ts, "device_id": self.device_id, **data}
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    @cached_property
+    def sse(self) -> bytes:
+        """The event as one Server-Sent Events frame, encoded once for every SSE client."""
+        return self.sse_with(self.json)
+
+    def sse_with(self, body: bytes) -> bytes:
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.type.value.encode(), body)
 
 
 @dataclass(frozen=True, slots=True)

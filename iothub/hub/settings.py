@@ -85,6 +85,15 @@ class FanoutSettings(_Section):
     queue_size: int = Field(default=10_000, ge=1, description="events buffered per consumer")
 
 
+class SseSettings(_Section):
+    heartbeat_s: float = Field(default=15.0, gt=0, description="comment line sent on an idle stream")
+    retry_ms: int = Field(default=3000, ge=100, description="reconnect delay suggested to clients")
+    queue_size: int = Field(default=1000, ge=1, description="events buffered per client before the oldest drop")
+    max_dropped: int = Field(default=10_000, ge=1, description="events a client may lose before it is disconnected")
+    replay_limit: int = Field(default=100_000, ge=1, description="most events replayed on resume")
+    send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the stream")
+
+
 class Settings(BaseSettings):
     """Everything the hub reads at start-up."""
 
@@ -103,6 +112,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     store: StoreSettings = StoreSettings()
     fanout: FanoutSettings = FanoutSettings()
+    sse: SseSettings = SseSettings()
 
     @classmethod
     def settings_customise_sources(

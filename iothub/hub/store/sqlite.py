@@ -298,6 +298,13 @@ class SqliteStore:
 
         return await self._in_reader(read)
 
+    async def event_bounds(self) -> tuple[int, int]:
+        def read(conn: sqlite3.Connection) -> tuple[int, int]:
+            low, high = conn.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events").fetchone()
+            return int(low), int(high)
+
+        return await self._in_reader(read)
+
     async def stats(self) -> dict[str, Any]:
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             (points,) = conn.execute("SELECT COUNT(*) FROM points").fetchone()
