@@ -28,9 +28,12 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
+CHROMIUM_PRESENT = CHROMIUM.exists()
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM.exists():
+    if not CHROMIUM_PRESENT:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
