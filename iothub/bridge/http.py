@@ -97,6 +97,7 @@ class HttpServer:
         self._server = _EmbeddedServer(config)
         await self._tasks.__aenter__()
         self._tasks.create_task(self._app.state.sse.run(), name="iothub-sse")
+        self._tasks.create_task(self._app.state.sse.watch(), name="iothub-sse-watch")
         self._tasks.create_task(self._server.serve(sockets=[sock]), name="iothub-http")
         return self
 

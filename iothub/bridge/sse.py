@@ -13,27 +13,28 @@ position stays at the last event it really received).
 
 Backpressure: a client holds at most ``sse.queue_size`` frames. A client that falls behind loses the
 oldest and is told with a ``gap`` event (``missed``, ``after_id``); one that has lost more than
-``sse.max_dropped`` is disconnected (at once if it still reads; after ``sse.send_timeout_s`` of a
-blocked write if it does not). Both are counted in ``/metrics``.
+``sse.max_dropped`` is disconnected (at once if it still reads; within a second of a write blocked for
+``sse.send_timeout_s`` if it does not: :meth:`SseHub.watch`). Both are counted in ``/metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import Counter
 from sse_starlette import EventSourceResponse
-from sse_starlette.sse import SendTimeoutError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from iothub.bridge.auth import requires
 from iothub.bridge.errors import BadRequest
@@ -119,6 +120,8 @@ class SseClient:
     last_sent: int | None = None
     closed: bool = False
     kicked: bool = False
+    sending_since: float | None = None  # a write to this client is in progress since (loop time)
+    request_task: asyncio.Task[Any] | None = None  # serves this client's response
 
     def offer(self, event_id: int, frame: bytes) -> int:
         """Buffer a frame; returns how many were dropped to make room (0 or 1)."""
@@ -145,6 +148,7 @@ class SseHub:
         self._labels: dict[str, tuple[float, dict[str, str]]] = {}
         self.closing = asyncio.Event()
         self._sub: Subscription | None = None
+        self.streams: set[SseClient] = set()  # every open stream, routed to or not
         r = hub.metrics.registry
         self._sent = Counter("iothub_sse_frames_sent", "Event and gap frames written to SSE clients", registry=r)
         self._dropped = Counter("iothub_sse_dropped", "Events dropped from slow SSE clients' queues", registry=r)
@@ -233,6 +237,23 @@ class SseHub:
             client.missed += gap.missed
             client.wakeup.set()
 
+    async def watch(self) -> None:
+        """Once a second: end streams whose write has been blocked for ``sse.send_timeout_s``.
+
+        (A timeout around every write would cost a cancel scope per event per client.)
+        """
+        loop = asyncio.get_running_loop()
+        while not self.closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), 1.0)
+            now = loop.time()
+            for client in list(self.streams):
+                since = client.sending_since
+                if since is not None and now - since > self.settings.send_timeout_s and client.request_task:
+                    if not client.kicked:
+                        self._kick(client)
+                    client.request_task.cancel()
+
     def close(self) -> None:
         """End every stream (each finishes what it is writing) and stop routing."""
         self.closing.set()
@@ -307,22 +328,24 @@ class SseHub:
 
 
 class _EventStream(EventSourceResponse):
-    """An SSE response whose blocked write (a client that stopped reading) ends it quietly."""
+    """An SSE response that :meth:`SseHub.watch` may end when its client stops reading."""
 
     def __init__(self, sse: SseHub, client: SseClient, body: AsyncIterator[bytes]) -> None:
-        super().__init__(
-            body, ping=sse.settings.heartbeat_s, headers={"Cache-Control": "no-cache"},
-            send_timeout=sse.settings.send_timeout_s,
-        )  # fmt: skip
-        self._sse = sse
+        super().__init__(body, ping=sse.settings.heartbeat_s, headers={"Cache-Control": "no-cache"})
         self._client = client
 
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        await send(message)  # no cancel scope per write: SseHub.watch covers blocked writes
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        self._client.request_task = task
         try:
             await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            if not self._client.kicked:
-                self._sse._kick(self._client)
+        except asyncio.CancelledError:
+            if not self._client.kicked or task is None:
+                raise
+            task.uncancel()  # our own doing: the client stopped reading
             log.info("closed an SSE stream whose client stopped reading")
 
 
@@ -355,11 +378,16 @@ async def stream(request: Request) -> Response:
 
     async def body() -> AsyncIterator[bytes]:
         sse.add(client)  # before the replay, so nothing committed meanwhile is missed
+        sse.streams.add(client)
+        loop = asyncio.get_running_loop()
         try:
             async for chunk in sse.stream(client, resume_after):
                 if chunk:
+                    client.sending_since = loop.time()
                     yield chunk
+                    client.sending_since = None
         finally:
+            sse.streams.discard(client)
             sse.remove(client)
 
     return _EventStream(sse, client, body())
