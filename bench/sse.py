@@ -171,6 +171,7 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     for sock in stuck:
         sock.close()
     latency = sorted(stats["latency"])
+
     def pick(q: float) -> float:
         return float(latency[min(len(latency) - 1, int(q * len(latency)))]) if latency else float("nan")
 
