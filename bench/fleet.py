@@ -39,6 +39,9 @@ def main() -> None:
             found = re.search(r"mqtt=(\S+) .* http=(\S+)", line)
             assert found, line
             mqtt, http = found[1], found[2]
+            token = re.search(r"\(shown once\): (\S+)", hub.stdout.readline())
+            assert token, "the hub printed no first-start token"
+            auth = {"Authorization": f"Bearer {token[1]}"}
             sim = subprocess.Popen(
                 [sys.executable, "-m", "iothub", "simulate", "--broker", f"mqtt://{mqtt}",
                  "--devices", str(args.devices), "--rate", str(args.rate),
@@ -59,14 +62,16 @@ def main() -> None:
                 except psutil.NoSuchProcess:
                     break
                 if connected_after is None:
-                    online = httpx.get(f"{http}/healthz", timeout=5).json()["online"]
+                    online = httpx.get(
+                        f"{http}/api/v1/devices", params={"online": "true"}, headers=auth, timeout=5
+                    ).json()["count"]
                     if online >= args.devices:
                         connected_after = time.monotonic() - started
                         cpu_start = proc.cpu_times()
                         steady_from = time.monotonic()
                 time.sleep(0.2)
             out, _ = sim.communicate(timeout=60)
-            metrics = httpx.get(f"{http}/metrics", timeout=5).text
+            metrics = httpx.get(f"{http}/metrics", headers=auth, timeout=5).text
             stored = re.search(r"^iothub_messages_stored_total (\S+)$", metrics, re.M)
         finally:
             hub.terminate()

@@ -73,11 +73,12 @@ def _result(sent: int, received: list[float], elapsed: float) -> dict[str, Any]:
 async def serve_hub(args: argparse.Namespace) -> dict[str, Any]:
     from iothub.hub.events import HubEvent
     from iothub.hub.settings import load_settings
-    from iothub.runner import serve
+    from iothub.runner import serve, tune_gc
 
     with tempfile.TemporaryDirectory() as data:
         settings = load_settings(None, data_dir=Path(data), mqtt={"port": 0, "ws_port": None}, http={"port": 0})
         async with serve(settings) as running:
+            tune_gc()  # as `iothub run` does
             sub = running.hub.bus.subscribe("bench", maxsize=1_000_000)
             latencies: list[float] = []
             proc, started = await _load(running.ports["mqtt"], args, data)

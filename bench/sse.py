@@ -50,13 +50,14 @@ async def _source(emit: Any, rate: float, seconds: float) -> None:
 
 async def serve_hub(args: argparse.Namespace) -> None:
     from iothub.hub.settings import load_settings
-    from iothub.runner import serve
+    from iothub.runner import serve, tune_gc
 
     with tempfile.TemporaryDirectory() as data:
         settings = load_settings(
             None, data_dir=Path(data), mqtt={"port": 0, "ws_port": None}, http={"port": 0}, log_level="warning"
         )
         async with serve(settings) as running:
+            tune_gc()  # as `iothub run` does
             print(f"READY {running.ports['http']} {running.hub.first_token}", flush=True)
             await asyncio.sleep(START_S)
             ingest = running.hub.ingest
