@@ -145,3 +145,27 @@ async def test_a_wrong_token_asks_for_another(browser: Any, hub: Running) -> Non
     await page.fill("#token", hub.hub.first_token or "")
     await page.click("#login-form button")
     await page.locator("#conn[data-state=live]").wait_for(timeout=10_000)
+
+
+async def test_a_hidden_tab_catches_up_on_return(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    page = await open_dashboard(browser, hub)
+    hide = "hidden => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});"
+    hide += " document.dispatchEvent(new Event('visibilitychange')); }"
+    async with mqtt_client(hub, "sleepy") as device:
+        await device.publish("devices/sleepy/telemetry", telemetry({"t": 1}), qos=1)
+        value = page.locator('tr[data-device-id="sleepy"] [data-metric="t"]')
+        await expect(value).to_contain_text("1")
+        await page.evaluate(hide, True)  # the tab is hidden: its stream is let go
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "offline")
+        sse = hub.hub.metrics.registry
+        for _ in range(100):  # bounded: 5 s for the hub to see the stream close
+            if sse.get_sample_value("iothub_sse_clients") == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert sse.get_sample_value("iothub_sse_clients") == 0
+        await device.publish("devices/sleepy/telemetry", telemetry({"t": 2024}), qos=1)
+        await page.evaluate(hide, False)  # back: it resumes from the last event it saw
+        await expect(value).to_contain_text("2024", timeout=5_000)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
