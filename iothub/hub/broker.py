@@ -17,12 +17,15 @@ and must never block:
 * ``handle_read_timeout`` closes a client silent for 1.5x its keepalive [MQTT-3.1.2-24];
 * ``_delete_session`` waits for authentication, then takes over a live connection [MQTT-3.1.4-2];
 * ``_handle_client_session`` puts back the session a refused client displaced;
+* ``_client_connected`` refuses clients past ``mqtt.max_connections`` with CONNACK 0x03;
+* ``_handle_message_delivery`` drops a client's publish to a ``$`` topic and keeps serving it;
 * connects arrive through the documented ``on_broker_client_connected`` plugin hook.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -66,6 +69,7 @@ class ConnectionEvents(BasePlugin[Any]):  # type: ignore[misc]
             self.tap.on_connect(client_id)
 
 
+_CONNACK_SERVER_UNAVAILABLE = bytes([0x20, 0x02, 0x00, 0x03])
 _PRINCIPAL = "iothub.principal"
 _CONNACK = "iothub.connack"
 _LOG_EVERY_S = 60.0
@@ -113,6 +117,8 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         self._auth_results = {r: metrics.mqtt_auth.labels(r) for r in ("ok", "0x02", "0x04", "0x05")}
         self._acl_denied = {a: metrics.acl_denied.labels(a.value) for a in (Action.PUBLISH, Action.SUBSCRIBE)}
         self._acl_logged: dict[str, float] = {}
+        self._open = 0  # client connections being served, every listener
+        self._refused_full = metrics.mqtt_auth.labels("full")
 
     # -- authentication and ACL --------------------------------------------------------------------
 
@@ -214,6 +220,34 @@ class _HubBroker(Broker):  # type: ignore[misc]  # amqtt ships no type informati
     async def shutdown(self) -> None:
         self._stopping = True  # amqtt closes sessions before its own state says "stopping"
         await super().shutdown()
+
+    async def _client_connected(self, listener_name: str, reader: Any, writer: Any) -> None:
+        """Refuse a client at once when ``mqtt.max_connections`` are open (amqtt lets it hang unanswered)."""
+        limit = self._settings.max_connections
+        if limit is not None and self._open >= limit:
+            self._refused_full.inc()
+            writer.write(_CONNACK_SERVER_UNAVAILABLE)
+            with contextlib.suppress(Exception):
+                await writer.drain()
+                await writer.close()
+            return
+        self._open += 1
+        try:
+            await super()._client_connected(listener_name, reader, writer)
+        finally:
+            self._open -= 1
+
+    async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
+        """[MQTT-4.7.2-1] ``$`` topics are the server's: a client's publish to one is dropped and counted.
+
+        amqtt ends the client's message loop instead, leaving it connected but never served again.
+        """
+        message = wait_deliver.result()
+        if message is not None and message.topic and message.topic.startswith("$"):
+            self._acl_denied[Action.PUBLISH].inc()
+            return True
+        result: bool = await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        return result
 
     async def stream_connected(self, reader: Any, writer: Any, listener_name: str) -> None:
         # amqtt leaves the socket open when a connection ends before a valid CONNECT (a port scan,

@@ -52,7 +52,7 @@ class HubMetrics:
         )
         self.mqtt_auth = Counter(
             "iothub_mqtt_connects",
-            "MQTT connection attempts, by result (ok or CONNACK code)",
+            "MQTT connection attempts, by result (ok, CONNACK code, or full)",
             ["result"],
             registry=r,
         )

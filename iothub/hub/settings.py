@@ -56,6 +56,7 @@ class MqttSettings(_Section):
     ws_port: Port | None = Field(default=8083, description="MQTT over WebSocket; unset to disable")
     tls: TlsSettings = TlsSettings()
     allow_anonymous: bool = Field(default=False, description="let clients in without credentials (development)")
+    max_connections: int | None = Field(default=None, ge=1, description="more are refused with CONNACK 0x03")
     acl_violation: Literal["drop", "disconnect"] = Field(
         default="drop", description="what a publish to a forbidden topic costs the client besides the message"
     )

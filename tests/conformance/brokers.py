@@ -11,10 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
-import warnings
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -23,6 +24,7 @@ from tests.conftest import hub_settings
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PRESENT = Path(MOSQUITTO).exists()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -31,40 +33,46 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _wait_listening(port: int, within: float = 10.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+def _opened(path: Path) -> IO[bytes]:
+    return path.open("wb")
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 @asynccontextmanager
-async def hub_broker(tmp_path: Path) -> AsyncIterator[int]:
-    settings = hub_settings(tmp_path / "hub", mqtt={"allow_anonymous": True, "ws_port": None})
+async def hub_broker(tmp_path: Path, max_connections: int | None = None) -> AsyncIterator[int]:
+    mqtt = {"allow_anonymous": True, "ws_port": None, "max_connections": max_connections}
+    settings = hub_settings(tmp_path / "hub", mqtt=mqtt)
     async with serve(settings) as running:
         yield running.ports["mqtt"]
 
 
 @asynccontextmanager
-async def mosquitto(tmp_path: Path) -> AsyncIterator[int]:
+async def mosquitto(tmp_path: Path, max_connections: int | None = None) -> AsyncIterator[int]:
     if not MOSQUITTO_PRESENT:
         if os.environ.get("CI") == "true":
             pytest.fail("mosquitto is missing: .ci/run installs Debian's mosquitto")
         pytest.skip("mosquitto is missing (apt-get install mosquitto)")
     port = _free_port()
     config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = await asyncio.create_subprocess_exec(
-        MOSQUITTO, "-c", str(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    limit = f"max_connections {max_connections}\n" if max_connections else ""
+    config.write_text(f"listener {port} 127.0.0.1\n{limit}allow_anonymous true\npersistence false\n")
+    log = tmp_path / "mosquitto.log"  # its stderr: it drops root, so it could not open a file here itself
+    with _opened(log) as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            MOSQUITTO, "-c", str(config), stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
-        await _wait_listening(port)
+        # Ready when it says so: Mosquitto 2.0.11 counts even a closed probe connection against
+        # max_connections for good, so readiness is not probed with a connection.
+        for _ in range(200):  # bounded: 10 s
+            if " running" in _read(log):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"mosquitto did not start: {_read(log)}")
         yield port
     finally:
         proc.terminate()
@@ -73,17 +81,21 @@ async def mosquitto(tmp_path: Path) -> AsyncIterator[int]:
 
 
 @asynccontextmanager
-async def plain_amqtt(tmp_path: Path) -> AsyncIterator[int]:
-    from amqtt.broker import Broker
-
-    with warnings.catch_warnings():  # its own $SYS plugin warns about its own dependencies
-        warnings.simplefilter("ignore", DeprecationWarning)
-        broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}}})
-        await broker.start()
+async def plain_amqtt(tmp_path: Path, max_connections: int | None = None) -> AsyncIterator[int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.conformance.plain_amqtt", str(max_connections or -1),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
     try:
-        yield broker._servers["default"].instance.sockets[0].getsockname()[1]
+        assert proc.stdout is not None
+        async with asyncio.timeout(20):
+            line = (await proc.stdout.readline()).decode().split()
+        assert line[:1] == ["READY"], f"plain amqtt did not start: {line}"
+        yield int(line[1])
     finally:
-        await broker.shutdown()
+        proc.terminate()
+        async with asyncio.timeout(10):
+            await proc.wait()
 
 
 BROKERS = {"hub": hub_broker, "mosquitto": mosquitto}

@@ -19,7 +19,8 @@ Check = Callable[[int], Awaitable[None]]
 
 
 def client(port: int, client_id: str, **kwargs: object) -> aiomqtt.Client:
-    return aiomqtt.Client("127.0.0.1", port, identifier=client_id, timeout=WAIT_S, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("timeout", WAIT_S)
+    return aiomqtt.Client("127.0.0.1", port, identifier=client_id, **kwargs)  # type: ignore[arg-type]
 
 
 async def first_message(c: aiomqtt.Client, within: float = WAIT_S) -> aiomqtt.Message:
@@ -84,7 +85,22 @@ async def new_connection_takes_over_the_old(port: int) -> None:
         writer.close()
 
 
+async def publishing_to_a_dollar_topic_leaves_the_client_working(port: int) -> None:
+    """[MQTT-4.7.2-1] ``$`` topics are the server's: a client's publish there is refused or ignored,
+    and the client is served as before (plain amqtt stops serving it)."""
+    async with client(port, "curious", timeout=3) as curious:
+        await curious.publish("$internal/poke", b"x", qos=0)
+        try:
+            await curious.subscribe("probe/curious", qos=1)
+            await curious.publish("probe/curious", b"still here", qos=1)
+            message = await first_message(curious, within=3)
+        except (TimeoutError, aiomqtt.MqttError):
+            raise AssertionError("after publishing to a $ topic the client is no longer served") from None
+        assert message.payload == b"still here"
+
+
 RULES: list[Check] = [
+    publishing_to_a_dollar_topic_leaves_the_client_working,
     retained_only_for_new_matching_subscriptions,
     silent_client_is_closed_and_its_will_sent,
     new_connection_takes_over_the_old,
@@ -107,3 +123,45 @@ async def test_plain_amqtt_breaks_it(tmp_path: Path, rule: Check) -> None:
     async with plain_amqtt(tmp_path) as port:
         with pytest.raises(AssertionError):
             await rule(port)
+
+
+async def refused_when_full(port: int) -> None:
+    """With max_connections (2) reached, a new client is refused promptly, not left waiting."""
+    held = []
+    try:
+        for name in ("one", "two"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(connect_packet(name))
+            held.append(writer)
+            assert (await reader.readexactly(4))[3] == 0
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        held.append(writer)
+        writer.write(connect_packet("three"))
+        try:
+            async with asyncio.timeout(3):
+                answer = await reader.read(4)
+        except TimeoutError:
+            raise AssertionError("a client over max_connections got no answer in 3 s") from None
+        assert answer == b"" or (answer[0] == 0x20 and answer[3] != 0), f"accepted over the limit: {answer!r}"
+    finally:
+        for writer in held:
+            writer.close()
+    for _ in range(30):  # room again once the broker has seen them go (bounded: 3 s)
+        try:
+            async with client(port, "four", timeout=2):
+                return
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("no room for a new client after two left")
+
+
+@pytest.mark.parametrize("name", list(BROKERS))
+async def test_max_connections_holds(tmp_path: Path, name: str) -> None:
+    async with BROKERS[name](tmp_path, max_connections=2) as port:
+        await refused_when_full(port)
+
+
+async def test_plain_amqtt_lets_clients_over_max_connections_hang(tmp_path: Path) -> None:
+    async with plain_amqtt(tmp_path, max_connections=2) as port:
+        with pytest.raises(AssertionError, match="no answer"):
+            await refused_when_full(port)
