@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
@@ -196,17 +197,21 @@ class SseHub:
 
     def route(self, event: HubEvent) -> None:
         labels = self.labels_of(event.device_id) if self._by_label else {}
-        candidates = self._everyone | self._by_device.get(event.device_id, set())
-        for pair in labels.items():
-            candidates = candidates | self._by_label.get(pair, set())
+        # A client sits in one slot an event can reach (its devices, its first label, or everyone),
+        # so the groups are walked as they are, without building a set per event.
+        groups = [self._everyone, self._by_device.get(event.device_id, ())]
+        groups.extend(self._by_label.get(pair, ()) for pair in labels.items())
         cache: dict[frozenset[str], bytes | None] = {}
-        for client in candidates:
+        too_slow = []
+        for client in itertools.chain.from_iterable(groups):
             if client.filter.wants(event, labels if client.filter.labels else {}):
                 frame = client.filter.frame(event, cache)
                 if frame is not None and client.offer(event.id, frame):
                     self._dropped.inc()
                     if client.dropped > self.settings.max_dropped:
-                        self._kick(client)
+                        too_slow.append(client)
+        for client in too_slow:  # after the walk: kicking changes the groups
+            self._kick(client)
 
     def _kick(self, client: SseClient) -> None:
         """Stop feeding a client that lost too much; its stream ends (or its send times out)."""

@@ -6,7 +6,6 @@ file (``[http] port = 0``), defaults. Port 0 means "pick a free port".
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -156,8 +155,3 @@ def _explain(exc: ValidationError) -> str:
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"setting {name} [{env}]: {err['msg']}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)
-
-
-def environ_snapshot() -> dict[str, str]:
-    """The ``IOTHUB_*`` variables in force, for diagnostics."""
-    return {k: v for k, v in os.environ.items() if k.startswith("IOTHUB_")}
