@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from iothub.bridge.auth import requires
-from iothub.bridge.rest import _hub, device_id_of, device_view, error
+from iothub.bridge.rest import device_id_of, device_view, error, hub_of
 from iothub.devices.payloads import describe
 from iothub.devices.topics import ID_PATTERN
 from iothub.hub.fleet import iso
@@ -61,7 +61,7 @@ async def create_device(request: Request) -> JSONResponse:
     spec = await body(request, DeviceCreate)
     if isinstance(spec, JSONResponse):
         return spec
-    hub = _hub(request)
+    hub = hub_of(request)
     try:
         record, secret = await asyncio.to_thread(hub.registry.add_device, spec.id, spec.name, spec.type, spec.labels)
     except AlreadyExists as exc:
@@ -77,7 +77,7 @@ async def patch_device(request: Request) -> JSONResponse:
     change = await body(request, DevicePatch)
     if isinstance(change, JSONResponse):
         return change
-    hub = _hub(request)
+    hub = hub_of(request)
     try:
         record = await asyncio.to_thread(
             hub.registry.update_device, device_id, name=change.name, type=change.type, labels=change.labels
@@ -97,7 +97,7 @@ async def delete_device(request: Request) -> Response:
     device_id = device_id_of(request)
     if isinstance(device_id, JSONResponse):
         return device_id
-    hub = _hub(request)
+    hub = hub_of(request)
     try:
         await asyncio.to_thread(hub.registry.remove_device, device_id)
     except NotFound as exc:
@@ -110,7 +110,7 @@ async def rotate_secret(request: Request) -> JSONResponse:
     device_id = device_id_of(request)
     if isinstance(device_id, JSONResponse):
         return device_id
-    hub = _hub(request)
+    hub = hub_of(request)
     try:
         record, secret = await asyncio.to_thread(hub.registry.rotate_secret, device_id)
     except NotFound as exc:
@@ -119,7 +119,7 @@ async def rotate_secret(request: Request) -> JSONResponse:
 
 
 async def list_tokens(request: Request) -> JSONResponse:
-    tokens = await asyncio.to_thread(_hub(request).registry.tokens)
+    tokens = await asyncio.to_thread(hub_of(request).registry.tokens)
     return JSONResponse({"tokens": [_token_view(t) for t in tokens]})
 
 
@@ -127,13 +127,13 @@ async def create_token(request: Request) -> JSONResponse:
     spec = await body(request, TokenCreate)
     if isinstance(spec, JSONResponse):
         return spec
-    record, token = await asyncio.to_thread(_hub(request).registry.create_token, spec.scope, spec.name)
+    record, token = await asyncio.to_thread(hub_of(request).registry.create_token, spec.scope, spec.name)
     return JSONResponse({**_token_view(record), "token": token}, status_code=201)
 
 
 async def revoke_token(request: Request) -> JSONResponse:
     try:
-        record = await asyncio.to_thread(_hub(request).registry.revoke_token, request.path_params["token_id"])
+        record = await asyncio.to_thread(hub_of(request).registry.revoke_token, request.path_params["token_id"])
     except NotFound as exc:
         return error(404, str(exc))
     return JSONResponse(_token_view(record))

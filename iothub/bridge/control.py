@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from iothub.bridge.admin import _Body, body
 from iothub.bridge.auth import requires
-from iothub.bridge.rest import _hub, device_id_of, error
+from iothub.bridge.rest import device_id_of, error, hub_of
 from iothub.hub.commands import MAX_TIMEOUT_S, BadCommand, CommandTimeout, DeviceOffline, UnknownDevice
 from iothub.hub.registry import Scope
 from iothub.hub.twin import VersionConflict
@@ -39,7 +39,7 @@ async def send_command(request: Request) -> JSONResponse:
     if isinstance(spec, JSONResponse):
         return spec
     try:
-        result = await _hub(request).commands.send(
+        result = await hub_of(request).commands.send(
             device_id, request.path_params["name"], spec.args, spec.timeout, spec.queue
         )
     except (UnknownDevice, DeviceOffline, CommandTimeout, BadCommand) as exc:
@@ -51,7 +51,7 @@ async def _known(request: Request) -> str | JSONResponse:
     device_id = device_id_of(request)
     if isinstance(device_id, JSONResponse):
         return device_id
-    if _hub(request).registry.find_device(device_id) is None:
+    if hub_of(request).registry.find_device(device_id) is None:
         return error(404, f"no device {device_id!r}")
     return device_id
 
@@ -60,7 +60,7 @@ async def get_twin(request: Request) -> JSONResponse:
     device_id = await _known(request)
     if isinstance(device_id, JSONResponse):
         return device_id
-    twin = await _hub(request).twins.get(device_id)
+    twin = await hub_of(request).twins.get(device_id)
     return JSONResponse({"device_id": device_id, **twin.view()})
 
 
@@ -72,7 +72,7 @@ async def patch_twin(request: Request) -> JSONResponse:
     if isinstance(spec, JSONResponse):
         return spec
     try:
-        twin = await _hub(request).twins.patch_desired(device_id, spec.desired, spec.version)
+        twin = await hub_of(request).twins.patch_desired(device_id, spec.desired, spec.version)
     except VersionConflict as exc:
         return error(409, str(exc))
     return JSONResponse({"device_id": device_id, **twin.view()})

@@ -29,7 +29,7 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _hub(request: Request) -> Hub:
+def hub_of(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
 
@@ -70,7 +70,7 @@ async def list_devices(request: Request) -> JSONResponse:
         if not sep or not key:
             return error(400, f"parameter 'label': {label!r} is not key=value")
         wanted_labels[key] = value
-    hub = _hub(request)
+    hub = hub_of(request)
     records = {r.id: r for r in await asyncio.to_thread(hub.registry.devices)}
     views = [
         device_view(records.get(i), hub.fleet.get(i), i) for i in sorted(records.keys() | hub.fleet.devices.keys())
@@ -86,7 +86,7 @@ async def get_device(request: Request) -> JSONResponse:
     device_id = device_id_of(request)
     if isinstance(device_id, JSONResponse):
         return device_id
-    hub = _hub(request)
+    hub = hub_of(request)
     record = await asyncio.to_thread(hub.registry.find_device, device_id)
     state = hub.fleet.get(device_id)
     if record is None and state is None:
@@ -98,11 +98,11 @@ async def get_telemetry(request: Request) -> JSONResponse:
     device_id = device_id_of(request)
     if isinstance(device_id, JSONResponse):
         return device_id
-    state = _hub(request).fleet.get(device_id)
+    state = hub_of(request).fleet.get(device_id)
     if state is None:
         return error(404, f"device {device_id!r} has sent no telemetry")
     q = request.query_params
-    hub = _hub(request)
+    hub = hub_of(request)
     now = now_ms()
     try:
         end = parse_time_ms("to", q["to"], now) if "to" in q else now
