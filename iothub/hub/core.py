@@ -42,7 +42,10 @@ class Hub:
         self.registry = Registry(settings.data_dir / "registry.db")
         self.ingest = Ingest(settings.ingest, self.store, self.fleet, self.bus, self.metrics)
         self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)
-        self.broker = EmbeddedBroker(settings.mqtt, self.ingest, self.auth, self.metrics)
+        self.broker = EmbeddedBroker(
+            settings.mqtt, self.ingest, self.auth, self.metrics, settings.data_dir / "broker.db"
+        )
+        self.ingest.on_committed = self.broker.committed
         self.commands = Commands(self.registry, self.fleet, self.broker)
         self.twins = Twins(self.registry, self.broker)
         self.ingest.replies = self.commands

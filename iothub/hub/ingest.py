@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from iothub.devices import (
@@ -81,6 +82,9 @@ class Ingest:
         self.reports: Reports | None = None  # device twins
         self._reports: list[tuple[DeviceState, TwinDocument, str, int]] = []
         self._queue: deque[_Inbound] = deque()
+        self._tickets = 0  # device messages queued so far
+        self._handled = 0  # of which committed (or refused) so far
+        self.on_committed: Callable[[int], None] | None = None  # durable ack: called with the last handled ticket
         self._pending_messages = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -104,16 +108,19 @@ class Ingest:
 
     # -- the broker tap (synchronous, never blocks) ------------------------------------------------
 
-    def on_publish(self, client_id: str | None, topic: str, payload: bytes) -> None:
+    def on_publish(self, client_id: str | None, topic: str, payload: bytes) -> int | None:
+        """Queue a device message; its ticket, which :attr:`on_committed` reports once it is handled."""
         if not topic.startswith(_DEVICE_PREFIX):
-            return
+            return None
         received = now_ms()
         if self._pending_messages >= self.settings.queue_size:
             self._refuse_queue_full(topic, received)
-            return
+            return None
         self._pending_messages += 1
         self._queue.append(_Inbound(_PUBLISH, client_id, topic, payload, received))
         self._wakeup.set()
+        self._tickets += 1
+        return self._tickets
 
     def on_connect(self, client_id: str) -> None:
         self._queue.append(_Inbound(_CONNECT, client_id, "", b"", now_ms()))
@@ -160,6 +167,11 @@ class Ingest:
                 batch.devices[device_id] = state.persisted()
             if batch:
                 await self._commit(batch)
+            taken = sum(1 for item in items if item.op == _PUBLISH)
+            if taken:
+                self._handled += taken
+                if self.on_committed is not None:
+                    self.on_committed(self._handled)
             await self._apply_reports()
 
     async def _apply_reports(self) -> None:

@@ -62,6 +62,15 @@ class HubMetrics:
             ["action"],
             registry=r,
         )
+        self.mqtt_dropped = Counter(
+            "iothub_mqtt_dropped",
+            "Messages for MQTT clients dropped, by reason (queue_full: the oldest of a full client queue)",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_protocol_errors = Counter(
+            "iothub_mqtt_protocol_errors", "MQTT connections closed for breaking the protocol", registry=r
+        )
         self.store_batch_seconds = Histogram(
             "iothub_store_batch_seconds",
             "Time to commit one batch to the store",

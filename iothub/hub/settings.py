@@ -59,6 +59,22 @@ class MqttSettings(_Section):
     acl_violation: Literal["drop", "disconnect"] = Field(
         default="drop", description="what a publish to a forbidden topic costs the client besides the message"
     )
+    durable_ack: bool = Field(
+        default=True, description="acknowledge QoS 1/2 device messages only once the store has committed them"
+    )
+    max_inflight: int = Field(default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 messages per client")
+    max_queued: int = Field(
+        default=1000, ge=1, description="messages queued per client (offline or window full); the oldest drop"
+    )
+    max_packet_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="larger packets close the connection"
+    )
+    max_unacked: int = Field(
+        default=1000, ge=1, description="a client's messages waiting for the store before the hub stops reading it"
+    )
+    checkpoint_s: float = Field(
+        default=2.0, gt=0, description="how often changed sessions and retained messages are saved"
+    )
 
 
 class HttpSettings(_Section):

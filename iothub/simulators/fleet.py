@@ -223,8 +223,8 @@ class SimulatedDevice:
                 response = CommandResponse(id=request.id, ok=True, result=result)
             except ValueError as exc:
                 response = CommandResponse(id=request.id, ok=False, error=str(exc))
+            stats.commands += 1  # counted once executed: the answer's PUBACK may come after the fleet stops
             await client.publish(self.response_topic, response.model_dump_json(exclude_none=True), qos=1)
-            stats.commands += 1
 
     async def _apply_desired(self, client: aiomqtt.Client, payload: bytes) -> None:
         """Take what it can of the desired state and report what it runs with, at the same version."""

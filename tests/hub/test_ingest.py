@@ -276,8 +276,11 @@ async def test_a_locked_store_holds_ingest_and_overflow_is_counted(tmp_path: Pat
             blocker = sqlite3.connect(settings.data_dir / "iothub.db", timeout=0.1)
             blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
             try:
-                for seq in range(1, 301):
-                    await client.publish(f"devices/{device}/telemetry", telemetry({"n": seq}, seq=seq), qos=1)
+                for seq in range(1, 301):  # QoS 0: QoS 1 would be held back by durable ack (tested apart)
+                    await client.publish(f"devices/{device}/telemetry", telemetry({"n": seq}, seq=seq), qos=0)
+                # a barrier: the broker handles a client's packets in order and acks this one (which the
+                # ACL drops, so ingest never sees it) once those before it are handled
+                await client.publish("barrier", b"", qos=1)
                 state = running.hub.fleet.get(device)
                 assert state is not None
                 assert state.rejected["queue_full"] >= 100
