@@ -12,7 +12,7 @@ import aiomqtt
 import pytest
 
 from tests.conformance.brokers import BROKERS, plain_amqtt
-from tests.mqtt_raw import connect_packet
+from tests.mqtt_raw import ack_packet, connect_packet, raw_connect, read_packet, subscribe_packet
 
 WAIT_S = 8.0
 Check = Callable[[int], Awaitable[None]]
@@ -99,11 +99,89 @@ async def publishing_to_a_dollar_topic_leaves_the_client_working(port: int) -> N
         assert message.payload == b"still here"
 
 
+async def delivered_at_the_lower_qos(port: int) -> None:
+    """[MQTT-3.8.4-6] a message goes out at min(publish QoS, subscription QoS), Wills included."""
+    async with client(port, "low-sub") as sub, client(port, "low-pub") as pub:
+        await sub.subscribe("qos/two", qos=2)
+        await sub.subscribe("qos/zero", qos=0)
+        await sub.subscribe("qos/will", qos=0)
+        await pub.publish("qos/two", b"published at 0", qos=0)
+        first = await first_message(sub)
+        assert (first.payload, first.qos) == (b"published at 0", 0), f"QoS 0 publish delivered at QoS {first.qos}"
+        await pub.publish("qos/zero", b"published at 2", qos=2)
+        second = await first_message(sub)
+        assert (second.payload, second.qos) == (b"published at 2", 0), f"QoS 0 subscription got QoS {second.qos}"
+        _, writer, ack = await raw_connect(port, "low-will", will=("qos/will", b"will at 1"), will_qos=1)
+        assert ack.body[1] == 0
+        writer.transport.abort()  # no DISCONNECT: the Will goes out
+        will = await first_message(sub)
+        assert (will.payload, will.qos) == (b"will at 1", 0), f"QoS 1 Will to a QoS 0 subscription came at {will.qos}"
+
+
+async def persistent_session_keeps_subscriptions_and_queues(port: int) -> None:
+    """[MQTT-3.1.2-4, 3.2.2-2] clean_session=0: subscriptions kept, QoS 1 messages queued while away,
+    CONNACK session present, and queued messages delivered with retain=0 [MQTT-3.3.1-9]."""
+    reader, writer, ack = await raw_connect(port, "keeper", clean=False)
+    writer.write(subscribe_packet(1, "persist/+", 1))
+    assert (await read_packet(reader)).kind == 9  # SUBACK
+    writer.write(bytes([0xE0, 0]))  # DISCONNECT
+    await writer.drain()
+    writer.close()
+    async with client(port, "feeder") as feeder:
+        await feeder.publish("persist/a", b"while away", qos=1, retain=True)
+        await feeder.publish("persist/b", b"also away", qos=1)
+    reader, writer, ack = await raw_connect(port, "keeper", clean=False)
+    try:
+        assert ack.body[0] == 1, "CONNACK without session present for a persistent session"
+        try:
+            got = [await read_packet(reader), await read_packet(reader)]
+        except TimeoutError:
+            raise AssertionError("the messages queued for a persistent session did not come") from None
+        assert [(p.kind, p.topic, p.payload, p.qos) for p in got] == [
+            (3, "persist/a", b"while away", 1),
+            (3, "persist/b", b"also away", 1),
+        ]
+        assert not got[0].retain, "a message queued for a subscription came with retain=1"
+    finally:
+        writer.close()
+    _, writer, ack = await raw_connect(port, "keeper", clean=True)  # and clean_session=1 ends it
+    writer.close()
+    assert ack.body[0] == 0
+
+
+async def unacknowledged_resent_with_dup(port: int) -> None:
+    """[MQTT-4.4.0-1] QoS 1 messages not acknowledged are sent again, DUP=1, when the client comes back."""
+    reader, writer, _ = await raw_connect(port, "forgetful", clean=False)
+    try:
+        writer.write(subscribe_packet(1, "dup/x", 1))
+        assert (await read_packet(reader)).kind == 9
+        async with client(port, "dup-pub") as pub:
+            await pub.publish("dup/x", b"ack me", qos=1)
+        first = await read_packet(reader)
+        assert (first.topic, first.payload, first.dup) == ("dup/x", b"ack me", False)
+    finally:
+        writer.transport.abort()  # gone without PUBACK
+    reader, writer, _ = await raw_connect(port, "forgetful", clean=False)
+    try:
+        again = await read_packet(reader, within=WAIT_S)
+        assert (again.kind, again.payload, again.packet_id, again.dup) == (3, b"ack me", first.packet_id, True)
+        writer.write(ack_packet(4, again.packet_id))
+    except TimeoutError:
+        raise AssertionError("an unacknowledged QoS 1 message was not sent again on reconnect") from None
+    finally:
+        writer.close()
+    _, writer, _ = await raw_connect(port, "forgetful", clean=True)
+    writer.close()
+
+
 RULES: list[Check] = [
     publishing_to_a_dollar_topic_leaves_the_client_working,
     retained_only_for_new_matching_subscriptions,
     silent_client_is_closed_and_its_will_sent,
     new_connection_takes_over_the_old,
+    delivered_at_the_lower_qos,
+    persistent_session_keeps_subscriptions_and_queues,
+    unacknowledged_resent_with_dup,
 ]
 
 

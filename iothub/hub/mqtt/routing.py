@@ -60,6 +60,7 @@ class SubscriptionTrie:
         out: dict[str, int] = {}
         levels = topic.split("/")
         last = len(levels)
+        dollar = topic.startswith("$")
         nodes = [self._root]
         for depth, level in enumerate(levels):
             following: list[_Node] = []
@@ -67,7 +68,7 @@ class SubscriptionTrie:
                 children = node.children
                 if not children:
                     continue
-                if depth or topic[0] != "$":
+                if depth or not dollar:
                     hash_node = children.get("#")
                     if hash_node is not None:
                         _merge(out, hash_node.subscribers)
