@@ -71,6 +71,7 @@ class Connection:
         self._out: list[bytes] = []
         self._flush_pending = False
         self._draining: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
         self._acks: deque[tuple[int, bytes]] = deque()  # (store ticket or 0 when ready, ack packet)
         self._acks_released = asyncio.Event()
         self._last_read = self._loop.time()
@@ -117,14 +118,14 @@ class Connection:
             self.session.pump()
 
     def close(self, reason: PresenceReason | None = None) -> None:
-        """End the connection from the hub's side; ``serve`` then returns ``reason``."""
+        """End the connection from the hub's side (idempotent); ``serve`` then returns ``reason``."""
         if reason is not None and self.closing is None:
             self.closing = reason
         if self._transport is not None:
             self._flush()
             self._transport.close()
-        else:
-            self._loop.create_task(self._writer.close())
+        elif self._closer is None:  # WebSocket: its close handshake is a coroutine
+            self._closer = self._loop.create_task(self._writer.close())
 
     # -- reading -----------------------------------------------------------------------------------
 

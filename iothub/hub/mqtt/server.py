@@ -110,7 +110,6 @@ class MqttServer:
         self.subscribed_listeners: list[Any] = []  # async (client id, filter) -> None, after SUBACK
         self.dirty = False  # sessions or retained messages changed since the last checkpoint
         self._holding: set[Connection] = set()  # connections with acknowledgements waiting for the store
-        self._committed = 0
         self._stopping = False
         self._all_closed = asyncio.Event()
         self._all_closed.set()
@@ -217,8 +216,7 @@ class MqttServer:
         will = conn.info.will
         if will is not None and not disconnected and reason is not PresenceReason.HUB_STOPPED:
             self.route(conn.client_id, will.topic, will.payload, will.qos, will.retain)
-        if not conn._transport or not conn._transport.is_closing():
-            conn.close()
+        conn.close()
 
     def _discard(self, session: Session) -> None:
         for topic_filter in session.subscriptions:
@@ -305,7 +303,6 @@ class MqttServer:
 
     def committed(self, ticket: int) -> None:
         """The store committed every message up to ``ticket``: release their acknowledgements."""
-        self._committed = ticket
         if self._holding:
             self._holding = {conn for conn in self._holding if conn.release_acks(ticket)}
 
