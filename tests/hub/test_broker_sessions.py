@@ -10,6 +10,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from iothub.hub.presence import PresenceReason
 from iothub.runner import Running, serve
 from tests.conftest import EventWaiter, device_secret, hub_settings, mqtt_client, service_client, telemetry, unique_id
 from tests.mqtt_raw import ack_packet, packet, publish_packet, raw_connect, read_packet, subscribe_packet
@@ -192,3 +193,29 @@ async def test_a_client_breaking_the_protocol_loses_only_its_connection(hub: Run
             writer.close()
         assert metric(hub, "iothub_mqtt_protocol_errors_total") == len(cases)
         await bystander.publish("probe", b"", qos=1)  # the hub serves everyone else as before
+
+
+async def test_a_client_held_back_by_the_store_can_still_be_closed(tmp_path: Path) -> None:
+    """While the store is behind the hub stops reading a client; closing it must not wait for the store."""
+    settings = hub_settings(tmp_path / "data", mqtt={"ws_port": None, "max_unacked": 1})
+    device = unique_id()
+    async with serve(settings) as running:
+        secret = device_secret(running, device)
+        reader, writer, _ = await raw_connect(running.ports["mqtt"], device, username=device, password=secret)
+        blocker = sqlite3.connect(settings.data_dir / "iothub.db", timeout=0.1)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            for n in range(1, 4):
+                writer.write(publish_packet(f"devices/{device}/telemetry", telemetry({"n": n}), qos=1, packet_id=n))
+            await writer.drain()
+            with pytest.raises(TimeoutError):
+                await read_packet(reader, within=0.5)  # held: no PUBACK
+            assert await running.hub.broker.disconnect(device, PresenceReason.DISABLED)
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.read() == b""
+                while device in running.hub.broker.connected_devices():  # noqa: ASYNC110 - bounded; no event
+                    await asyncio.sleep(0.02)
+        finally:
+            blocker.rollback()
+            blocker.close()
+            writer.close()

@@ -73,7 +73,8 @@ class Connection:
         self._draining: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._acks: deque[tuple[int, bytes]] = deque()  # (store ticket or 0 when ready, ack packet)
-        self._acks_released = asyncio.Event()
+        self._acks_released = asyncio.Event()  # clear while the hub holds this client back
+        self._acks_released.set()
         self._last_read = self._loop.time()
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_s = info.keep_alive * 1.5
@@ -121,6 +122,7 @@ class Connection:
         """End the connection from the hub's side (idempotent); ``serve`` then returns ``reason``."""
         if reason is not None and self.closing is None:
             self.closing = reason
+        self._acks_released.set()  # a serve held back by the store ends too
         if self._transport is not None:
             self._flush()
             self._transport.close()
@@ -147,8 +149,10 @@ class Connection:
             return b""
 
     def _check_keepalive(self) -> None:
-        idle = self._loop.time() - self._last_read
-        if idle >= self._keepalive_s:
+        now = self._loop.time()
+        if not self._acks_released.is_set():
+            self._last_read = now  # the hub stopped reading, not the client: its silence is ours
+        if now - self._last_read >= self._keepalive_s:
             self.close(PresenceReason.KEEPALIVE_TIMEOUT)
             return
         self._keepalive = self._loop.call_at(self._last_read + self._keepalive_s, self._check_keepalive)
@@ -182,9 +186,11 @@ class Connection:
                             raise ProtocolViolation("a second CONNECT [MQTT-3.1.0-2]")
                     if self.closing is not None:
                         return False
-                while len(self._acks) > self.server.settings.max_unacked:
-                    self._acks_released.clear()
-                    await self._acks_released.wait()
+                while len(self._acks) > self.server.settings.max_unacked and self.closing is None:
+                    self._acks_released.clear()  # the store is behind: read no more from this client
+                    await self._acks_released.wait()  # set by release_acks or close
+                if self.closing is not None:
+                    return False
         except ProtocolViolation as exc:
             self.protocol_error = str(exc)
             log.warning("closing MQTT client %r: %s", self.client_id, exc)
