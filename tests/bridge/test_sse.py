@@ -102,6 +102,9 @@ async def test_events_no_longer_stored_are_announced_as_a_gap(tmp_path: Path) ->
             for n in range(1200):
                 await client.publish(f"devices/{device}/telemetry", telemetry({"n": n}, seq=n), qos=0)
             await waiter.until(lambda e: e.data.get("seq") == 1199, within=30)
+        # Its disconnect is the last event written; it may prune the store once more, so read the
+        # bounds only after it is committed.
+        await waiter.status_of(device, online=False)
         oldest, _ = await running.hub.store.event_bounds()
         assert oldest > 1
         async with open_stream(api, params={"last_event_id": "0"}) as stream:
