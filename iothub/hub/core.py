@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 from contextlib import AsyncExitStack
+from functools import cached_property
 from types import TracebackType
 
 from iothub.hub.auth import Authenticator
@@ -20,6 +21,7 @@ from iothub.hub.commands import Commands
 from iothub.hub.events import EventBus
 from iothub.hub.fleet import Fleet
 from iothub.hub.ingest import Ingest, now_ms
+from iothub.hub.labels import LabelDirectory
 from iothub.hub.metrics import HubMetrics
 from iothub.hub.presence import PresenceReason
 from iothub.hub.registry import Registry, Scope
@@ -88,10 +90,17 @@ class Hub:
         await self._stack.__aexit__(exc_type, exc, tb)
         log.info("hub stopped")
 
+    @cached_property
+    def labels(self) -> LabelDirectory:
+        """Every registered device's labels in memory, for routing events (see :mod:`iothub.hub.labels`)."""
+        return LabelDirectory(self.registry)
+
     async def _watch_registry(self, stopped: asyncio.Event) -> None:
-        """Apply registry changes made anywhere (REST, another process): disconnect disabled devices."""
+        """Apply registry changes made anywhere (REST, another process): reload the labels directory,
+        disconnect disabled devices. The first round, at start, always finds a change."""
         while not stopped.is_set():
             if await asyncio.to_thread(self.registry.changed):
+                await self.labels.refresh()
                 await self.enforce_registry()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), REGISTRY_POLL_S)

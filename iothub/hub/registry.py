@@ -2,7 +2,8 @@
 
 It is separate from the telemetry store, so it stays put whichever store backend runs. The hub and
 the ``iothub devices|accounts|tokens`` commands may use it at the same time (WAL); the hub notices
-another process's changes through ``PRAGMA data_version`` (see :meth:`Registry.changed`).
+another process's changes through ``PRAGMA data_version`` (see :meth:`Registry.changed`). Writes
+made through this object are also told at once to the listeners of :meth:`Registry.on_device_change`.
 
 Errors::
 
@@ -18,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,10 @@ class TokenRecord:
                 "revoked": self.revoked}  # fmt: skip
 
 
+DeviceListener = Callable[[str, "DeviceRecord | None"], None]
+"""Called with a device id and its record after it is added or changed (``None``: removed)."""
+
+
 def _now() -> int:
     return time.time_ns() // 1_000_000
 
@@ -158,6 +164,18 @@ class Registry:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.executescript(SCHEMA)
         self._version = -1
+        self._listeners: list[DeviceListener] = []
+
+    def on_device_change(self, listener: DeviceListener) -> None:
+        """Call ``listener`` after each device write through this object: add, update, enable, remove.
+
+        It runs in the thread that wrote, once the write is committed.
+        """
+        self._listeners.append(listener)
+
+    def _device_changed(self, device_id: str, record: DeviceRecord | None) -> None:
+        for listener in self._listeners:  # outside self._lock: a listener may read the registry
+            listener(device_id, record)
 
     def close(self) -> None:
         with self._lock:
@@ -210,7 +228,9 @@ class Registry:
             )
         except AlreadyExists:
             raise AlreadyExists(f"device {device_id!r} already exists") from None
-        return self.device(device_id), secret
+        record = self.device(device_id)
+        self._device_changed(device_id, record)
+        return record, secret
 
     def device(self, device_id: str) -> DeviceRecord:
         rows = self._query("SELECT * FROM devices WHERE id = ?", (device_id,))
@@ -224,6 +244,10 @@ class Registry:
 
     def devices(self) -> list[DeviceRecord]:
         return [self._device(row) for row in self._query("SELECT * FROM devices ORDER BY id")]
+
+    def device_labels(self) -> dict[str, dict[str, str]]:
+        """Every registered device's labels (what the hub keeps in memory for routing)."""
+        return {i: json.loads(labels) for i, labels in self._query("SELECT id, labels FROM devices")}
 
     @staticmethod
     def _device(row: tuple[Any, ...]) -> DeviceRecord:
@@ -248,12 +272,16 @@ class Registry:
             (name or current.name, type or current.type, json.dumps(current.labels if labels is None else labels),
              device_id),
         )  # fmt: skip
-        return self.device(device_id)
+        record = self.device(device_id)
+        self._device_changed(device_id, record)
+        return record
 
     def set_enabled(self, device_id: str, enabled: bool) -> DeviceRecord:
         if not self._change("UPDATE devices SET enabled = ? WHERE id = ?", (int(enabled), device_id)):
             raise NotFound(f"no device {device_id!r}")
-        return self.device(device_id)
+        record = self.device(device_id)
+        self._device_changed(device_id, record)
+        return record
 
     def rotate_secret(self, device_id: str) -> tuple[DeviceRecord, str]:
         secret = new_secret()
@@ -269,6 +297,7 @@ class Registry:
         if not self._change("DELETE FROM devices WHERE id = ?", (device_id,)):
             raise NotFound(f"no device {device_id!r}")
         self._change("DELETE FROM twins WHERE device_id = ?", (device_id,))
+        self._device_changed(device_id, None)
 
     # -- service accounts --------------------------------------------------------------------------
 
