@@ -1,11 +1,20 @@
-"""Outward interfaces of the hub: the HTTP app (REST, metrics, health) and its server.
+"""Outward interfaces of the hub: the HTTP app (REST, SSE, metrics, health), its server, and the
+stream core every live channel shares (:mod:`iothub.bridge.streams`).
 
-Errors::
+Errors (HTTP status in :mod:`iothub.bridge.http`'s one exception table)::
 
     BridgeError
-    └── BadRequest   a request parameter that cannot be served; the message names it (HTTP 400)
+    ├── BadRequest            400  a parameter or body that cannot be served; the message names it
+    │   └── BadSubscription   400  a live-stream filter or resume point (iothub.bridge.streams)
+    ├── NotFound              404  no such device
+    ├── Unauthorized          401  no valid API token (with WWW-Authenticate: Bearer realm="iothub")
+    ├── Forbidden             403  the token's scope is too small
+    └── Unavailable           503  the hub is shutting down
+
+The hub's own errors raised through a handler are mapped by the same table (registry, commands,
+twin); see :data:`iothub.bridge.http.ERROR_STATUS`.
 """
 
-from iothub.bridge.errors import BadRequest, BridgeError
+from iothub.bridge.errors import BadRequest, BridgeError, Forbidden, NotFound, Unauthorized, Unavailable
 
-__all__ = ["BadRequest", "BridgeError"]
+__all__ = ["BadRequest", "BridgeError", "Forbidden", "NotFound", "Unauthorized", "Unavailable"]

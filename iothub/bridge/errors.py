@@ -1,4 +1,4 @@
-"""The bridge's error tree (drawn in :mod:`iothub.bridge`)."""
+"""The bridge's error tree (drawn in :mod:`iothub.bridge`); the HTTP app maps each to a status."""
 
 
 class BridgeError(Exception):
@@ -6,4 +6,20 @@ class BridgeError(Exception):
 
 
 class BadRequest(BridgeError):
-    """A request parameter that cannot be served; the message names the parameter."""
+    """A request parameter or body that cannot be served; the message names it."""
+
+
+class NotFound(BridgeError):
+    """The request names something that does not exist (a device, say)."""
+
+
+class Unauthorized(BridgeError):
+    """No valid API token: missing, malformed, unknown or revoked."""
+
+
+class Forbidden(BridgeError):
+    """A valid API token whose scope is too small."""
+
+
+class Unavailable(BridgeError):
+    """The hub cannot serve this now (it is shutting down)."""

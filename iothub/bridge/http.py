@@ -1,7 +1,11 @@
-"""The HTTP app (one port: REST, ``/metrics``, ``/healthz``) and the server that runs it.
+"""The HTTP app (one port: REST, SSE, ``/metrics``, ``/healthz``) and the server that runs it.
 
 :class:`HttpServer` binds its socket itself (so port 0 works and the port is known at once) and runs
 uvicorn inside the hub's event loop; the hub, not uvicorn, owns SIGINT/SIGTERM.
+
+Handlers raise errors; :data:`ERROR_STATUS`, the one exception table, turns each into its status and
+a JSON body ``{"error": "<the error's message>"}`` (the bridge's tree is drawn in
+:mod:`iothub.bridge`; the hub's errors are mapped where they cross into HTTP).
 """
 
 from __future__ import annotations
@@ -22,11 +26,33 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from iothub import __version__
-from iothub.bridge import admin, control, rest, sse
+from iothub.bridge import admin, control, errors, rest, sse
 from iothub.bridge.auth import requires
+from iothub.bridge.streams import StreamMetrics
+from iothub.hub import commands, registry, twin
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
 from iothub.hub.settings import HttpSettings
+
+ERROR_STATUS: dict[type[Exception], int] = {
+    errors.BadRequest: 400,  # a parameter or a request body (``request body: ...``) the bridge refuses
+    errors.NotFound: 404,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.Unavailable: 503,
+    registry.NotFound: 404,
+    registry.AlreadyExists: 409,
+    registry.RegistryError: 400,
+    commands.UnknownDevice: 404,
+    commands.DeviceOffline: 409,
+    commands.CommandTimeout: 504,
+    commands.BadCommand: 400,
+    twin.VersionConflict: 409,
+}
+"""Each error a handler may raise, and its HTTP status; the most specific class wins."""
+ERROR_HEADERS: dict[type[Exception], dict[str, str]] = {
+    errors.Unauthorized: {"WWW-Authenticate": 'Bearer realm="iothub"'},
+}
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -43,6 +69,12 @@ async def metrics(request: Request) -> Response:
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+
+async def api_error(request: Request, exc: Exception) -> JSONResponse:
+    """Answer an error from :data:`ERROR_STATUS` with its status and ``{"error": message}``."""
+    kind = next(k for k in type(exc).__mro__ if k in ERROR_STATUS)
+    return JSONResponse({"error": str(exc)}, status_code=ERROR_STATUS[kind], headers=ERROR_HEADERS.get(kind))
 
 
 STATIC = Path(__file__).parent / "static"
@@ -64,10 +96,11 @@ def create_app(hub: Hub) -> Starlette:
             *admin.routes,
             *control.routes,
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, **dict.fromkeys(ERROR_STATUS, api_error)},
     )
     app.state.hub = hub
-    app.state.sse = sse.SseHub(hub, hub.settings.sse)
+    app.state.streams = StreamMetrics(hub.metrics.registry)  # every live channel reports here
+    app.state.sse = sse.SseHub(hub, hub.settings.sse, app.state.streams)
     return app
 
 

@@ -44,16 +44,9 @@ class HubEvent:
         return self.json_with(self.data)
 
     def json_with(self, data: dict[str, Any]) -> bytes:
+        """The event serialised with other data (a bridge trimming it to some metrics, say)."""
         body = {"id": self.id, "type": self.type.value, "ts": self.ts, "device_id": self.device_id, **data}
         return json.dumps(body, separators=(",", ":")).encode()
-
-    @cached_property
-    def sse(self) -> bytes:
-        """The event as one Server-Sent Events frame, encoded once for every SSE client."""
-        return self.sse_with(self.json)
-
-    def sse_with(self, body: bytes) -> bytes:
-        return b"id: %d\nevent: %s\ndata: %s\n\n" % (self.id, self.type.value.encode(), body)
 
 
 @dataclass(frozen=True, slots=True)

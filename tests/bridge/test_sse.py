@@ -11,6 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from iothub.bridge.http import HttpServer, create_app
+from iothub.hub.core import Hub
 from iothub.runner import Running, serve
 from tests.bridge.sse_client import SseStream, open_stream
 from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
@@ -204,6 +206,19 @@ async def test_streams_end_cleanly_when_the_hub_stops(tmp_path: Path) -> None:
         await api.aclose()
         if not stopped:
             await running_ctx.__aexit__(None, None, None)
+
+
+async def test_a_stream_asked_for_while_the_hub_stops_gets_503(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data")
+    async with Hub(settings) as hub:
+        app = create_app(hub)
+        async with HttpServer(app, settings.http) as server:
+            app.state.sse.close()  # what leaving HttpServer does first
+            base = f"http://127.0.0.1:{server.port}"
+            headers = {"Authorization": f"Bearer {hub.first_token}"}
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=WAIT_S) as api:
+                response = await api.get("/api/v1/stream")
+    assert (response.status_code, response.json()) == (503, {"error": "the hub is shutting down"})
 
 
 async def test_heartbeats_keep_an_idle_stream_alive(tmp_path: Path) -> None:
