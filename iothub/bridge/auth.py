@@ -1,4 +1,5 @@
-"""API tokens on HTTP: ``Authorization: Bearer <token>``; 401 without a valid token, 403 without scope.
+"""API tokens on HTTP: ``Authorization: Bearer <token>``; :class:`Unauthorized` (401) without a valid
+token, :class:`Forbidden` (403) without the scope.
 
 Streaming endpoints that a browser's EventSource must reach (which cannot set headers) may also
 accept ``?access_token=`` (``query=True``).
@@ -11,16 +12,13 @@ import functools
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
+from iothub.bridge.errors import Forbidden, Unauthorized
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope, TokenRecord
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _unauthorized(message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="iothub"'})
 
 
 def presented_token(request: Request, query: bool) -> str | None:
@@ -33,23 +31,21 @@ def presented_token(request: Request, query: bool) -> str | None:
     return None
 
 
-async def check(request: Request, scope: Scope, query: bool = False) -> TokenRecord | JSONResponse:
+async def check(request: Request, scope: Scope, query: bool = False) -> TokenRecord:
+    """The request's token record if it allows ``scope``; raises :class:`Unauthorized` or :class:`Forbidden`."""
     token = presented_token(request, query)
     if token is None:
-        return _unauthorized("this needs an API token: send 'Authorization: Bearer <token>'")
+        raise Unauthorized("this needs an API token: send 'Authorization: Bearer <token>'")
     if token == "":
-        return _unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
     hub: Hub = request.app.state.hub
     record = await asyncio.to_thread(hub.registry.lookup_token, token)
     if record is None:
-        return _unauthorized("unknown API token")
+        raise Unauthorized("unknown API token")
     if record.revoked is not None:
-        return _unauthorized(f"API token {record.id!r} has been revoked")
+        raise Unauthorized(f"API token {record.id!r} has been revoked")
     if not record.scope.allows(scope):
-        return JSONResponse(
-            {"error": f"API token {record.id!r} has scope '{record.scope}'; this needs '{scope}'"},
-            status_code=403,
-        )
+        raise Forbidden(f"API token {record.id!r} has scope '{record.scope}'; this needs '{scope}'")
     return record
 
 
@@ -59,10 +55,7 @@ def requires(scope: Scope, query: bool = False) -> Callable[[Endpoint], Endpoint
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def guarded(request: Request) -> Response:
-            result = await check(request, scope, query)
-            if isinstance(result, JSONResponse):
-                return result
-            request.state.token = result
+            request.state.token = await check(request, scope, query)
             return await endpoint(request)
 
         return guarded

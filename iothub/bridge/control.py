@@ -1,7 +1,12 @@
-"""REST API for acting on devices: commands (scope command) and the device twin."""
+"""REST API for acting on devices: commands (scope command) and the device twin.
+
+Command errors (:mod:`iothub.hub.commands`) and twin version conflicts reach the HTTP app's exception
+table as they are: 404 unknown device, 409 offline or a stale version, 504 no answer, 400 bad command.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -11,10 +16,10 @@ from starlette.routing import Route
 
 from iothub.bridge.admin import _Body, body
 from iothub.bridge.auth import requires
-from iothub.bridge.rest import device_id_of, error, hub_of
-from iothub.hub.commands import MAX_TIMEOUT_S, BadCommand, CommandTimeout, DeviceOffline, UnknownDevice
+from iothub.bridge.errors import NotFound
+from iothub.bridge.rest import device_id_of, hub_of
+from iothub.hub.commands import MAX_TIMEOUT_S
 from iothub.hub.registry import Scope
-from iothub.hub.twin import VersionConflict
 
 
 class CommandRequestBody(_Body):
@@ -28,53 +33,33 @@ class TwinPatch(_Body):
     version: Annotated[int, Field(ge=0)] | None = None
 
 
-_STATUS = {UnknownDevice: 404, DeviceOffline: 409, CommandTimeout: 504, BadCommand: 400}
-
-
 async def send_command(request: Request) -> JSONResponse:
     device_id = device_id_of(request)
-    if isinstance(device_id, JSONResponse):
-        return device_id
     spec = await body(request, CommandRequestBody)
-    if isinstance(spec, JSONResponse):
-        return spec
-    try:
-        result = await hub_of(request).commands.send(
-            device_id, request.path_params["name"], spec.args, spec.timeout, spec.queue
-        )
-    except (UnknownDevice, DeviceOffline, CommandTimeout, BadCommand) as exc:
-        return error(_STATUS[type(exc)], str(exc))
+    result = await hub_of(request).commands.send(
+        device_id, request.path_params["name"], spec.args, spec.timeout, spec.queue
+    )
     return JSONResponse(result.view())
 
 
-async def _known(request: Request) -> str | JSONResponse:
+async def _known(request: Request) -> str:
+    """The path's device id if it is registered; :class:`NotFound` otherwise."""
     device_id = device_id_of(request)
-    if isinstance(device_id, JSONResponse):
-        return device_id
-    if hub_of(request).registry.find_device(device_id) is None:
-        return error(404, f"no device {device_id!r}")
+    if await asyncio.to_thread(hub_of(request).registry.find_device, device_id) is None:
+        raise NotFound(f"no device {device_id!r}")
     return device_id
 
 
 async def get_twin(request: Request) -> JSONResponse:
     device_id = await _known(request)
-    if isinstance(device_id, JSONResponse):
-        return device_id
     twin = await hub_of(request).twins.get(device_id)
     return JSONResponse({"device_id": device_id, **twin.view()})
 
 
 async def patch_twin(request: Request) -> JSONResponse:
     device_id = await _known(request)
-    if isinstance(device_id, JSONResponse):
-        return device_id
     spec = await body(request, TwinPatch)
-    if isinstance(spec, JSONResponse):
-        return spec
-    try:
-        twin = await hub_of(request).twins.patch_desired(device_id, spec.desired, spec.version)
-    except VersionConflict as exc:
-        return error(409, str(exc))
+    twin = await hub_of(request).twins.patch_desired(device_id, spec.desired, spec.version)
     return JSONResponse({"device_id": device_id, **twin.view()})
 
 

@@ -1,4 +1,8 @@
-"""REST API ``/api/v1``: devices (registry and what the hub saw of them) and their telemetry."""
+"""REST API ``/api/v1``: devices (registry and what the hub saw of them) and their telemetry.
+
+Handlers raise errors (:mod:`iothub.bridge.errors`, the hub's own); the HTTP app's one exception
+table answers them (:data:`iothub.bridge.http.ERROR_STATUS`).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from iothub.bridge.auth import requires
-from iothub.bridge.errors import BadRequest
+from iothub.bridge.errors import BadRequest, NotFound
 from iothub.bridge.params import parse_duration_ms, parse_int, parse_time_ms
 from iothub.devices import is_valid_id
 from iothub.hub.core import Hub
@@ -25,19 +29,16 @@ MAX_LIMIT = 100_000
 MAX_BUCKETS = 100_000
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
 def hub_of(request: Request) -> Hub:
     hub: Hub = request.app.state.hub
     return hub
 
 
-def device_id_of(request: Request) -> str | JSONResponse:
+def device_id_of(request: Request) -> str:
+    """The path's device id; :class:`BadRequest` when it breaks the id rule."""
     device_id: str = request.path_params["device_id"]
     if not is_valid_id(device_id):
-        return error(400, f"device id {device_id!r} breaks the rule [A-Za-z0-9_.-]{{1,64}}")
+        raise BadRequest(f"device id {device_id!r} breaks the rule [A-Za-z0-9_.-]{{1,64}}")
     return device_id
 
 
@@ -63,12 +64,12 @@ async def list_devices(request: Request) -> JSONResponse:
     q = request.query_params
     online = q.get("online")
     if online not in (None, "true", "false"):
-        return error(400, f"parameter 'online': {online!r} is not true or false")
+        raise BadRequest(f"parameter 'online': {online!r} is not true or false")
     wanted_labels = {}
     for label in q.getlist("label"):
         key, sep, value = label.partition("=")
         if not sep or not key:
-            return error(400, f"parameter 'label': {label!r} is not key=value")
+            raise BadRequest(f"parameter 'label': {label!r} is not key=value")
         wanted_labels[key] = value
     hub = hub_of(request)
     records = {r.id: r for r in await asyncio.to_thread(hub.registry.devices)}
@@ -84,50 +85,43 @@ async def list_devices(request: Request) -> JSONResponse:
 
 async def get_device(request: Request) -> JSONResponse:
     device_id = device_id_of(request)
-    if isinstance(device_id, JSONResponse):
-        return device_id
     hub = hub_of(request)
     record = await asyncio.to_thread(hub.registry.find_device, device_id)
     state = hub.fleet.get(device_id)
     if record is None and state is None:
-        return error(404, f"no device {device_id!r}")
+        raise NotFound(f"no device {device_id!r}")
     return JSONResponse(device_view(record, state, device_id))
 
 
 async def get_telemetry(request: Request) -> JSONResponse:
+    """A device's series; a registered device that has sent nothing yet has none (200, empty)."""
     device_id = device_id_of(request)
-    if isinstance(device_id, JSONResponse):
-        return device_id
-    state = hub_of(request).fleet.get(device_id)
-    if state is None:
-        return error(404, f"device {device_id!r} has sent no telemetry")
-    q = request.query_params
     hub = hub_of(request)
+    if hub.fleet.get(device_id) is None and await asyncio.to_thread(hub.registry.find_device, device_id) is None:
+        raise NotFound(f"no device {device_id!r}")
+    q = request.query_params
     now = now_ms()
+    end = parse_time_ms("to", q["to"], now) if "to" in q else now
+    start = parse_time_ms("from", q["from"], now) if "from" in q else end - DEFAULT_WINDOW_MS
+    if start > end:
+        raise BadRequest("parameter 'from' is after 'to'")
+    step = parse_duration_ms("step", q["step"]) if "step" in q else None
+    if step is not None and (end - start) // step > MAX_BUCKETS:
+        raise BadRequest(f"parameter 'step': more than {MAX_BUCKETS} buckets in the range; use a larger step")
     try:
-        end = parse_time_ms("to", q["to"], now) if "to" in q else now
-        start = parse_time_ms("from", q["from"], now) if "from" in q else end - DEFAULT_WINDOW_MS
-        if start > end:
-            raise BadRequest("parameter 'from' is after 'to'")
-        step = parse_duration_ms("step", q["step"]) if "step" in q else None
-        if step is not None and (end - start) // step > MAX_BUCKETS:
-            raise BadRequest(f"parameter 'step': more than {MAX_BUCKETS} buckets in the range; use a larger step")
-        try:
-            agg = Agg(q.get("agg", "avg" if step else "last"))
-        except ValueError:
-            raise BadRequest(f"parameter 'agg': {q['agg']!r} is not one of avg, min, max, last") from None
-        limit = parse_int("limit", q["limit"], 1, MAX_LIMIT) if "limit" in q else DEFAULT_LIMIT
-    except BadRequest as exc:
-        return error(400, str(exc))
-    known = await hub.store.metrics_of(state.id)
+        agg = Agg(q.get("agg", "avg" if step else "last"))
+    except ValueError:
+        raise BadRequest(f"parameter 'agg': {q['agg']!r} is not one of avg, min, max, last") from None
+    limit = parse_int("limit", q["limit"], 1, MAX_LIMIT) if "limit" in q else DEFAULT_LIMIT
+    known = await hub.store.metrics_of(device_id)
     wanted = q.getlist("metric") or known
     unknown = [m for m in wanted if m not in known]
     if unknown:
-        return error(404, f"device {state.id!r} has no metric {', '.join(map(repr, unknown))}")
-    series = await hub.store.query(state.id, wanted, start, end, step, agg, limit)
+        raise NotFound(f"device {device_id!r} has no metric {', '.join(map(repr, unknown))}")
+    series = await hub.store.query(device_id, wanted, start, end, step, agg, limit) if wanted else []
     return JSONResponse(
         {
-            "device_id": state.id,
+            "device_id": device_id,
             "from": iso(start),
             "to": iso(end),
             "step_ms": step,

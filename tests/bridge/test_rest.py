@@ -134,3 +134,15 @@ async def test_unknown_and_invalid_devices(http: httpx.AsyncClient) -> None:
     assert "breaks the rule" in bad.json()["error"]
     assert (await http.get("/api/v1/devices", params={"online": "maybe"})).status_code == 400
     assert (await http.get("/api/v1/nothing")).json() == {"error": "Not Found"}
+
+
+async def test_telemetry_of_unknown_and_silent_devices(hub: Running, http: httpx.AsyncClient) -> None:
+    unknown = await http.get("/api/v1/devices/nope/telemetry")
+    assert (unknown.status_code, unknown.json()) == (404, {"error": "no device 'nope'"})
+    silent = unique_id("silent")
+    hub.hub.registry.add_device(silent)  # registered, never connected
+    empty = await http.get(f"/api/v1/devices/{silent}/telemetry")
+    assert empty.status_code == 200
+    assert (empty.json()["device_id"], empty.json()["series"]) == (silent, {})
+    named = await http.get(f"/api/v1/devices/{silent}/telemetry", params={"metric": "temperature"})
+    assert (named.status_code, named.json()) == (404, {"error": f"device '{silent}' has no metric 'temperature'"})
