@@ -28,7 +28,6 @@ from starlette.staticfiles import StaticFiles
 from iothub import __version__
 from iothub.bridge import admin, control, errors, rest, sse
 from iothub.bridge.auth import requires
-from iothub.bridge.streams import StreamMetrics
 from iothub.hub import commands, registry, twin
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
@@ -99,8 +98,7 @@ def create_app(hub: Hub) -> Starlette:
         exception_handlers={HTTPException: http_error, **dict.fromkeys(ERROR_STATUS, api_error)},
     )
     app.state.hub = hub
-    app.state.streams = StreamMetrics(hub.metrics.registry)  # every live channel reports here
-    app.state.sse = sse.SseHub(hub, hub.settings.sse, app.state.streams)
+    app.state.sse = sse.SseHub(hub, hub.settings.sse)
     return app
 
 

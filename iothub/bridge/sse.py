@@ -64,12 +64,13 @@ class _Writer:
 class SseHub:
     """The SSE channel of the stream core, the open responses, and their blocked-write watchdog."""
 
-    def __init__(self, hub: Hub, settings: SseSettings, metrics: StreamMetrics) -> None:
+    def __init__(self, hub: Hub, settings: SseSettings) -> None:
         self.hub = hub
         self.settings = settings
         limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
         self.channel: Channel[bytes] = Channel("sse", hub.bus, hub.store, hub.labels, sse_frame, limits)
-        metrics.add(self.channel, own_names=True)  # iothub_sse_* as well as iothub_stream_*{channel="sse"}
+        # iothub_sse_* as well as iothub_stream_*{channel="sse"}
+        StreamMetrics.of(hub.metrics.registry).add(self.channel, own_names=True)
         self.closing = asyncio.Event()
         self.writers: set[_Writer] = set()
 

@@ -215,7 +215,7 @@ async def test_each_frame_is_encoded_once_per_metrics_filter(rig: Rig) -> None:
 
 async def test_a_slow_consumer_loses_the_oldest_and_gets_a_gap(rig: Rig) -> None:
     channel = rig.channel(queue_size=3, max_dropped=100)
-    StreamMetrics(rig.metrics.registry).add(channel, own_names=True)
+    StreamMetrics.of(rig.metrics.registry).add(channel, own_names=True)
     with channel.attach(StreamFilter.parse(devices=["a"])) as slow, channel.attach(StreamFilter.parse(["z"])) as probe:
         first = await rig.emit("a")
         await routed(probe, (await rig.emit("z"))[0])

@@ -4,26 +4,27 @@ A channel (one per transport) owns one subscription to the hub's fan-out and an 
 consumers; a consumer is one client subscription with a filter and a bounded queue. What a channel
 brings of its own: the encoder of its frames, its wire format for gaps, and its transport.
 
-Use it like this (see :mod:`iothub.bridge.sse` for a complete channel)::
+Use it like this (:mod:`iothub.bridge.sse` is a complete channel)::
 
     def encode(event: HubEvent, body: bytes) -> bytes:  # body: the event's JSON, maybe trimmed
-        return body                                      # e.g. a WebSocket text frame's payload
+        return body  # a WebSocket channel keeps the shared body and wraps it per consumer on write
 
     channel = Channel("ws", hub.bus, hub.store, hub.labels, encode, Limits(queue_size=1000))
-    metrics.add(channel)               # one StreamMetrics per hub registry, shared by all channels
-    tasks.create_task(channel.run())   # routes committed events until channel.close()
+    StreamMetrics.of(hub.metrics.registry).add(channel)  # its counters in /metrics
+    tasks.create_task(channel.run())  # routes committed events until channel.close()
 
-    # per client subscription:
+    # for each client subscription (errors: BadSubscription, naming the field):
     stream_filter = StreamFilter.parse(devices=["th-1"], labels=["site=berlin"], where="field")
-    await channel.check_resume(resume_after, "resume_from")  # if the client resumes
+    if resume_after is not None:
+        await channel.check_resume(resume_after, "resume_from")
     with channel.attach(stream_filter, resume_after) as consumer:
-        async for delivery in consumer:              # replay from the store first, then live
-            if delivery.gap is not None:             # announce it: delivery.gap.view()
-                ...
-            for frame in delivery.frames:            # in event id order, never twice
-                ...                                  # wrap per consumer here (a subscription id)
-        if consumer.kicked:                          # it fell too far behind: say so, then close
-            ...
+        async for delivery in consumer:  # the replay from the store first, then live
+            if delivery.gap is not None:
+                ...  # announce delivery.gap.view() in the channel's own wire format
+            for frame in delivery.frames:  # in event id order, each event once
+                ...  # shared with other consumers: wrap it (a subscription id), never change it
+        if consumer.kicked:
+            ...  # it fell too far behind (or its writes blocked): tell it, then close
 
 What the core guarantees:
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -25,9 +26,18 @@ _FIGURES = (  # (name, help, counter?, read)
 
 
 class StreamMetrics(Collector):
+    """Use :meth:`of`: one per metrics registry, shared by every channel of a hub."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self._channels: list[tuple[Channel[Any], bool]] = []
         registry.register(self)
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> StreamMetrics:
+        """The stream metrics of ``registry``, made on first use (whichever server asks first)."""
+        if registry not in _BY_REGISTRY:
+            _BY_REGISTRY[registry] = cls(registry)
+        return _BY_REGISTRY[registry]
 
     def add(self, channel: Channel[Any], own_names: bool = False) -> None:
         self._channels.append((channel, own_names))
@@ -43,3 +53,6 @@ class StreamMetrics(Collector):
                 if own_names:
                     what = f"{channel.name.upper()} clients"
                     yield kind(f"iothub_{channel.name}_{figure}", doc.format(what), value=float(read(channel)))
+
+
+_BY_REGISTRY: WeakKeyDictionary[CollectorRegistry, StreamMetrics] = WeakKeyDictionary()
