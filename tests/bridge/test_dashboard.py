@@ -33,6 +33,8 @@ CHROMIUM_ARGS = [
 
 
 CHROMIUM_PRESENT = CHROMIUM.exists()
+# Resolves after n animation frames: what the page schedules for its next frame has run by then.
+FRAMES = "n => new Promise(done => { const step = () => (n-- > 0 ? requestAnimationFrame(step) : done()); step(); })"
 
 
 @pytest.fixture
@@ -270,6 +272,11 @@ async def test_the_first_device_is_shown_until_the_user_picks_another(browser: A
     page = await open_utc_dashboard(browser, hub)
     await expect(page.locator("#detail-empty")).to_contain_text("pick a device")
     await expect(page.locator("#detail-head")).to_be_hidden()
+    await expect(page.locator("#charts-empty")).to_be_hidden()  # no "no telemetry" for no device
+    await page.set_viewport_size({"width": 1200, "height": 900})  # charts redraw on resize: still none
+    await page.evaluate(FRAMES, 3)
+    await expect(page.locator("#detail-empty")).to_be_visible()
+    await expect(page.locator("#charts-empty")).to_be_hidden()
     base = unique_id("pick")
     first, second, earlier = f"{base}-b", f"{base}-c", f"{base}-a"
     async with mqtt_client(hub, second) as device:

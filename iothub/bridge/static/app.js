@@ -186,8 +186,9 @@ function ensureSelection() {
   } else {
     state.selected = null;
     $("detail-head").hidden = true;
-    $("detail-presence").replaceChildren();
+    $("detail-presence").hidden = true;
     $("charts").replaceChildren();
+    $("charts-empty").hidden = true;
     state.charts.clear();
     $("detail-empty").textContent = "No device yet: pick a device in the list once one appears.";
     $("detail-empty").hidden = false;
@@ -209,6 +210,7 @@ async function select(id, byUser) {
   }
   state.list.select(id);
   $("detail-head").hidden = false;
+  $("detail-presence").hidden = false;
   $("detail-empty").hidden = true;
   $("detail-title").textContent = id;
   renderDetailPresence(device(id));
@@ -256,6 +258,7 @@ function kindOf(metric, points) {
 }
 
 function drawCharts() {
+  if (!state.selected) return;
   const since = Date.now() - state.windowMin * 60000;
   let added = false;
   for (const [metric, all] of state.series) {
