@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,8 @@ import pytest
 
 from iothub.runner import Running, serve
 from iothub.simulators.fleet import run_fleet
-from tests.conftest import hub_settings, mqtt_client, telemetry
+from tests.conftest import device_secret, hub_settings, mqtt_client, telemetry, unique_id
+from tests.mqtt_raw import publish_packet, raw_connect, read_packet
 from tests.simulators.test_fleet import config
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,6 +33,8 @@ CHROMIUM_ARGS = [
 
 
 CHROMIUM_PRESENT = CHROMIUM.exists()
+# Resolves after n animation frames: what the page schedules for its next frame has run by then.
+FRAMES = "n => new Promise(done => { const step = () => (n-- > 0 ? requestAnimationFrame(step) : done()); step(); })"
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ async def test_live_devices_values_and_presence(browser: Any, tmp_path: Path) ->
             await expect(value).to_contain_text("42.42", timeout=2_000)
             # Charts: history from the REST API, then live.
             await page.locator('tr[data-device-id="dash-0000"]').click()
-            await expect(page.locator('#charts .chart[data-metric="temperature"] polyline')).to_have_count(
+            await expect(page.locator('#charts .chart[data-metric="temperature"] path.line')).to_have_count(
                 1, timeout=10_000
             )
             # A device that dies without a word turns offline.
@@ -96,8 +102,7 @@ async def test_live_devices_values_and_presence(browser: Any, tmp_path: Path) ->
             assert isinstance(sock, socket.socket)
             sock.shutdown(socket.SHUT_RDWR)
             presence = page.locator('tr[data-device-id="probe"] .presence')
-            await expect(presence).to_have_text("offline", timeout=5_000)
-            await expect(page.locator('tr[data-device-id="probe"] .reason')).to_have_text("last will")
+            await expect(presence).to_have_text("offline · last will", timeout=5_000)
             with contextlib.suppress(Exception):
                 await probe.__aexit__(None, None, None)
             # Filters.
@@ -169,3 +174,175 @@ async def test_a_hidden_tab_catches_up_on_return(browser: Any, hub: Running) -> 
         await page.evaluate(hide, False)  # back: it resumes from the last event it saw
         await expect(value).to_contain_text("2024", timeout=5_000)
         await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+
+
+def utc_clock(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%H:%M:%S")
+
+
+async def open_utc_dashboard(browser: Any, running: Running, fragment: str = "") -> Any:
+    """The dashboard in a page whose clock reads UTC, so a test can predict the times it shows."""
+    page = await browser.new_page(viewport={"width": 1400, "height": 900}, timezone_id="UTC")
+    await page.goto(f"http://{running.address('http')}/#token={running.hub.first_token}{fragment}")
+    await page.locator("#conn[data-state=live]").wait_for(timeout=10_000)
+    return page
+
+
+async def hover_on(page: Any, chart: Any, x: float) -> None:
+    """Point at `x` (in the chart's SVG pixels, which are CSS pixels) halfway down the plot."""
+    box = await chart.locator("svg").bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + x, box["y"] + box["height"] / 2)
+
+
+async def test_charts_have_a_time_axis_and_a_tooltip(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    device_id = unique_id("chart")
+    start = int(time.time() * 1000) - 12 * 60_000
+    async with mqtt_client(hub, device_id) as device:
+        for i in range(13):  # 12 minutes of temperature, one point a minute: 0.25, 1.25, ... 12.25
+            await device.publish(
+                f"devices/{device_id}/telemetry", telemetry({"temperature": i + 0.25}, ts=start + i * 60_000), qos=1
+            )
+        for i in range(5):  # the last 50 s of humidity
+            await device.publish(
+                f"devices/{device_id}/telemetry",
+                telemetry({"humidity": 40 + i}, ts=start + 12 * 60_000 - (4 - i) * 10_000),
+                qos=1,
+            )
+    page = await open_utc_dashboard(browser, hub)
+    temperature = page.locator('#charts .chart[data-metric="temperature"]')
+    humidity = page.locator('#charts .chart[data-metric="humidity"]')
+    await expect(temperature.locator("path.line")).to_have_count(1, timeout=10_000)
+    # A time axis: round minutes over 12 minutes, round seconds over the last minute.
+    await expect(temperature.locator(".tick").first).to_have_text(re.compile(r"^\d\d:\d\d$"))
+    assert await temperature.locator(".tick").count() >= 2
+    await expect(humidity.locator(".tick").first).to_have_text(re.compile(r"^\d\d:\d\d:\d\d$"))
+    assert await humidity.locator(".tick").count() >= 2
+    # A tooltip with the value and time of the point nearest the pointer: the first, then the last.
+    path = await temperature.locator("path.line").get_attribute("d")
+    xs = [float(segment.split(",")[0]) for segment in re.split("[ML]", path or "") if segment]
+    assert len(xs) == 13
+    tip = temperature.locator(".tip")
+    await expect(tip).to_be_hidden()
+    await hover_on(page, temperature, xs[0] + 2)
+    await expect(tip).to_have_text(f"0.25 {utc_clock(start)}")
+    await expect(temperature.locator(".guide")).to_have_count(1)
+    await hover_on(page, temperature, xs[-1] - 2)
+    await expect(tip).to_have_text(f"12.25 {utc_clock(start + 12 * 60_000)}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-chart-tooltip.png"))
+    await page.mouse.move(0, 0)
+    await expect(tip).to_be_hidden()
+
+
+async def test_a_boolean_metric_is_drawn_as_on_off_bands(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    device_id = unique_id("door")
+    start = int(time.time() * 1000) - 50_000
+    states = [True, True, False, True, False]  # runs: on, off, on, off (until now)
+    async with mqtt_client(hub, device_id) as device:
+        for i, is_open in enumerate(states):
+            await device.publish(
+                f"devices/{device_id}/telemetry", telemetry({"door_open": is_open}, ts=start + i * 10_000), qos=1
+            )
+    page = await open_utc_dashboard(browser, hub)
+    chart = page.locator('#charts .chart[data-metric="door_open"]')
+    await expect(chart.locator("rect.band.on")).to_have_count(2, timeout=10_000)
+    await expect(chart.locator("rect.band.off")).to_have_count(2)
+    await expect(chart.locator("path.line")).to_have_count(0)
+    await expect(chart.locator(".value-label")).to_have_text(["on", "off"])
+    await expect(chart.locator(".now")).to_have_text("off")
+    # The first band runs from the first point to the first "false": on, since the first point.
+    band = chart.locator("rect.band.on").first
+    x = float(await band.get_attribute("x") or "nan")
+    width = float(await band.get_attribute("width") or "nan")
+    assert width > 10
+    await hover_on(page, chart, x + width * 0.75)
+    await expect(chart.locator(".tip")).to_have_text(f"on {utc_clock(start + 10_000)}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-boolean-bands.png"))
+
+
+async def test_the_first_device_is_shown_until_the_user_picks_another(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    page = await open_utc_dashboard(browser, hub)
+    await expect(page.locator("#detail-empty")).to_contain_text("pick a device")
+    await expect(page.locator("#detail-head")).to_be_hidden()
+    await expect(page.locator("#charts-empty")).to_be_hidden()  # no "no telemetry" for no device
+    await page.set_viewport_size({"width": 1200, "height": 900})  # charts redraw on resize: still none
+    await page.evaluate(FRAMES, 3)
+    await expect(page.locator("#detail-empty")).to_be_visible()
+    await expect(page.locator("#charts-empty")).to_be_hidden()
+    base = unique_id("pick")
+    first, second, earlier = f"{base}-b", f"{base}-c", f"{base}-a"
+    async with mqtt_client(hub, second) as device:
+        await device.publish(f"devices/{second}/telemetry", telemetry({"t": 2}), qos=1)
+    async with mqtt_client(hub, first) as device:
+        await device.publish(f"devices/{first}/telemetry", telemetry({"t": 1}), qos=1)
+    # The first device to appear is shown at once; one that turns up later does not take its place.
+    await expect(page.locator("#detail-title")).to_have_text(second)
+    await expect(page.locator('#charts .chart[data-metric="t"]')).to_have_count(1)
+    await expect(page.locator('tr[data-device-id="' + first + '"]')).to_be_visible()
+    await expect(page.locator("#detail-title")).to_have_text(second)
+    # A fresh page shows the first device of the list, without a click.
+    await page.reload()
+    await expect(page.locator("#detail-title")).to_have_text(first, timeout=10_000)
+    await expect(page.locator(f'tr[data-device-id="{first}"]')).to_have_class(re.compile("selected"))
+    await expect(page.locator('#charts .chart[data-metric="t"] .now')).to_have_text("1")
+    # What the user picks stays picked: when a device that sorts first appears, and across a reload.
+    await page.locator(f'tr[data-device-id="{second}"]').click()
+    await expect(page.locator("#detail-title")).to_have_text(second)
+    async with mqtt_client(hub, earlier) as device:
+        await device.publish(f"devices/{earlier}/telemetry", telemetry({"t": 0}), qos=1)
+    await expect(page.locator(f'tr[data-device-id="{earlier}"]')).to_be_visible()
+    await expect(page.locator("#detail-title")).to_have_text(second)
+    await page.reload()
+    await page.locator("#conn[data-state=live]").wait_for(timeout=10_000)
+    await expect(page.locator("#detail-title")).to_have_text(second)
+    await expect(page.locator('#charts .chart[data-metric="t"] .now')).to_have_text("2")
+
+
+async def test_the_events_panel_says_so_until_the_first_event(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    page = await open_utc_dashboard(browser, hub)
+    empty = page.locator("#feed-empty")
+    await expect(empty).to_have_text("No status changes, command results or alerts yet.")
+    device_id = unique_id("feed")
+    async with mqtt_client(hub, device_id) as device:
+        await device.publish(f"devices/{device_id}/status", b'{"online": true}', qos=1)
+        await expect(page.locator("#feed li")).to_have_count(1)
+    await expect(empty).to_be_hidden()
+
+
+async def test_presence_reads_the_same_in_the_list_the_detail_and_the_feed(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    page = await open_utc_dashboard(browser, hub)
+    lost, left = unique_id("will"), unique_id("bye")
+    will = (f"devices/{lost}/status", b'{"online": false}')
+    port, secret = hub.ports["mqtt"], device_secret(hub, lost)
+    reader, writer, connack = await raw_connect(port, lost, username=lost, password=secret, will=will)
+    assert connack.body[1] == 0
+    writer.write(publish_packet(f"devices/{lost}/status", b'{"online": true}', qos=1, packet_id=1))  # reported online
+    assert (await read_packet(reader)).kind == 4  # PUBACK
+    row = page.locator(f'tr[data-device-id="{lost}"] .presence')
+    detail = page.locator("#detail-presence .presence")
+    await expect(row).to_have_text("online")  # not "online · reported online"
+    await expect(page.locator("#detail-title")).to_have_text(lost)
+    await expect(detail).to_have_text("online")
+    writer.transport.abort()  # dropped without a word: the Will goes out
+    await expect(row).to_have_text("offline · last will", timeout=5_000)
+    await expect(detail).to_have_text("offline · last will")
+    await expect(page.locator("#feed li").first).to_contain_text(f"{lost}: offline · last will")
+    async with mqtt_client(hub, left) as device:
+        await device.publish(f"devices/{left}/status", b'{"online": true}', qos=1)
+        await expect(page.locator(f'tr[data-device-id="{left}"] .presence')).to_have_text("online")
+    await expect(page.locator(f'tr[data-device-id="{left}"] .presence')).to_have_text("offline · clean disconnect")
+    await expect(page.locator("#feed li").first).to_contain_text(f"{left}: offline · clean disconnect")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-presence.png"))

@@ -1,18 +1,22 @@
 // iothub dashboard: the device list from the REST API, kept live by one EventSource on /api/v1/stream.
-// No third-party code: a small SVG chart of our own. Every value reaches the page through textContent.
-"use strict";
+// No third-party code. Work per event is bounded by that event's device, never by the fleet's size:
+// rows are updated in place, the summary is counted incrementally, charts redraw at most once a frame.
+import { Chart } from "./chart.js";
+import { clock, el, formatValue, presence, renderPresence, when } from "./format.js";
+import { DeviceList } from "./list.js";
 
 const MAX_FEED = 200;
-const MAX_VALUES_SHOWN = 6;
-const CHART_W = 300;
-const CHART_H = 90;
 
 const state = {
   token: null,
   devices: new Map(), // id -> device view from the REST API, kept current by events
-  rows: new Map(), // id -> <tr>
+  list: null, // the device table (DeviceList)
+  online: 0, // how many devices are online
   selected: null,
-  series: new Map(), // metric -> [[ts, value], ...] for the selected device
+  wanted: null, // a device picked before the page loaded (#device=ID)
+  series: new Map(), // metric -> [[ts, value], ...] sorted by ts, for the selected device
+  charts: new Map(), // metric -> Chart
+  chartsFrame: 0,
   windowMin: 15,
   es: null,
   lastEventId: null,
@@ -22,35 +26,6 @@ const state = {
 };
 
 const $ = (id) => document.getElementById(id);
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attrs)) {
-    if (key === "class") node.className = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
-
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
-
-function formatValue(value) {
-  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(2);
-  return String(value);
-}
-
-function ago(iso) {
-  if (!iso) return "never";
-  const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
-  if (seconds < 60) return `${seconds} s ago`;
-  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
-  return `${Math.floor(seconds / 3600)} h ago`;
-}
 
 // -- API ----------------------------------------------------------------------------------------
 
@@ -68,8 +43,11 @@ async function api(path) {
 async function loadDevices() {
   const body = await api("/api/v1/devices");
   state.devices = new Map(body.devices.map((d) => [d.id, d]));
-  renderLabelFilter();
-  renderDevices();
+  state.online = body.devices.filter((d) => d.online).length;
+  state.list.renderLabels(state.devices);
+  state.list.renderAll(state.devices);
+  renderSummary();
+  ensureSelection();
 }
 
 // -- connection -----------------------------------------------------------------------------------
@@ -141,8 +119,17 @@ function device(id) {
   if (!d) {
     d = { id, name: id, type: "", labels: {}, online: false, reason: "unknown", latest: {}, last_seen: null };
     state.devices.set(id, d);
+    renderSummary();
+    if (!state.selected) queueMicrotask(ensureSelection);
   }
   return d;
+}
+
+/** Insert `[ts, value]` into a series sorted by time (live points nearly always go last). */
+function insertPoint(points, ts, value) {
+  let i = points.length;
+  while (i > 0 && points[i - 1][0] > ts) i--;
+  points.splice(i, 0, [ts, value]);
 }
 
 function onTelemetry(e) {
@@ -153,134 +140,91 @@ function onTelemetry(e) {
     const current = d.latest[metric];
     if (!current || Date.parse(current.ts) <= e.ts) d.latest[metric] = { value, ts: iso };
   }
-  renderRow(d, Object.keys(e.metrics));
+  state.list.render(d, Object.keys(e.metrics));
   if (state.selected === e.device_id) {
     for (const [metric, value] of Object.entries(e.metrics)) {
       if (!state.series.has(metric)) state.series.set(metric, []);
-      state.series.get(metric).push([e.ts, value]);
+      insertPoint(state.series.get(metric), e.ts, value);
     }
-    renderCharts();
+    scheduleCharts();
   }
-  renderSummary();
 }
 
 function onStatus(e) {
   const d = device(e.device_id);
+  if (Boolean(d.online) !== Boolean(e.online)) state.online += e.online ? 1 : -1;
   Object.assign(d, { online: e.online, reason: e.reason, detail: e.detail, since: e.since });
-  renderRow(d, []);
+  state.list.render(d, []);
   renderSummary();
-  if (state.selected === e.device_id) renderPresence(d);
-  addFeed(e.online ? "status-online" : "status-offline", e, `${e.online ? "online" : "offline"} (${e.reason})`);
+  if (state.selected === e.device_id) renderDetailPresence(d);
+  addFeed("status", e, presence(e).text, e.online ? "online" : "offline");
 }
 
-function addFeed(kind, e, text) {
+function addFeed(kind, e, text, tone = "") {
   const feed = $("feed");
-  const time = new Date(e.ts || Date.now()).toLocaleTimeString();
-  const item = el("li", {}, el("time", {}, time), el("span", { class: `kind ${kind}` }, kind.replace("status-", "")),
+  const item = el("li", {}, el("time", {}, clock(e.ts || Date.now())), el("span", { class: `kind ${kind} ${tone}` }, kind),
     e.device_id ? `${e.device_id}: ${text}` : text);
   feed.prepend(item);
+  $("feed-empty").hidden = true;
   while (feed.children.length > MAX_FEED) feed.lastChild.remove();
 }
 
-// -- rendering ----------------------------------------------------------------------------------
-
-function matchesFilters(d) {
-  const text = $("filter-text").value.trim().toLowerCase();
-  const label = $("filter-label").value;
-  const online = $("filter-online").value;
-  if (text && ![d.id, d.name || "", d.type || ""].some((s) => s.toLowerCase().includes(text))) return false;
-  if (label) {
-    const [key, value] = label.split("=");
-    if ((d.labels || {})[key] !== value) return false;
-  }
-  if (online && String(Boolean(d.online)) !== online) return false;
-  return true;
-}
-
-function renderDevices() {
-  const body = document.querySelector("#devices tbody");
-  const ids = [...state.devices.keys()].sort();
-  for (const [id, row] of state.rows) {
-    if (!state.devices.has(id)) { row.remove(); state.rows.delete(id); }
-  }
-  for (const id of ids) {
-    const d = state.devices.get(id);
-    renderRow(d, []);
-    body.append(state.rows.get(id)); // keeps the rows in id order
-  }
-  $("no-devices").hidden = ids.length > 0;
-  renderSummary();
-}
-
-function renderRow(d, changed) {
-  let row = state.rows.get(d.id);
-  if (!row) {
-    row = el("tr", { "data-device-id": d.id },
-      el("td", {}, el("div", { class: "device-id" }), el("div", { class: "device-type" })),
-      el("td", {}, el("span", { class: "presence" }), el("span", { class: "reason" })),
-      el("td", { class: "last-seen" }),
-      el("td", {}, el("div", { class: "values" })));
-    row.addEventListener("click", () => select(d.id));
-    state.rows.set(d.id, row);
-    const body = document.querySelector("#devices tbody");
-    const after = [...state.rows.keys()].sort().find((id) => id > d.id && state.rows.get(id).isConnected);
-    body.insertBefore(row, after ? state.rows.get(after) : null);
-    $("no-devices").hidden = true;
-  }
-  row.hidden = !matchesFilters(d);
-  row.classList.toggle("selected", state.selected === d.id);
-  row.querySelector(".device-id").textContent = d.name && d.name !== d.id ? `${d.id} (${d.name})` : d.id;
-  row.querySelector(".device-type").textContent = [d.type, ...Object.entries(d.labels || {}).map(([k, v]) => `${k}=${v}`)]
-    .filter(Boolean).join(" · ");
-  const presence = row.querySelector(".presence");
-  presence.className = `presence ${d.online ? "online" : "offline"}`;
-  presence.textContent = d.online ? "online" : "offline";
-  row.querySelector(".reason").textContent = d.reason && d.reason !== "unknown" ? d.reason.replaceAll("_", " ") : "";
-  row.querySelector(".last-seen").textContent = ago(d.last_seen);
-  row.querySelector(".last-seen").dataset.iso = d.last_seen || "";
-  const values = row.querySelector(".values");
-  values.replaceChildren(...Object.entries(d.latest || {}).slice(0, MAX_VALUES_SHOWN).map(([metric, v]) =>
-    el("span", { class: `value${changed.includes(metric) ? " flash" : ""}`, "data-metric": metric },
-      el("span", { class: "name" }, metric), formatValue(v.value))));
-}
-
 function renderSummary() {
-  const all = [...state.devices.values()];
-  const online = all.filter((d) => d.online).length;
-  $("summary").textContent = `${all.length} devices, ${online} online`;
+  const n = state.devices.size;
+  $("summary").textContent = `${n} ${n === 1 ? "device" : "devices"}, ${state.online} online`;
 }
 
-function renderLabelFilter() {
-  const select = $("filter-label");
-  const current = select.value;
-  const labels = new Set();
-  for (const d of state.devices.values()) {
-    for (const [k, v] of Object.entries(d.labels || {})) labels.add(`${k}=${v}`);
+// -- the selected device --------------------------------------------------------------------------
+
+/** Keep the device the user picked; otherwise show the first one listed, or say there is none. */
+function ensureSelection() {
+  if (state.selected && state.devices.has(state.selected)) return;
+  const wanted = state.wanted && state.devices.has(state.wanted) ? state.wanted : null;
+  const first = wanted ?? state.list.first();
+  if (first !== null) {
+    select(first, false);
+  } else {
+    state.selected = null;
+    $("detail-head").hidden = true;
+    $("detail-presence").hidden = true;
+    $("charts").replaceChildren();
+    $("charts-empty").hidden = true;
+    state.charts.clear();
+    $("detail-empty").textContent = "No device yet: pick a device in the list once one appears.";
+    $("detail-empty").hidden = false;
   }
-  select.replaceChildren(el("option", { value: "" }, "All labels"),
-    ...[...labels].sort().map((l) => el("option", { value: l }, l)));
-  select.value = labels.has(current) ? current : "";
 }
 
-function renderPresence(d) {
-  $("detail-presence").textContent =
-    `${d.online ? "Online" : "Offline"} (${(d.reason || "unknown").replaceAll("_", " ")})` +
-    (d.since ? ` since ${new Date(d.since).toLocaleString()}` : "");
+function renderDetailPresence(d) {
+  const node = el("span", {});
+  renderPresence(node, d);
+  const since = d.since ? el("span", { class: "since" }, `since ${when(Date.parse(d.since))}`) : "";
+  $("detail-presence").replaceChildren(node, since);
 }
 
-async function select(id) {
+async function select(id, byUser) {
   state.selected = id;
-  for (const [rowId, row] of state.rows) row.classList.toggle("selected", rowId === id);
-  $("detail-panel").hidden = false;
+  if (byUser) {
+    state.wanted = id;
+    history.replaceState(null, "", `#device=${encodeURIComponent(id)}`);
+  }
+  state.list.select(id);
+  $("detail-head").hidden = false;
+  $("detail-presence").hidden = false;
+  $("detail-empty").hidden = true;
   $("detail-title").textContent = id;
-  renderPresence(device(id));
+  renderDetailPresence(device(id));
   state.series = new Map();
-  renderCharts();
+  state.charts.clear();
+  $("charts").replaceChildren();
+  $("charts-empty").textContent = "loading…";
+  $("charts-empty").hidden = false;
   const minutes = state.windowMin;
   const params = new URLSearchParams({ from: `-${minutes}m` });
   if (minutes > 15) { params.set("step", `${Math.round((minutes * 60) / 300)}s`); params.set("agg", "avg"); }
   try {
-    const body = await api(`/api/v1/devices/${encodeURIComponent(id)}/telemetry?${params}`);
+    const body = (state.devices.get(id)?.last_seen)
+      ? await api(`/api/v1/devices/${encodeURIComponent(id)}/telemetry?${params}`) : { series: {} };
     if (state.selected !== id) return;
     const live = state.series;
     state.series = new Map(Object.entries(body.series));
@@ -289,51 +233,52 @@ async function select(id) {
       const last = history.length ? history[history.length - 1][0] : -Infinity;
       state.series.set(metric, history.concat(points.filter(([ts]) => ts > last)));
     }
-    renderCharts();
+    drawCharts();
   } catch (err) {
-    $("charts").replaceChildren(el("p", { class: "empty" }, "no history: " + err.message));
+    if (state.selected === id) $("charts-empty").textContent = `no history: ${err.message}`;
   }
 }
 
-function renderCharts() {
-  const charts = $("charts");
+// -- charts ---------------------------------------------------------------------------------------
+
+function scheduleCharts() {
+  if (state.chartsFrame) return;
+  state.chartsFrame = requestAnimationFrame(() => {
+    state.chartsFrame = 0;
+    drawCharts();
+  });
+}
+
+/** How a metric is drawn, from its latest value: booleans as bands, numbers as a line. */
+function kindOf(metric, points) {
+  const latest = state.devices.get(state.selected)?.latest?.[metric];
+  const sample = latest ? latest.value : points.length ? points[points.length - 1][1] : 0;
+  if (typeof sample === "boolean") return "boolean";
+  return typeof sample === "number" ? "number" : "text";
+}
+
+function drawCharts() {
+  if (!state.selected) return;
   const since = Date.now() - state.windowMin * 60000;
-  const blocks = [];
-  for (const [metric, all] of [...state.series.entries()].sort()) {
-    const points = all.filter(([ts, v]) => ts >= since && v !== null);
-    state.series.set(metric, points);
-    const last = points.length ? points[points.length - 1][1] : null;
-    const block = el("div", { class: "chart", "data-metric": metric },
-      el("div", { class: "chart-head" }, el("span", {}, metric), el("span", { class: "now" }, last === null ? "" : formatValue(last))));
-    const numeric = points.filter(([, v]) => typeof v === "number" || typeof v === "boolean")
-      .map(([ts, v]) => [ts, Number(v)]);
-    if (numeric.length < 2) {
-      block.append(el("div", { class: "empty" }, points.length ? "collecting…" : "no data in this window"));
-    } else {
-      block.append(chart(numeric, since));
-    }
-    blocks.push(block);
+  let added = false;
+  for (const [metric, all] of state.series) {
+    let old = 0;
+    while (old < all.length && all[old][0] < since) old++;
+    if (old) all.splice(0, old);
+    if (!state.charts.has(metric)) { state.charts.set(metric, new Chart(metric)); added = true; }
   }
-  charts.replaceChildren(...blocks);
-}
-
-function chart(points, windowStart) {
-  const now = Date.now();
-  // The axis spans the window, or less while a device has not been around that long.
-  const since = Math.max(windowStart, Math.min(points[0][0], now - 60000));
-  let min = Math.min(...points.map(([, v]) => v));
-  let max = Math.max(...points.map(([, v]) => v));
-  if (min === max) { min -= 1; max += 1; }
-  const x = (ts) => ((ts - since) / (now - since)) * CHART_W;
-  const y = (v) => CHART_H - 12 - ((v - min) / (max - min)) * (CHART_H - 20);
-  const graphic = svg("svg", { viewBox: `0 0 ${CHART_W} ${CHART_H}`, preserveAspectRatio: "none" });
-  graphic.append(svg("polyline", { points: points.map(([ts, v]) => `${x(ts).toFixed(1)},${y(v).toFixed(1)}`).join(" ") }));
-  const top = svg("text", { x: 2, y: 10, class: "axis" });
-  top.textContent = formatValue(max);
-  const bottom = svg("text", { x: 2, y: CHART_H - 2, class: "axis" });
-  bottom.textContent = formatValue(min);
-  graphic.append(top, bottom);
-  return graphic;
+  if (added) { // attached before drawing, so each chart is drawn at its real width
+    $("charts").replaceChildren(...[...state.charts.keys()].sort().map((m) => state.charts.get(m).element));
+  }
+  for (const [metric, chart] of state.charts) {
+    const all = state.series.get(metric) || [];
+    const kind = kindOf(metric, all);
+    const wanted = kind === "number" ? (v) => typeof v === "number" : kind === "boolean"
+      ? (v) => typeof v === "boolean" || typeof v === "number" : (v) => v !== null;
+    chart.update(all.filter(([, v]) => wanted(v)), since, kind, state.devices.get(state.selected)?.latest?.[metric]?.value);
+  }
+  $("charts-empty").textContent = "no telemetry in this window";
+  $("charts-empty").hidden = state.charts.size > 0;
 }
 
 // -- start ------------------------------------------------------------------------------------
@@ -360,12 +305,15 @@ async function start() {
 }
 
 function init() {
-  const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fromHash) {
-    localStorage.setItem("iothub-token", fromHash);
-    history.replaceState(null, "", location.pathname);
+  const hash = new URLSearchParams(location.hash.slice(1));
+  state.wanted = hash.get("device");
+  if (hash.has("token")) {
+    localStorage.setItem("iothub-token", hash.get("token"));
+    hash.delete("token");
+    history.replaceState(null, "", location.pathname + (hash.toString() ? `#${hash}` : ""));
   }
   state.token = localStorage.getItem("iothub-token");
+  state.list = new DeviceList((id) => select(id, true));
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
     state.token = $("token").value.trim();
@@ -377,19 +325,21 @@ function init() {
     showLogin("");
   });
   for (const id of ["filter-text", "filter-label", "filter-online"]) {
-    $(id).addEventListener("input", renderDevices);
+    $(id).addEventListener("input", () => { state.list.readFilters(); state.list.renderAll(state.devices); });
   }
   $("window").addEventListener("change", () => {
     state.windowMin = Number($("window").value);
-    if (state.selected) select(state.selected);
+    if (state.selected) select(state.selected, false);
   });
   document.addEventListener("visibilitychange", () => {
     // A hidden tab lets its stream go; on return it resumes from the last event it saw.
     if (!state.token || !$("login").hidden) return;
     if (document.hidden) { disconnect(); setConnection("offline"); } else connect();
   });
+  new ResizeObserver(scheduleCharts).observe($("charts"));
   setInterval(() => {
-    for (const cell of document.querySelectorAll("#devices .last-seen")) cell.textContent = ago(cell.dataset.iso);
+    state.list.tick();
+    if (state.charts.size) scheduleCharts(); // the time axis moves on while nothing arrives
   }, 1000);
   if (state.token) start(); else showLogin("");
 }

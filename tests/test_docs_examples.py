@@ -1,0 +1,68 @@
+"""The examples under ``docs/`` work as written, against a real hub."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import httpx
+
+from iothub.runner import Running
+from tests.conftest import WAIT_S, device_secret, unique_id
+
+PUBLISH_TELEMETRY = Path(__file__).resolve().parents[1] / "docs" / "examples" / "publish_telemetry.py"
+
+
+async def run_example(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(PUBLISH_TELEMETRY), *args,
+        env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(WAIT_S * 3):
+            out, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def stored_temperatures(http: httpx.AsyncClient, device_id: str) -> list[float]:
+    answer = await http.get(f"/api/v1/devices/{device_id}/telemetry", params={"metric": "temperature"})
+    assert answer.status_code == 200, answer.text
+    return [value for _, value in answer.json()["series"]["temperature"]]
+
+
+async def test_publish_telemetry_stores_a_point(hub: Running, http: httpx.AsyncClient) -> None:
+    device_id = unique_id("example")
+    secret = device_secret(hub, device_id)
+    port = str(hub.ports["mqtt"])
+    args = ("--host", "127.0.0.1", "--port", port, "--device", device_id)
+    code, out, err = await run_example(*args, "--secret", secret, "--temperature", "19.75")
+    assert (code, err) == (0, ""), err
+    assert out == f"published temperature=19.75 for {device_id}\n"
+    assert await stored_temperatures(http, device_id) == [19.75]  # QoS 1: stored once it returns
+    # The same from the environment, with the default value.
+    env = {"MQTT_HOST": "127.0.0.1", "MQTT_PORT": port, "DEVICE_ID": device_id, "DEVICE_SECRET": secret}
+    code, _, err = await run_example(env=env)
+    assert (code, err) == (0, ""), err
+    assert await stored_temperatures(http, device_id) == [19.75, 21.5]
+
+
+async def test_publish_telemetry_says_in_one_line_why_it_was_refused(hub: Running) -> None:
+    device_id = unique_id("example")
+    device_secret(hub, device_id)
+    port = str(hub.ports["mqtt"])
+    code, out, err = await run_example("--port", port, "--device", device_id, "--secret", "not-the-secret")
+    assert (code, out) == (1, "")
+    assert err.endswith("\n")
+    assert err.count("\n") == 1, err
+    assert f"{device_id} at 127.0.0.1:{port}" in err
+    assert "Bad user name or password" in err  # CONNACK 0x04
+    code, _, err = await run_example("--port", port)
+    assert code == 2
+    assert "a device id and secret are needed" in err
