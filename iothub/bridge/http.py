@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
+from os import PathLike
 from pathlib import Path
 
 import uvicorn
@@ -24,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope as ASGIScope
 
 from iothub import __version__
 from iothub.bridge import admin, control, errors, rest, sse
@@ -83,11 +86,23 @@ async def dashboard(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
+class _RevalidatedFiles(StaticFiles):
+    """The dashboard's scripts and styles, revalidated on every load (a 304 when unchanged), so a
+    browser never runs an upgraded page with modules cached from the previous version."""
+
+    def file_response(
+        self, full_path: PathLike[str] | str, stat_result: os.stat_result, scope: ASGIScope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def create_app(hub: Hub) -> Starlette:
     app = Starlette(
         routes=[
             Route("/", dashboard),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Mount("/static", _RevalidatedFiles(directory=STATIC), name="static"),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             *sse.routes,

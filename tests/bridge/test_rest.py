@@ -146,3 +146,14 @@ async def test_telemetry_of_unknown_and_silent_devices(hub: Running, http: httpx
     assert (empty.json()["device_id"], empty.json()["series"]) == (silent, {})
     named = await http.get(f"/api/v1/devices/{silent}/telemetry", params={"metric": "temperature"})
     assert (named.status_code, named.json()) == (404, {"error": f"device '{silent}' has no metric 'temperature'"})
+
+
+async def test_dashboard_files_are_revalidated(http: httpx.AsyncClient) -> None:
+    """After an upgrade a browser must not run the new page with modules cached from the old one."""
+    page = await http.get("/")
+    assert page.headers["cache-control"] == "no-cache"
+    module = await http.get("/static/app.js")
+    assert module.status_code == 200
+    assert module.headers["cache-control"] == "no-cache"
+    again = await http.get("/static/app.js", headers={"If-None-Match": module.headers["etag"]})
+    assert again.status_code == 304
