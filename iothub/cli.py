@@ -18,6 +18,14 @@ from iothub.hub.registry import Registry, RegistryError, Role, Scope
 from iothub.hub.settings import Settings, load_settings
 
 
+class _BrokerStartupFailure(logging.Filter):
+    """amqtt logs a listener that cannot bind with a traceback before raising; ``iothub run`` says it
+    in one line naming the setting, so the log record only repeats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Broker startup failed")
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
@@ -25,6 +33,7 @@ def _setup_logging(level: str) -> None:
     if level != "debug":
         # amqtt logs every connection at INFO and some client mistakes at WARNING; keep its errors only.
         logging.getLogger("amqtt").setLevel(logging.ERROR)
+        logging.getLogger("amqtt.broker").addFilter(_BrokerStartupFailure())
         logging.getLogger("transitions").setLevel(logging.WARNING)
         logging.getLogger("websockets").setLevel(logging.WARNING)
 
@@ -297,7 +306,7 @@ def accounts_remove(name: str, config_file: Path | None, data_dir: Path | None) 
 
 
 @main.command()
-@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="mqtt://host:port")
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="Broker URL, mqtt://host:port.")
 @click.option("--devices", "count", type=click.IntRange(1, 100_000), default=10, show_default=True)
 @click.option(
     "--rate",
@@ -357,26 +366,36 @@ def simulate(
 
     By default the fleet is registered in the local hub's registry (--data-dir) and its secrets kept
     in DATA_DIR/simulator-credentials.json; --credentials or --anonymous do without.
+
+    A device that cannot connect retries with backoff; the first failure of each kind is logged
+    (connection refused, or the broker's CONNACK code). Exits 1 when no device ever connected.
     """
     _setup_logging("info")
     from iothub.provision import CREDENTIALS_FILE, provision_fleet, read_credentials
     from iothub.simulators.fleet import FleetConfig, run_fleet
 
-    config = FleetConfig.from_url(
-        broker,
-        devices=count,
-        rate=rate,
-        qos=qos,
-        chaos=chaos,
-        prefix=prefix,
-        profiles=profiles or ("thermostat", "power_meter", "tracker"),
-        keepalive=keepalive,
-        duration=duration or None,
-        messages=messages or None,
-        seed=seed,
-    )
+    try:
+        config = FleetConfig.from_url(
+            broker,
+            devices=count,
+            rate=rate,
+            qos=qos,
+            chaos=chaos,
+            prefix=prefix,
+            profiles=profiles or ("thermostat", "power_meter", "tracker"),
+            keepalive=keepalive,
+            duration=duration or None,
+            messages=messages or None,
+            seed=seed,
+        )
+    except ValueError as exc:  # the broker URL, or options that do not go together
+        raise click.ClickException(str(exc)) from None
     if credentials is not None:
-        config = dataclasses.replace(config, credentials=read_credentials(credentials))
+        try:
+            config = dataclasses.replace(config, credentials=read_credentials(credentials))
+        except (ValueError, KeyError, TypeError) as exc:
+            problem = f"expected a JSON object of device id -> secret ({exc})"
+            raise click.ClickException(f"credentials file {credentials}: {problem}") from None
     elif not anonymous:
         settings = _settings(config_file, {} if data_dir is None else {"data_dir": data_dir})
         registry = Registry(settings.data_dir / "registry.db")
@@ -389,3 +408,6 @@ def simulate(
     except KeyboardInterrupt:
         return
     click.echo(stats.summary())
+    if stats.connects == 0:
+        why = stats.failures() or "stopped before any attempt ended"
+        raise click.ClickException(f"no device could connect to {broker}: {why}")

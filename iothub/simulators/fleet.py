@@ -25,6 +25,9 @@ from pydantic import ValidationError
 
 from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, topic_for
 from iothub.simulators.profiles import Profile, make_profile
+from iothub.simulators.stats import FleetStats
+
+__all__ = ["FleetConfig", "FleetStats", "SimulatedDevice", "parse_broker_url", "run_fleet"]
 
 log = logging.getLogger(__name__)
 CONNECT_CONCURRENCY = 100  # connection attempts in flight at once, so 1,000 devices do not stampede
@@ -57,32 +60,24 @@ class FleetConfig:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> FleetConfig:
-        parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"broker {url!r}: expected mqtt://host[:port]")
-        return cls(host=parts.hostname, port=parts.port or 1883, **kwargs)  # type: ignore[arg-type]
+        host, port = parse_broker_url(url)
+        return cls(host=host, port=port, **kwargs)  # type: ignore[arg-type]
 
     def device_ids(self) -> list[str]:
         return [f"{self.prefix}-{i:04d}" for i in range(self.first, self.first + self.devices)]
 
 
-@dataclass
-class FleetStats:
-    sent: int = 0
-    failed: int = 0
-    connects: int = 0
-    connect_errors: int = 0
-    chaos_drops: int = 0
-    commands: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def summary(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (
-            f"sent {self.sent} messages in {elapsed:.1f} s ({self.sent / elapsed:.0f}/s); "
-            f"{self.failed} failed, {self.connects} connects, {self.connect_errors} connect errors, "
-            f"{self.chaos_drops} chaos drops, {self.commands} commands answered"
-        )
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://host[:port]`` -> (host, port); a ValueError says what form is expected."""
+    expected = "expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883"
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"broker URL {url!r}: {expected}")
+    try:
+        port = parts.port
+    except ValueError as exc:  # not a number, or past 65535
+        raise ValueError(f"broker URL {url!r}: {exc}; {expected}") from None
+    return parts.hostname, 1883 if port is None else port
 
 
 class _Dropped(Exception):
@@ -132,7 +127,7 @@ class SimulatedDevice:
                 async with gate:
                     await client.__aenter__()
             except aiomqtt.MqttError as exc:
-                stats.connect_errors += 1
+                stats.connect_failed(f"{self.config.host}:{self.config.port}", exc)
                 attempt += 1
                 log.debug("%s: connect failed (%s)", self.id, exc)
                 await self._backoff(attempt, stop)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from typing import Any
 
 import pytest
@@ -120,13 +121,44 @@ async def test_an_unreachable_broker_is_retried_until_stopped() -> None:
         stats = await run_fleet(cfg)
     assert stats.connects == 0
     assert stats.connect_errors >= 2
+    assert stats.connect_failures == {"connection refused": stats.connect_errors}
+
+
+async def test_refused_connections_say_why(hub: Running, caplog: pytest.LogCaptureFixture) -> None:
+    anonymous = FleetConfig(host="127.0.0.1", port=hub.ports["mqtt"], devices=2, duration=0.5, prefix="anon")
+    async with asyncio.timeout(10):
+        stats = await run_fleet(anonymous)
+    assert stats.connects == 0
+    assert set(stats.connect_failures) == {"refused by the broker: not authorised (CONNACK 0x05)"}
+    wrong = dataclasses.replace(anonymous, prefix="wrong", credentials={"wrong-0000": "x", "wrong-0001": "y"})
+    async with asyncio.timeout(10):
+        stats = await run_fleet(wrong)
+    assert set(stats.connect_failures) == {"refused by the broker: bad username or password (CONNACK 0x04)"}
+    n = stats.connect_errors
+    assert (
+        f"{n} connect errors ({n} x refused by the broker: bad username or password (CONNACK 0x04))" in stats.summary()
+    )
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("iothub.simulators") and r.levelno >= logging.WARNING
+    ]
+    where = f"127.0.0.1:{hub.ports['mqtt']}"
+    assert warnings == [  # the first failure of each kind, not one per attempt
+        f"cannot connect to {where}: refused by the broker: not authorised (CONNACK 0x05) (retrying with backoff)",
+        f"cannot connect to {where}: refused by the broker: bad username or password (CONNACK 0x04) "
+        "(retrying with backoff)",
+    ]
 
 
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError, match="needs QoS 1 or 2"):
         FleetConfig(rate=0, qos=0)
-    with pytest.raises(ValueError, match="expected mqtt://host"):
-        FleetConfig.from_url("http://x")
+    for url in ("http://x", "127.0.0.1:1883", "mqtt://h:1883/path", "mqtt://:1883"):
+        with pytest.raises(ValueError, match=r"expected mqtt://host:port, e\.g\. mqtt://127\.0\.0\.1:1883$"):
+            FleetConfig.from_url(url)
+    with pytest.raises(ValueError, match="Port out of range"):
+        FleetConfig.from_url("mqtt://h:99999")
     assert FleetConfig.from_url("mqtt://10.1.2.3").port == 1883
     with pytest.raises(ValueError, match="unknown profile"):
         FleetConfig(profiles=("toaster",))
