@@ -3,7 +3,8 @@
 Each device: connects with its Last Will (``{"online": false}`` on ``devices/{id}/status``, retained),
 announces itself online, publishes telemetry with ``seq`` at its rate, answers commands on
 ``devices/{id}/commands/+``, and reconnects with jittered exponential backoff. ``chaos`` drops a
-connection ungracefully (the socket is shut without DISCONNECT, so the broker sends the Will).
+connection ungracefully (the socket is shut without DISCONNECT, so the broker sends the Will); each
+drop is expected, so it is logged at debug level and counted, and the count logged at info at the end.
 Stopping (duration, message count, SIGINT/SIGTERM) is graceful: status offline, then DISCONNECT.
 """
 
@@ -132,6 +133,7 @@ class SimulatedDevice:
                 log.debug("%s: connect failed (%s)", self.id, exc)
                 await self._backoff(attempt, stop)
                 continue
+            _read_disconnect_reason(client)
             stats.connects += 1
             attempt = 0
             try:
@@ -195,6 +197,7 @@ class SimulatedDevice:
     def _drop(self, client: aiomqtt.Client, stats: FleetStats) -> None:
         """Shut the socket without DISCONNECT: to the broker this is a crashed device."""
         stats.chaos_drops += 1
+        log.debug("%s: chaos: dropping the connection", self.id)
         sock = client._client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
@@ -264,6 +267,17 @@ class SimulatedDevice:
             await asyncio.wait_for(stop.wait(), delay)
 
 
+def _read_disconnect_reason(client: aiomqtt.Client) -> None:
+    """Mark the reason of an unexpected disconnection read as soon as aiomqtt records it.
+
+    aiomqtt 2.x keeps it in a future that only its message iterator reads. A connection dropped on
+    purpose (chaos) ends while nothing iterates, ``__aexit__`` returns early without reading it, and
+    asyncio would report each one as "Future exception was never retrieved". The device learns of a
+    loss from the call that fails (or, for chaos, caused it), so nothing is hidden by reading it here.
+    """
+    client._disconnected.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 def build_fleet(config: FleetConfig) -> list[SimulatedDevice]:
     rng = random.Random(config.seed)
     devices = []
@@ -294,4 +308,6 @@ async def run_fleet(config: FleetConfig, stop: asyncio.Event | None = None) -> F
             timer.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+    if config.chaos:
+        log.info("chaos dropped %d connections (each is logged at debug level)", stats.chaos_drops)
     return stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from typing import Any
 
@@ -93,6 +94,31 @@ async def test_chaos_drops_fire_wills_and_devices_come_back(hub: Running, events
     assert back.id > dropped.id
     assert stats.chaos_drops >= 1
     assert stats.connects > 3
+
+
+async def test_chaos_drops_are_logged_quietly_and_counted(
+    hub: Running, events: EventWaiter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="iothub.simulators")
+    cfg = config(hub, devices=4, rate=20, chaos=0.5, prefix="quiet")
+    stop = asyncio.Event()
+    fleet = asyncio.create_task(run_fleet(cfg, stop))
+    try:
+        for _ in range(5):  # five connections dropped, as the hub saw them
+            await events.until(lambda e: e.type == EventType.STATUS and e.data["reason"] == "last_will")
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            stats = await fleet
+    gc.collect()  # a future whose exception nobody read is reported when it is collected
+    assert stats.chaos_drops >= 5
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy]
+    drops = [r for r in caplog.records if r.getMessage().endswith("chaos: dropping the connection")]
+    assert len(drops) == stats.chaos_drops
+    assert {r.levelno for r in drops} == {logging.DEBUG}
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "chaos" in r.getMessage()]
+    assert info == [f"chaos dropped {stats.chaos_drops} connections (each is logged at debug level)"]
 
 
 async def test_a_reboot_restarts_the_sequence(hub: Running, events: EventWaiter) -> None:
