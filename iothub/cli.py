@@ -44,7 +44,8 @@ def main() -> None:
     """iothub: an IoT device hub with MQTT at its core.
 
     Settings come from ./iothub.toml (optional) and IOTHUB_* environment variables
-    (nested with __, e.g. IOTHUB_HTTP__PORT=0); options given here win.
+    (nested with __, e.g. IOTHUB_HTTP__PORT=0); options given here win. An IOTHUB_*
+    variable that names no setting is refused.
     """
 
 
@@ -67,7 +68,8 @@ def run(
 ) -> None:
     """Run the hub: embedded broker, ingest, store, presence and HTTP API.
 
-    Prints the addresses it bound. SIGINT/SIGTERM drain, flush the store and exit 0.
+    Prints the addresses it bound; a port in use stops it with the setting named.
+    SIGINT/SIGTERM drain, flush the store and exit 0.
     """
     overrides: dict[str, Any] = {}
     mqtt: dict[str, Any] = {}
