@@ -103,3 +103,27 @@ def test_a_fleet_that_never_connects_says_why_and_fails(tmp_path: Path, refusing
     assert warning.endswith(f"cannot connect to 127.0.0.1:{refusing_port}: connection refused (retrying with backoff)")
     assert error.startswith(f"Error: no device could connect to {broker}: ")
     assert error.endswith(" x connection refused")
+
+
+@pytest.mark.parametrize(
+    ("host", "error"),
+    [
+        (  # TEST-NET-1, never an address of this machine
+            "192.0.2.1",
+            "Error: setting mqtt.host [IOTHUB_MQTT__HOST] 192.0.2.1 / http.host [IOTHUB_HTTP__HOST] 192.0.2.1: "
+            "cannot listen on 192.0.2.1:0: cannot assign requested address",
+        ),
+        (
+            "nohost.invalid",
+            "Error: setting mqtt.host [IOTHUB_MQTT__HOST] 'nohost.invalid' / http.host [IOTHUB_HTTP__HOST] "
+            "'nohost.invalid': cannot listen there: ",
+        ),
+    ],
+)
+def test_an_address_the_hub_cannot_listen_on_names_the_host_setting(tmp_path: Path, host: str, error: str) -> None:
+    code, errors = iothub(
+        tmp_path, "run", "--data-dir", "data", "--host", host, *(x for kv in FREE.items() for x in kv)
+    )
+    assert code == 1
+    assert len(errors) == 1
+    assert errors[0].startswith(error)
