@@ -18,14 +18,6 @@ from iothub.hub.registry import Registry, RegistryError, Role, Scope
 from iothub.hub.settings import Settings, load_settings
 
 
-class _BrokerStartupFailure(logging.Filter):
-    """amqtt logs a listener that cannot bind with a traceback before raising; ``iothub run`` says it
-    in one line naming the setting, so the log record only repeats it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Broker startup failed")
-
-
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
@@ -33,7 +25,9 @@ def _setup_logging(level: str) -> None:
     if level != "debug":
         # amqtt logs every connection at INFO and some client mistakes at WARNING; keep its errors only.
         logging.getLogger("amqtt").setLevel(logging.ERROR)
-        logging.getLogger("amqtt.broker").addFilter(_BrokerStartupFailure())
+        # amqtt logs a listener that cannot bind, with a traceback, before raising; the runner's one
+        # line names the setting instead.
+        logging.getLogger("amqtt.broker").addFilter(lambda r: not r.getMessage().startswith("Broker startup failed"))
         logging.getLogger("transitions").setLevel(logging.WARNING)
         logging.getLogger("websockets").setLevel(logging.WARNING)
 
@@ -71,26 +65,9 @@ def run(
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
     """
-    overrides: dict[str, Any] = {}
-    mqtt: dict[str, Any] = {}
-    http: dict[str, Any] = {}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if log_level is not None:
-        overrides["log_level"] = log_level
-    if host is not None:
-        mqtt["host"] = http["host"] = host
-    if mqtt_port is not None:
-        mqtt["port"] = mqtt_port
-    if mqtt_ws_port is not None:
-        mqtt["ws_port"] = mqtt_ws_port
-    if http_port is not None:
-        http["port"] = http_port
-    if mqtt:
-        overrides["mqtt"] = mqtt
-    if http:
-        overrides["http"] = http
-    settings = _settings(config_file, overrides)
+    mqtt = _given(host=host, port=mqtt_port, ws_port=mqtt_ws_port)
+    http = _given(host=host, port=http_port)
+    settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http))
     _setup_logging(settings.log_level)
     from iothub.runner import run_forever
 
@@ -98,6 +75,11 @@ def run(
         run_forever(settings)
     except HubError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (click passes None for the others), as setting overrides."""
+    return {name: value for name, value in options.items() if value is not None and value != {}}
 
 
 def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
@@ -396,8 +378,9 @@ def simulate(
         try:
             config = dataclasses.replace(config, credentials=read_credentials(credentials))
         except (ValueError, KeyError, TypeError) as exc:
-            problem = f"expected a JSON object of device id -> secret ({exc})"
-            raise click.ClickException(f"credentials file {credentials}: {problem}") from None
+            raise click.ClickException(
+                f"credentials file {credentials}: expected JSON of id -> secret ({exc})"
+            ) from None
     elif not anonymous:
         settings = _settings(config_file, {} if data_dir is None else {"data_dir": data_dir})
         registry = Registry(settings.data_dir / "registry.db")
@@ -411,5 +394,4 @@ def simulate(
         return
     click.echo(stats.summary())
     if stats.connects == 0:
-        why = stats.failures() or "stopped before any attempt ended"
-        raise click.ClickException(f"no device could connect to {broker}: {why}")
+        raise click.ClickException(f"no device could connect to {broker}: {stats.failures() or 'no attempt ended'}")
