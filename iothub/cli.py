@@ -25,6 +25,9 @@ def _setup_logging(level: str) -> None:
     if level != "debug":
         # amqtt logs every connection at INFO and some client mistakes at WARNING; keep its errors only.
         logging.getLogger("amqtt").setLevel(logging.ERROR)
+        # amqtt logs a listener that cannot bind, with a traceback, before raising; the runner's one
+        # line names the setting instead.
+        logging.getLogger("amqtt.broker").addFilter(lambda r: not r.getMessage().startswith("Broker startup failed"))
         logging.getLogger("transitions").setLevel(logging.WARNING)
         logging.getLogger("websockets").setLevel(logging.WARNING)
 
@@ -35,7 +38,8 @@ def main() -> None:
     """iothub: an IoT device hub with MQTT at its core.
 
     Settings come from ./iothub.toml (optional) and IOTHUB_* environment variables
-    (nested with __, e.g. IOTHUB_HTTP__PORT=0); options given here win.
+    (nested with __, e.g. IOTHUB_HTTP__PORT=0); options given here win. An IOTHUB_*
+    variable that names no setting is refused.
     """
 
 
@@ -58,28 +62,12 @@ def run(
 ) -> None:
     """Run the hub: embedded broker, ingest, store, presence and HTTP API.
 
-    Prints the addresses it bound. SIGINT/SIGTERM drain, flush the store and exit 0.
+    Prints the addresses it bound; a port in use stops it with the setting named.
+    SIGINT/SIGTERM drain, flush the store and exit 0.
     """
-    overrides: dict[str, Any] = {}
-    mqtt: dict[str, Any] = {}
-    http: dict[str, Any] = {}
-    if data_dir is not None:
-        overrides["data_dir"] = data_dir
-    if log_level is not None:
-        overrides["log_level"] = log_level
-    if host is not None:
-        mqtt["host"] = http["host"] = host
-    if mqtt_port is not None:
-        mqtt["port"] = mqtt_port
-    if mqtt_ws_port is not None:
-        mqtt["ws_port"] = mqtt_ws_port
-    if http_port is not None:
-        http["port"] = http_port
-    if mqtt:
-        overrides["mqtt"] = mqtt
-    if http:
-        overrides["http"] = http
-    settings = _settings(config_file, overrides)
+    mqtt = _given(host=host, port=mqtt_port, ws_port=mqtt_ws_port)
+    http = _given(host=host, port=http_port)
+    settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http))
     _setup_logging(settings.log_level)
     from iothub.runner import run_forever
 
@@ -87,6 +75,11 @@ def run(
         run_forever(settings)
     except HubError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line (click passes None for the others), as setting overrides."""
+    return {name: value for name, value in options.items() if value is not None and value != {}}
 
 
 def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
@@ -297,7 +290,7 @@ def accounts_remove(name: str, config_file: Path | None, data_dir: Path | None) 
 
 
 @main.command()
-@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="mqtt://host:port")
+@click.option("--broker", default="mqtt://127.0.0.1:1883", show_default=True, help="Broker URL, mqtt://host:port.")
 @click.option("--devices", "count", type=click.IntRange(1, 100_000), default=10, show_default=True)
 @click.option(
     "--rate",
@@ -357,26 +350,37 @@ def simulate(
 
     By default the fleet is registered in the local hub's registry (--data-dir) and its secrets kept
     in DATA_DIR/simulator-credentials.json; --credentials or --anonymous do without.
+
+    A device that cannot connect retries with backoff; the first failure of each kind is logged
+    (connection refused, or the broker's CONNACK code). Exits 1 when no device ever connected.
     """
     _setup_logging("info")
     from iothub.provision import CREDENTIALS_FILE, provision_fleet, read_credentials
     from iothub.simulators.fleet import FleetConfig, run_fleet
 
-    config = FleetConfig.from_url(
-        broker,
-        devices=count,
-        rate=rate,
-        qos=qos,
-        chaos=chaos,
-        prefix=prefix,
-        profiles=profiles or ("thermostat", "power_meter", "tracker"),
-        keepalive=keepalive,
-        duration=duration or None,
-        messages=messages or None,
-        seed=seed,
-    )
+    try:
+        config = FleetConfig.from_url(
+            broker,
+            devices=count,
+            rate=rate,
+            qos=qos,
+            chaos=chaos,
+            prefix=prefix,
+            profiles=profiles or ("thermostat", "power_meter", "tracker"),
+            keepalive=keepalive,
+            duration=duration or None,
+            messages=messages or None,
+            seed=seed,
+        )
+    except ValueError as exc:  # the broker URL, or options that do not go together
+        raise click.ClickException(str(exc)) from None
     if credentials is not None:
-        config = dataclasses.replace(config, credentials=read_credentials(credentials))
+        try:
+            config = dataclasses.replace(config, credentials=read_credentials(credentials))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise click.ClickException(
+                f"credentials file {credentials}: expected JSON of id -> secret ({exc})"
+            ) from None
     elif not anonymous:
         settings = _settings(config_file, {} if data_dir is None else {"data_dir": data_dir})
         registry = Registry(settings.data_dir / "registry.db")
@@ -389,3 +393,5 @@ def simulate(
     except KeyboardInterrupt:
         return
     click.echo(stats.summary())
+    if stats.connects == 0:
+        raise click.ClickException(f"no device could connect to {broker}: {stats.failures() or 'no attempt ended'}")

@@ -2,23 +2,31 @@
 
 ``serve(settings)`` is an async context manager (what tests and benchmarks use); ``run(settings)`` is
 what ``iothub run`` calls: it prints the bound addresses, waits for SIGINT/SIGTERM, then leaves in
-order: stop accepting HTTP, close the broker, drain and flush ingest, close the store.
+order: stop accepting HTTP, close the broker, drain and flush ingest, close the store. A listener that
+cannot bind (port in use, address not here) stops ``run`` with a :class:`SettingsError` naming the
+setting, not a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import ipaddress
 import logging
+import os
+import re
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from iothub.bridge.http import HttpServer, create_app
 from iothub.hub.core import Hub
-from iothub.hub.settings import Settings
+from iothub.hub.errors import SettingsError
+from iothub.hub.settings import Settings, env_name
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,14 @@ async def run(settings: Settings, on_ready: Callable[[Running], None] | None = N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with serve(settings) as running:
+        async with AsyncExitStack() as stack:
+            try:
+                running = await stack.enter_async_context(serve(settings))
+            except Exception as exc:
+                error = startup_error(exc, settings)
+                if error is None:
+                    raise
+                raise error from None
             tune_gc()
             print(describe(running), flush=True)
             if running.hub.first_token is not None:
@@ -80,6 +95,76 @@ async def run(settings: Settings, on_ready: Callable[[Running], None] | None = N
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+# asyncio, uvloop and socket.create_server all put the address in the message, in these forms:
+# "error while attempting to bind on address ('127.0.0.1', 1883): address already in use",
+# "Address already in use (while attempting to bind on address ('127.0.0.1', 8080))".
+_BIND_ADDRESS = re.compile(r"bind on address \('([^']*)', (\d+)")
+
+
+def startup_error(exc: BaseException, settings: Settings) -> SettingsError | None:
+    """The one-line error for a hub that could not start listening, or None for other failures.
+
+    The failure may arrive wrapped (a task group's ExceptionGroup, amqtt's BrokerError around the
+    OSError); the address in the OSError's message says which listener, hence which setting.
+    """
+    failure = next((e for e in _causes(exc) if isinstance(e, OSError)), None)
+    if failure is None:
+        return None
+    reason = os.strerror(failure.errno).lower() if failure.errno and failure.errno > 0 else str(failure)
+    hosts = {"mqtt.host": settings.mqtt.host, "http.host": settings.http.host}
+    if isinstance(failure, socket.gaierror):  # a host name that does not resolve
+        unresolved = [f"{n} [{env_name(n)}] {h!r}" for n, h in hosts.items() if not _is_address(h)]
+        return SettingsError(f"setting {' / '.join(unresolved) or 'host'}: cannot listen there: {failure.strerror}")
+    found = _BIND_ADDRESS.search(str(failure))
+    if found is None:
+        return SettingsError(f"cannot start the hub: {failure}")
+    host, port = found[1], int(found[2])
+    listeners = {
+        "mqtt.port": (settings.mqtt.host, settings.mqtt.port),
+        "mqtt.ws_port": (settings.mqtt.host, settings.mqtt.ws_port),
+        "mqtt.tls.port": (settings.mqtt.host, settings.mqtt.tls.port),
+        "http.port": (settings.http.host, settings.http.port),
+    }
+    named = [name for name, (_, value) in listeners.items() if value == port and port != 0]
+    if len(named) > 1:
+        clash = " and ".join(f"{name} [{env_name(name)}]" for name in named)
+        return SettingsError(f"settings {clash} are the same port, {port}: give each listener its own")
+    if failure.errno == errno.EADDRNOTAVAIL or not named:
+        at_fault = [f"{n} [{env_name(n)}] {h}" for n, h in hosts.items() if h == host]
+        return SettingsError(f"setting {' / '.join(at_fault) or 'host'}: cannot listen on {host}:{port}: {reason}")
+    setting = f"{named[0]} [{env_name(named[0])}]"
+    if failure.errno == errno.EADDRINUSE:
+        return SettingsError(
+            f"setting {setting}: port {port} on {host} is already in use (another hub or broker running?); "
+            "choose another, or 0 for a free one"
+        )
+    return SettingsError(f"setting {setting}: cannot listen on {host}:{port}: {reason}")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it wraps: the members of a group, its cause, its context, depth first."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        inner = [current.__cause__, current.__context__]
+        if isinstance(current, BaseExceptionGroup):
+            inner = [*current.exceptions, *inner]
+        pending.extend(reversed([e for e in inner if e is not None]))
 
 
 def run_forever(settings: Settings) -> None:

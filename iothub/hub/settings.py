@@ -1,14 +1,22 @@
 """The one settings object, read from ``iothub.toml`` and ``IOTHUB_*`` variables, validated once.
 
 Precedence (highest first): values passed in code, environment (``IOTHUB_HTTP__PORT=0``), the TOML
-file (``[http] port = 0``), defaults. Port 0 means "pick a free port".
+file (``[http] port = 0``), defaults. Port 0 means "pick a free port". An ``IOTHUB_*`` variable that
+names no setting is refused like an unknown key in the file: a typo never passes for a default.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import tomllib
+import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
+import pydantic_settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -21,6 +29,8 @@ from iothub.hub.errors import SettingsError
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 DEFAULT_CONFIG_FILE = Path("iothub.toml")
+ENV_PREFIX = "IOTHUB_"
+ENV_DELIMITER = "__"
 
 
 class _Section(BaseModel):
@@ -114,8 +124,8 @@ class Settings(BaseSettings):
     """Everything the hub reads at start-up."""
 
     model_config = SettingsConfigDict(
-        env_prefix="IOTHUB_",
-        env_nested_delimiter="__",
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
         extra="forbid",
         frozen=True,
         toml_file=DEFAULT_CONFIG_FILE,
@@ -145,10 +155,17 @@ class Settings(BaseSettings):
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Read and validate the settings once; raise :class:`SettingsError` naming each bad setting.
 
-    ``config_file`` replaces ``./iothub.toml`` (which is optional); a named file must exist.
+    ``config_file`` replaces ``./iothub.toml`` (which is optional); a named file must exist. Unknown
+    ``IOTHUB_*`` environment variables, an unreadable or malformed file and invalid values are all
+    refused here, each with a line naming the variable, file or setting.
     """
     if config_file is not None and not config_file.is_file():
-        raise SettingsError(f"config file {config_file} does not exist")
+        problem = "is not a file" if config_file.exists() else "does not exist"
+        raise SettingsError(f"config file {config_file} {problem}")
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
+    path = DEFAULT_CONFIG_FILE if config_file is None else config_file
     try:
         if config_file is None:
             return Settings(**overrides)
@@ -160,14 +177,92 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return file_settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_explain(exc)) from None
+    except tomllib.TOMLDecodeError as exc:  # the message ends with "(at line L, column C)"
+        raise SettingsError(f"config file {path}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {exc.filename or path}: cannot read it: {exc.strerror or exc}") from None
+    except pydantic_settings.SettingsError as exc:  # a whole section set from the environment, not as JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"{field[1]} [{env_name(field[1])}]" if field else "from the environment"
+        raise SettingsError(f"setting {name}: expected a JSON object ({exc.__cause__ or exc})") from None
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of a dotted setting name: ``mqtt.tls.port`` -> ``IOTHUB_MQTT__TLS__PORT``."""
+    return ENV_PREFIX + setting.replace(".", ENV_DELIMITER).upper()
+
+
+def unknown_variables(environ: Mapping[str, str], model: type[BaseModel] | None = None) -> list[str]:
+    """One line per ``IOTHUB_*`` variable in ``environ`` that names no setting, with the closest one.
+
+    The known names come from the settings model itself (every section and every field in it, any
+    key under a mapping field), so a setting added to the model is accepted from the environment as
+    soon as it exists.
+    """
+    known = _KnownVariables(model or Settings)
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if name.startswith(ENV_PREFIX) and not known.accepts(name):
+            lines.append(f"setting {variable}: no such setting ({known.hint(name)})")
+    return lines
+
+
+class _KnownVariables:
+    """The environment variables a settings model reads, found by walking its fields."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.exact: set[str] = set()
+        self.leaves: set[str] = set()  # the variables of single values, what a typo is compared with
+        self.open_prefixes: list[str] = []  # a mapping field takes any key below it
+        self.sections: dict[str, list[str]] = {}  # "IOTHUB_MQTT__" -> what it holds, for hints
+        self._walk(model, ENV_PREFIX)
+
+    def _walk(self, model: type[BaseModel], prefix: str) -> None:
+        shown = self.sections.setdefault(prefix, [])
+        for name, field in model.model_fields.items():
+            variable = prefix + name.upper()
+            self.exact.add(variable)
+            shown.append(variable)
+            self.leaves.add(variable)
+            for kind in _types_in(field.annotation):
+                if isinstance(kind, type) and issubclass(kind, BaseModel):
+                    shown[-1] = variable + ENV_DELIMITER + "*"
+                    self.leaves.discard(variable)
+                    self._walk(kind, variable + ENV_DELIMITER)
+                elif kind is Any or kind is dict or get_origin(kind) in (dict, Mapping):
+                    self.open_prefixes.append(variable + ENV_DELIMITER)
+
+    def accepts(self, name: str) -> bool:
+        return name in self.exact or name.startswith(tuple(self.open_prefixes))
+
+    def hint(self, name: str) -> str:
+        close = difflib.get_close_matches(name, sorted(self.leaves), n=1, cutoff=0.8)
+        if close:
+            return f"did you mean {close[0]}?"
+        section = max((p for p in self.sections if name.startswith(p)), key=len)
+        return "known: " + ", ".join(self.sections[section])
+
+
+def _types_in(annotation: Any) -> Iterator[Any]:
+    """The types an annotation allows: ``X | None`` and ``Annotated[X, ...]`` are opened up."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        yield from _types_in(get_args(annotation)[0])
+    elif origin in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            yield from _types_in(arg)
+    else:
+        yield annotation
 
 
 def _explain(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         name = ".".join(str(p) for p in err["loc"])
-        env = "IOTHUB_" + "__".join(str(p).upper() for p in err["loc"])
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"setting {name} [{env}]: {err['msg']}{shown}")
+        lines.append(f"setting {name} [{env_name(name)}]: {err['msg']}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)

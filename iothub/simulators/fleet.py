@@ -3,7 +3,8 @@
 Each device: connects with its Last Will (``{"online": false}`` on ``devices/{id}/status``, retained),
 announces itself online, publishes telemetry with ``seq`` at its rate, answers commands on
 ``devices/{id}/commands/+``, and reconnects with jittered exponential backoff. ``chaos`` drops a
-connection ungracefully (the socket is shut without DISCONNECT, so the broker sends the Will).
+connection ungracefully (the socket is shut without DISCONNECT, so the broker sends the Will); each
+drop is expected, so it is logged at debug level and counted, and the count logged at info at the end.
 Stopping (duration, message count, SIGINT/SIGTERM) is graceful: status offline, then DISCONNECT.
 """
 
@@ -25,6 +26,9 @@ from pydantic import ValidationError
 
 from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, topic_for
 from iothub.simulators.profiles import Profile, make_profile
+from iothub.simulators.stats import FleetStats
+
+__all__ = ["FleetConfig", "FleetStats", "SimulatedDevice", "parse_broker_url", "run_fleet"]
 
 log = logging.getLogger(__name__)
 CONNECT_CONCURRENCY = 100  # connection attempts in flight at once, so 1,000 devices do not stampede
@@ -57,32 +61,24 @@ class FleetConfig:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> FleetConfig:
-        parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ValueError(f"broker {url!r}: expected mqtt://host[:port]")
-        return cls(host=parts.hostname, port=parts.port or 1883, **kwargs)  # type: ignore[arg-type]
+        host, port = parse_broker_url(url)
+        return cls(host=host, port=port, **kwargs)  # type: ignore[arg-type]
 
     def device_ids(self) -> list[str]:
         return [f"{self.prefix}-{i:04d}" for i in range(self.first, self.first + self.devices)]
 
 
-@dataclass
-class FleetStats:
-    sent: int = 0
-    failed: int = 0
-    connects: int = 0
-    connect_errors: int = 0
-    chaos_drops: int = 0
-    commands: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def summary(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (
-            f"sent {self.sent} messages in {elapsed:.1f} s ({self.sent / elapsed:.0f}/s); "
-            f"{self.failed} failed, {self.connects} connects, {self.connect_errors} connect errors, "
-            f"{self.chaos_drops} chaos drops, {self.commands} commands answered"
-        )
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://host[:port]`` -> (host, port); a ValueError says what form is expected."""
+    expected = "expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883"
+    parts = urlsplit(url)
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"broker URL {url!r}: {expected}")
+    try:
+        port = parts.port
+    except ValueError as exc:  # not a number, or past 65535
+        raise ValueError(f"broker URL {url!r}: {exc}; {expected}") from None
+    return parts.hostname, 1883 if port is None else port
 
 
 class _Dropped(Exception):
@@ -132,11 +128,12 @@ class SimulatedDevice:
                 async with gate:
                     await client.__aenter__()
             except aiomqtt.MqttError as exc:
-                stats.connect_errors += 1
+                stats.connect_failed(f"{self.config.host}:{self.config.port}", exc)
                 attempt += 1
                 log.debug("%s: connect failed (%s)", self.id, exc)
                 await self._backoff(attempt, stop)
                 continue
+            _read_disconnect_reason(client)
             stats.connects += 1
             attempt = 0
             try:
@@ -200,6 +197,7 @@ class SimulatedDevice:
     def _drop(self, client: aiomqtt.Client, stats: FleetStats) -> None:
         """Shut the socket without DISCONNECT: to the broker this is a crashed device."""
         stats.chaos_drops += 1
+        log.debug("%s: chaos: dropping the connection", self.id)
         sock = client._client.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
@@ -269,6 +267,17 @@ class SimulatedDevice:
             await asyncio.wait_for(stop.wait(), delay)
 
 
+def _read_disconnect_reason(client: aiomqtt.Client) -> None:
+    """Mark the reason of an unexpected disconnection read as soon as aiomqtt records it.
+
+    aiomqtt 2.x keeps it in a future that only its message iterator reads. A connection dropped on
+    purpose (chaos) ends while nothing iterates, ``__aexit__`` returns early without reading it, and
+    asyncio would report each one as "Future exception was never retrieved". The device learns of a
+    loss from the call that fails (or, for chaos, caused it), so nothing is hidden by reading it here.
+    """
+    client._disconnected.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
 def build_fleet(config: FleetConfig) -> list[SimulatedDevice]:
     rng = random.Random(config.seed)
     devices = []
@@ -299,4 +308,6 @@ async def run_fleet(config: FleetConfig, stop: asyncio.Event | None = None) -> F
             timer.cancel()
         for sig in signals:
             loop.remove_signal_handler(sig)
+    if config.chaos:
+        log.info("chaos dropped %d connections (each is logged at debug level)", stats.chaos_drops)
     return stats

@@ -1,9 +1,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from iothub.hub.errors import SettingsError
-from iothub.hub.settings import load_settings
+from iothub.hub.settings import Settings, load_settings, unknown_variables
 
 
 def test_defaults_bind_loopback_on_the_design_ports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -66,3 +67,69 @@ def test_unknown_keys_and_missing_files_are_refused(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(SettingsError, match="does not exist"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_unknown_environment_variables_are_refused_with_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOTHUB_HTTPX__PORT", "1")
+    with pytest.raises(
+        SettingsError, match=r"setting IOTHUB_HTTPX__PORT: no such setting \(did you mean IOTHUB_HTTP__PORT\?\)"
+    ):
+        load_settings()
+    monkeypatch.delenv("IOTHUB_HTTPX__PORT")
+    monkeypatch.setenv("IOTHUB_BROKER__URL", "mqtt://elsewhere:1883")
+    monkeypatch.setenv("IOTHUB_STORE__INFLUX__URL", "http://influx")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value).splitlines()[1:] == [
+        "  setting IOTHUB_BROKER__URL: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
+        "IOTHUB_HTTP__*, IOTHUB_INGEST__*, IOTHUB_STORE__*, IOTHUB_FANOUT__*, IOTHUB_SSE__*)",
+        "  setting IOTHUB_STORE__INFLUX__URL: no such setting "
+        "(known: IOTHUB_STORE__BACKEND, IOTHUB_STORE__EVENT_RETENTION)",
+    ]
+
+
+def test_every_setting_of_the_model_is_accepted_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IOTHUB_MQTT__TLS__REQUIRE_CLIENT_CERT", "false")
+    monkeypatch.setenv("IOTHUB_HTTP", '{"port": 9001}')  # a whole section, as JSON
+    monkeypatch.setenv("iothub_ingest__batch_size", "9")  # names are not case-sensitive
+    s = load_settings()
+    assert (s.http.port, s.ingest.batch_size) == (9001, 9)
+
+    # Names come from the model: what a new field or section adds is known at once.
+    class Extra(BaseModel):
+        url: str = ""
+
+    class Grown(Settings):
+        broker: Extra = Extra()
+        labels: dict[str, str] = {}
+
+    environ = {"IOTHUB_BROKER__URL": "x", "IOTHUB_LABELS__SITE": "x", "IOTHUB_MQTT__PORT": "1", "PATH": "/bin"}
+    assert unknown_variables(environ, Grown) == []
+    assert unknown_variables({**environ, "IOTHUB_BROKER__URI": "x"}, Grown) == [
+        "setting IOTHUB_BROKER__URI: no such setting (did you mean IOTHUB_BROKER__URL?)"
+    ]
+
+
+def test_a_broken_config_file_is_named_with_the_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('data_dir = "x"\n[http\nport = 1\n')
+    with pytest.raises(SettingsError, match=r"^config file .*broken.toml: Expected ']' .*\(at line 2, column 6\)$"):
+        load_settings(broken)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b'data_dir = "\xff"\n')
+    with pytest.raises(SettingsError, match=r"^config file .*binary.toml: not UTF-8 text \(byte 12\)$"):
+        load_settings(binary)
+    with pytest.raises(SettingsError, match=r"^config file .* is not a file$"):
+        load_settings(tmp_path)
+    unreadable = Path("/proc/self/mem")  # a regular file whose first bytes cannot be read
+    with pytest.raises(SettingsError, match=r"^config file /proc/self/mem: cannot read it: Input/output error$"):
+        load_settings(unreadable)
+
+
+def test_a_section_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOTHUB_MQTT", "port=1")
+    with pytest.raises(SettingsError, match=r"^setting mqtt \[IOTHUB_MQTT\]: expected a JSON object \(Expecting value"):
+        load_settings()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
+import logging
 from typing import Any
 
 import pytest
@@ -94,6 +96,31 @@ async def test_chaos_drops_fire_wills_and_devices_come_back(hub: Running, events
     assert stats.connects > 3
 
 
+async def test_chaos_drops_are_logged_quietly_and_counted(
+    hub: Running, events: EventWaiter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="iothub.simulators")
+    cfg = config(hub, devices=4, rate=20, chaos=0.5, prefix="quiet")
+    stop = asyncio.Event()
+    fleet = asyncio.create_task(run_fleet(cfg, stop))
+    try:
+        for _ in range(5):  # five connections dropped, as the hub saw them
+            await events.until(lambda e: e.type == EventType.STATUS and e.data["reason"] == "last_will")
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            stats = await fleet
+    gc.collect()  # a future whose exception nobody read is reported when it is collected
+    assert stats.chaos_drops >= 5
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy]
+    drops = [r for r in caplog.records if r.getMessage().endswith("chaos: dropping the connection")]
+    assert len(drops) == stats.chaos_drops
+    assert {r.levelno for r in drops} == {logging.DEBUG}
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "chaos" in r.getMessage()]
+    assert info == [f"chaos dropped {stats.chaos_drops} connections (each is logged at debug level)"]
+
+
 async def test_a_reboot_restarts_the_sequence(hub: Running, events: EventWaiter) -> None:
     cfg = config(hub, devices=1, rate=50, prefix="reboot")
     device = cfg.device_ids()[0]
@@ -120,13 +147,44 @@ async def test_an_unreachable_broker_is_retried_until_stopped() -> None:
         stats = await run_fleet(cfg)
     assert stats.connects == 0
     assert stats.connect_errors >= 2
+    assert stats.connect_failures == {"connection refused": stats.connect_errors}
+
+
+async def test_refused_connections_say_why(hub: Running, caplog: pytest.LogCaptureFixture) -> None:
+    anonymous = FleetConfig(host="127.0.0.1", port=hub.ports["mqtt"], devices=2, duration=0.5, prefix="anon")
+    async with asyncio.timeout(10):
+        stats = await run_fleet(anonymous)
+    assert stats.connects == 0
+    assert set(stats.connect_failures) == {"refused by the broker: not authorised (CONNACK 0x05)"}
+    wrong = dataclasses.replace(anonymous, prefix="wrong", credentials={"wrong-0000": "x", "wrong-0001": "y"})
+    async with asyncio.timeout(10):
+        stats = await run_fleet(wrong)
+    assert set(stats.connect_failures) == {"refused by the broker: bad username or password (CONNACK 0x04)"}
+    n = stats.connect_errors
+    assert (
+        f"{n} connect errors ({n} x refused by the broker: bad username or password (CONNACK 0x04))" in stats.summary()
+    )
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("iothub.simulators") and r.levelno >= logging.WARNING
+    ]
+    where = f"127.0.0.1:{hub.ports['mqtt']}"
+    assert warnings == [  # the first failure of each kind, not one per attempt
+        f"cannot connect to {where}: refused by the broker: not authorised (CONNACK 0x05) (retrying with backoff)",
+        f"cannot connect to {where}: refused by the broker: bad username or password (CONNACK 0x04) "
+        "(retrying with backoff)",
+    ]
 
 
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError, match="needs QoS 1 or 2"):
         FleetConfig(rate=0, qos=0)
-    with pytest.raises(ValueError, match="expected mqtt://host"):
-        FleetConfig.from_url("http://x")
+    for url in ("http://x", "127.0.0.1:1883", "mqtt://h:1883/path", "mqtt://:1883"):
+        with pytest.raises(ValueError, match=r"expected mqtt://host:port, e\.g\. mqtt://127\.0\.0\.1:1883$"):
+            FleetConfig.from_url(url)
+    with pytest.raises(ValueError, match="Port out of range"):
+        FleetConfig.from_url("mqtt://h:99999")
     assert FleetConfig.from_url("mqtt://10.1.2.3").port == 1883
     with pytest.raises(ValueError, match="unknown profile"):
         FleetConfig(profiles=("toaster",))

@@ -1,0 +1,30 @@
+"""How a start-up failure is told: the setting at fault, found in whatever wraps the OSError."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from iothub.runner import startup_error
+from tests.conftest import hub_settings
+
+
+def test_a_bind_failure_is_found_inside_groups_and_causes(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path, mqtt={"port": 1883}, http={"port": 8080})
+    refused = OSError(errno.EACCES, "error while attempting to bind on address ('127.0.0.1', 8080): permission denied")
+    try:
+        try:
+            raise refused
+        except OSError as exc:
+            raise RuntimeError("Broker instance can't be started") from exc
+    except RuntimeError as wrapped:
+        group = ExceptionGroup("unhandled errors in a TaskGroup", [wrapped])
+    error = startup_error(group, settings)
+    assert str(error) == "setting http.port [IOTHUB_HTTP__PORT]: cannot listen on 127.0.0.1:8080: permission denied"
+
+
+def test_other_failures_are_left_alone_or_told_plainly(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path)
+    assert startup_error(ExceptionGroup("bug", [ValueError("not a start-up problem")]), settings) is None
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert str(startup_error(full, settings)) == "cannot start the hub: [Errno 28] No space left on device"
