@@ -33,7 +33,7 @@ from iothub.devices import CommandResponse, RejectReason, TopicKind, is_valid_id
 from iothub.hub.errors import HubError
 from iothub.hub.fleet import Fleet
 from iothub.hub.registry import Registry
-from iothub.hub.topicfilter import matches
+from iothub.mqtt.topics import matches
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 100

@@ -15,8 +15,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 from iothub.hub.auth import Authenticator
-from iothub.hub.broker import EmbeddedBroker
 from iothub.hub.commands import Commands
+from iothub.hub.embedded import EmbeddedBroker
 from iothub.hub.events import EventBus
 from iothub.hub.fleet import Fleet
 from iothub.hub.ingest import Ingest, now_ms

@@ -1,7 +1,7 @@
 """The embedded MQTT broker: amqtt 0.12.1's listeners and CONNECT parsing, the hub's server core after it.
 
 amqtt accepts TCP, WebSocket and TLS connections and decodes and validates CONNECT (protocol level,
-flags, client id). From there :class:`~iothub.hub.mqtt.server.MqttServer` serves the client: amqtt's
+flags, client id). From there :class:`~iothub.mqtt.server.MqttServer` serves the client: amqtt's
 session, delivery and retained-message code breaks MQTT 3.1.1 in the ways listed in that module.
 The overrides of amqtt itself, pinned to 0.12.1 (its private methods are not an API), all live in
 :class:`_HubBroker`:
@@ -28,10 +28,10 @@ from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 
 from iothub.hub.auth import Authenticator, PrincipalKind, certificate_cn
 from iothub.hub.metrics import HubMetrics
-from iothub.hub.mqtt.persistence import BrokerState
-from iothub.hub.mqtt.server import SERVER_UNAVAILABLE, BrokerTap, MqttServer, Will, connack
 from iothub.hub.presence import PresenceReason
 from iothub.hub.settings import MqttSettings
+from iothub.mqtt.persistence import BrokerState
+from iothub.mqtt.server import SERVER_UNAVAILABLE, BrokerTap, MqttServer, Will, connack
 
 AMQTT_VERSION = "0.12.1"
 log = logging.getLogger(__name__)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter, WebSocketsReader
 from websockets import ConnectionClosed
 
-from iothub.hub.mqtt.codec import (
+from iothub.hub.presence import PresenceReason
+from iothub.mqtt.codec import (
     CONNECT,
     DISCONNECT,
     PINGREQ,
@@ -42,11 +43,10 @@ from iothub.hub.mqtt.codec import (
     Unsubscribe,
     encode_ack,
 )
-from iothub.hub.mqtt.sessions import Session
-from iothub.hub.presence import PresenceReason
+from iothub.mqtt.sessions import Session
 
 if TYPE_CHECKING:
-    from iothub.hub.mqtt.server import ClientInfo, MqttServer
+    from iothub.mqtt.server import ClientInfo, MqttServer
 
 log = logging.getLogger(__name__)
 HIGH_WATER = 256 * 1024

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iothub.hub.mqtt.sessions import Message, Outgoing, Session
+from iothub.mqtt.sessions import Message, Outgoing, Session
 
 if TYPE_CHECKING:
-    from iothub.hub.mqtt.server import MqttServer
+    from iothub.mqtt.server import MqttServer
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL);

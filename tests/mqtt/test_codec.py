@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from iothub.hub.mqtt.codec import (
+from iothub.mqtt.codec import (
     PUBACK,
     PUBCOMP,
     PUBREC,
@@ -20,10 +20,10 @@ from iothub.hub.mqtt.codec import (
     Unsubscribe,
     encode_publish,
 )
-from iothub.hub.mqtt.routing import SubscriptionTrie
-from iothub.hub.mqtt.server import valid_filter
-from iothub.hub.mqtt.sessions import Limits, Message, Session
-from iothub.hub.topicfilter import matches
+from iothub.mqtt.routing import SubscriptionTrie
+from iothub.mqtt.server import valid_filter
+from iothub.mqtt.sessions import Limits, Message, Session
+from iothub.mqtt.topics import matches
 from tests.mqtt_raw import ack_packet, packet, publish_packet, subscribe_packet
 
 

@@ -1,6 +1,6 @@
 """The hub's MQTT 3.1.1 server core: sessions, routing, retained messages, Wills, durable ack.
 
-amqtt 0.12.1 accepts connections and parses CONNECT (see :mod:`iothub.hub.broker`); everything after
+amqtt 0.12.1 accepts connections and parses CONNECT (see :mod:`iothub.hub.embedded`); everything after
 that is here, because amqtt's own session and delivery code breaks the rules named below:
 
 * [MQTT-3.1.2-4..6] persistent sessions (clean_session=0) keep their subscriptions and queue QoS 1/2
@@ -40,13 +40,13 @@ from iothub.hub.auth import Authenticator, Principal, PrincipalKind, Refusal
 from iothub.hub.auth import may_publish as acl_publish
 from iothub.hub.auth import may_subscribe as acl_subscribe
 from iothub.hub.metrics import HubMetrics
-from iothub.hub.mqtt.codec import SUBACK_FAILURE, Publish, Subscribe, Unsubscribe, encode_suback, encode_unsuback
-from iothub.hub.mqtt.connection import Connection
-from iothub.hub.mqtt.routing import SubscriptionTrie
-from iothub.hub.mqtt.sessions import Limits, Message, Session
 from iothub.hub.presence import PresenceReason
 from iothub.hub.settings import MqttSettings
-from iothub.hub.topicfilter import matches
+from iothub.mqtt.codec import SUBACK_FAILURE, Publish, Subscribe, Unsubscribe, encode_suback, encode_unsuback
+from iothub.mqtt.connection import Connection
+from iothub.mqtt.routing import SubscriptionTrie
+from iothub.mqtt.sessions import Limits, Message, Session
+from iothub.mqtt.topics import matches
 
 log = logging.getLogger(__name__)
 _LOG_EVERY_S = 60.0

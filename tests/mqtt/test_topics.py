@@ -1,6 +1,6 @@
 import pytest
 
-from iothub.hub.topicfilter import matches
+from iothub.mqtt.topics import matches
 
 
 @pytest.mark.parametrize(
