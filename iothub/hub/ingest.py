@@ -71,20 +71,29 @@ def now_ms() -> int:
 
 class Ingest:
     def __init__(
-        self, settings: IngestSettings, store: Store, fleet: Fleet, bus: EventBus, metrics: HubMetrics
+        self,
+        settings: IngestSettings,
+        store: Store,
+        fleet: Fleet,
+        bus: EventBus,
+        metrics: HubMetrics,
+        *,
+        replies: Replies,
+        reports: Reports,
+        on_committed: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
         self.bus = bus
         self.metrics = metrics
-        self.replies: Replies | None = None  # commands waiting for answers
-        self.reports: Reports | None = None  # device twins
+        self.replies = replies  # commands waiting for answers
+        self.reports = reports  # device twins
+        self.on_committed = on_committed  # durable ack: called with the last handled ticket
         self._reports: list[tuple[DeviceState, TwinDocument, str, int]] = []
         self._queue: deque[_Inbound] = deque()
         self._tickets = 0  # device messages queued so far
         self._handled = 0  # of which committed (or refused) so far
-        self.on_committed: Callable[[int], None] | None = None  # durable ack: called with the last handled ticket
         self._pending_messages = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -177,8 +186,6 @@ class Ingest:
     async def _apply_reports(self) -> None:
         reports, self._reports = self._reports, []
         for state, report, topic, received in reports:
-            if self.reports is None:
-                return
             refused = await self.reports.on_reported(state.id, report)
             if refused is not None:
                 self._reject(state, refused, f"reported version {report.version} is not newer", topic, received)
@@ -284,7 +291,7 @@ class Ingest:
                     batch.events.append(self._status_event(state))
             elif parsed.kind is TopicKind.RESPONSE:
                 r = decode_response(item.payload, **limits)
-                matched = self.replies.on_response(state.id, r) if self.replies else RejectReason.UNKNOWN_REQUEST
+                matched = self.replies.on_response(state.id, r)
                 if isinstance(matched, RejectReason):
                     detail = "no command is waiting for" if matched is RejectReason.UNKNOWN_REQUEST else (
                         "another device was asked for")  # fmt: skip

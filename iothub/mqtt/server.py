@@ -1,7 +1,9 @@
-"""The hub's MQTT 3.1.1 server core: sessions, routing, retained messages, Wills, durable ack.
+"""The MQTT 3.1.1 server: CONNECT to close, sessions, routing, retained messages, Wills, durable ack.
 
-amqtt 0.12.1 accepts connections and parses CONNECT (see :mod:`iothub.hub.embedded`); everything after
-that is here, because amqtt's own session and delivery code breaks the rules named below:
+:meth:`MqttServer.serve` takes one accepted connection (a :class:`~.transport.Transport`, from the
+listeners in :mod:`.amqtt_listeners`) and serves it to the end. Policy comes from the application
+through the protocols of :mod:`.policy`. The rules it keeps that plain amqtt 0.12.1 breaks, each
+covered by a test that fails on plain amqtt:
 
 * [MQTT-3.1.2-4..6] persistent sessions (clean_session=0) keep their subscriptions and queue QoS 1/2
   messages while the client is away; CONNACK says session_present=1 [MQTT-3.2.2-2]; clean_session=1
@@ -15,13 +17,16 @@ that is here, because amqtt's own session and delivery code breaks the rules nam
   on a timer; QoS 2 is delivered exactly once in both directions (see :mod:`.sessions`);
 * [MQTT-4.7.2-1] a client's publish to a ``$`` topic is dropped, and the client served on;
 * [MQTT-3.1.2-8] a Will is published when the connection ends without DISCONNECT, including when
-  the server closes it (keepalive, protocol error, disabled device) but not on takeover.
+  the server closes it (keepalive, protocol error, the application's disconnect) but not on takeover;
+* a client over ``max_connections`` is refused at once with CONNACK 0x03 (amqtt leaves it waiting);
+* [MQTT-3.1.2-2] a CONNECT of another MQTT version (3.1 sends ``MQIsdp`` level 3) is answered with
+  CONNACK 0x01 and closed (amqtt closes it without an answer).
 
 Routing is synchronous through a :class:`~.routing.SubscriptionTrie`: no task and no log formatting
 per message.
 
-Durable ack (``mqtt.durable_ack``): the tap returns a *ticket* for a message it queued for the store;
-the PUBACK/PUBREC for it waits until :meth:`MqttServer.committed` reports that ticket stored.
+Durable ack (``ServerOptions.durable_ack``): ``Hooks.on_publish`` returns a *ticket* for a message the
+application keeps; the PUBACK/PUBREC for it waits until :meth:`MqttServer.committed` reports that ticket.
 """
 
 from __future__ import annotations
@@ -29,174 +34,192 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
+import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Generic, TypeVar
 
-from prometheus_client import Counter
-
-from iothub.hub.auth import Authenticator, Principal, PrincipalKind, Refusal
-from iothub.hub.auth import may_publish as acl_publish
-from iothub.hub.auth import may_subscribe as acl_subscribe
-from iothub.hub.metrics import HubMetrics
-from iothub.hub.presence import PresenceReason
-from iothub.hub.settings import MqttSettings
-from iothub.mqtt.codec import SUBACK_FAILURE, Publish, Subscribe, Unsubscribe, encode_suback, encode_unsuback
-from iothub.mqtt.connection import Connection
+from iothub.mqtt.codec import (
+    ACCEPTED,
+    IDENTIFIER_REJECTED,
+    NOT_AUTHORIZED,
+    SERVER_UNAVAILABLE,
+    SUBACK_FAILURE,
+    UNACCEPTABLE_PROTOCOL,
+    Connect,
+    PacketReader,
+    ProtocolViolation,
+    Publish,
+    Subscribe,
+    UnacceptableProtocol,
+    Unsubscribe,
+    encode_connack,
+    encode_suback,
+    encode_unsuback,
+)
+from iothub.mqtt.connection import Connection, read_connect
+from iothub.mqtt.persistence import Snapshot, rebuild, take_snapshot
+from iothub.mqtt.policy import (
+    Acl,
+    Authenticator,
+    Counters,
+    Credentials,
+    DisconnectReason,
+    Hooks,
+    Refusal,
+    ServerOptions,
+)
 from iothub.mqtt.routing import SubscriptionTrie
 from iothub.mqtt.sessions import Limits, Message, Session
-from iothub.mqtt.topics import matches
+from iothub.mqtt.topics import matches, valid_filter
+from iothub.mqtt.transport import Transport
 
 log = logging.getLogger(__name__)
+P = TypeVar("P")
 _LOG_EVERY_S = 60.0
-_CONNACK = struct.Struct("!BBBB")
-SERVER_UNAVAILABLE = 0x03
 _CLOSE_WAIT_S = 5.0
 
 
-class BrokerTap(Protocol):
-    def on_publish(self, client_id: str | None, topic: str, payload: bytes) -> int | None:
-        """Take a routed message; return a ticket when it is queued for the store (durable ack)."""
-
-    def on_connect(self, client_id: str) -> None: ...
-
-    def on_disconnect(self, client_id: str, reason: PresenceReason) -> None: ...
-
-
 @dataclass(frozen=True, slots=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
+class ServerStats:
+    sessions_online: int
+    sessions_offline: int
+    queued: int  # messages waiting in client queues
+    inflight: int  # messages sent and not acknowledged yet
 
 
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
-    """What a CONNECT said, and who the client proved to be."""
-
-    client_id: str
-    clean: bool
-    keep_alive: int
-    principal: Principal
-    will: Will | None
-
-
-def connack(session_present: bool, code: int) -> bytes:
-    return _CONNACK.pack(0x20, 2, 1 if session_present and code == 0 else 0, code)
-
-
-def valid_filter(topic_filter: str) -> bool:
-    """[MQTT-4.7.1-2, 4.7.1-3] ``#`` only as the whole last level, ``+`` only as a whole level."""
-    if not topic_filter:
-        return False
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if ("#" in level and (level != "#" or i != len(levels) - 1)) or ("+" in level and level != "+"):
-            return False
-    return True
-
-
-class MqttServer:
-    def __init__(self, settings: MqttSettings, tap: BrokerTap, auth: Authenticator, metrics: HubMetrics) -> None:
-        self.settings = settings
-        self.tap = tap
-        self.auth = auth
+class MqttServer(Generic[P]):
+    def __init__(
+        self,
+        options: ServerOptions,
+        authenticator: Authenticator[P],
+        acl: Acl[P],
+        hooks: Hooks[P],
+        counters: Counters,
+    ) -> None:
+        self.options = options
+        self.authenticator = authenticator
+        self.acl = acl
+        self.hooks = hooks
+        self.counters = counters
         self.trie = SubscriptionTrie()
         self.sessions: dict[str, Session] = {}
-        self.connections: dict[str, Connection] = {}
+        self.connections: dict[str, Connection[P]] = {}
         self.retained: dict[str, tuple[bytes, int]] = {}
-        self.subscribed_listeners: list[Any] = []  # async (client id, filter) -> None, after SUBACK
-        self.dirty = False  # sessions or retained messages changed since the last checkpoint
-        self._holding: set[Connection] = set()  # connections with acknowledgements waiting for the store
+        self.dirty = False  # persistent sessions or retained messages changed since the last snapshot
+        self.limits = Limits(options.max_inflight, options.max_queued, counters.dropped)
+        self._on_publish = hooks.on_publish  # looked up once: both are on every message's path
+        self._may_publish = acl.may_publish
+        self._durable_ack = options.durable_ack
+        self._holding: set[Connection[P]] = set()  # connections with acknowledgements waiting for a ticket
+        self._open = 0  # connections being served, from accept to close
         self._stopping = False
         self._all_closed = asyncio.Event()
         self._all_closed.set()
-        dropped = metrics.mqtt_dropped.labels("queue_full")
-        self.limits = Limits(settings.max_inflight, settings.max_queued, lambda _cid: dropped.inc())
-        self.protocol_errors: Counter = metrics.mqtt_protocol_errors
-        self._acl_denied = {a: metrics.acl_denied.labels(a) for a in ("publish", "subscribe")}
         self._acl_logged: dict[str, float] = {}
-        self._auth_results = {r: metrics.mqtt_auth.labels(r) for r in ("ok", "0x02", "0x03", "0x04", "0x05")}
-        metrics.gauge_callback(
-            "iothub_mqtt_sessions", "MQTT sessions, by whether a client is connected", ("online",), self._session_gauge
-        )
-        metrics.gauge_callback(
-            "iothub_mqtt_queued",
-            "Messages waiting for MQTT clients, queued or in flight",
-            ("state",),
-            self._queue_gauge,
-        )
-
-    def _session_gauge(self) -> list[tuple[tuple[str, ...], float]]:
-        online = len(self.connections)
-        return [(("true",), online), (("false",), len(self.sessions) - online)]
-
-    def _queue_gauge(self) -> list[tuple[tuple[str, ...], float]]:
-        queued = sum(len(s.queue) for s in self.sessions.values())
-        inflight = sum(len(s.inflight) for s in self.sessions.values())
-        return [(("queued",), queued), (("inflight",), inflight)]
 
     # -- connections -------------------------------------------------------------------------------
 
-    async def serve_client(
-        self, client_id: str, clean: bool, keep_alive: int, credentials: dict[str, Any], reader: Any, writer: Any
-    ) -> None:
-        """Authenticate a CONNECT, answer CONNACK, serve the client until it goes, then clean up."""
-        if self._stopping:
-            writer.write(connack(False, SERVER_UNAVAILABLE))
+    async def serve(self, transport: Transport) -> None:
+        """Serve one accepted connection: CONNECT, CONNACK, the session, then close it."""
+        try:
+            limit = self.options.max_connections
+            if self._stopping or (limit is not None and self._open >= limit):
+                if not self._stopping:
+                    self.counters.connect("full")
+                transport.write(encode_connack(False, SERVER_UNAVAILABLE))
+                return
+            self._open += 1
+            try:
+                await self._handshake(transport)
+            finally:
+                self._open -= 1
+        finally:
+            transport.close()
+            await transport.wait_closed()
+
+    async def _handshake(self, transport: Transport) -> None:
+        packets = PacketReader(self.options.max_packet_bytes)
+        try:
+            async with asyncio.timeout(self.options.connect_timeout_s):
+                connect = await read_connect(transport, packets)
+        except UnacceptableProtocol as exc:
+            self._refuse(transport, "?", Refusal(UNACCEPTABLE_PROTOCOL, str(exc)))
             return
-        will: Will | None = credentials.pop("will")
-        result = await self.auth.authenticate(
-            client_id=client_id, will_topic=will.topic if will else None, **credentials
-        )
+        except (ProtocolViolation, TimeoutError) as exc:
+            log.info("closing a connection without a valid CONNECT: %s", exc or "none in time")
+            return
+        if connect is None:
+            return
+        client_id = connect.client_id
+        if not client_id:
+            if not connect.clean:
+                refusal = Refusal(IDENTIFIER_REJECTED, "an empty client id needs clean_session=1 [MQTT-3.1.3-8]")
+                self._refuse(transport, client_id, refusal)
+                return
+            client_id = f"auto-{secrets.token_hex(8)}"  # [MQTT-3.1.3-6]
+        credentials = Credentials(client_id, connect.username, connect.password, transport.certificate_cn)
+        result = await self.authenticator.authenticate(credentials)
         if isinstance(result, Refusal):
-            self._auth_results[f"0x{result.code:02x}"].inc()
-            log.warning("refused MQTT client %r (CONNACK 0x%02x): %s", client_id, result.code, result.reason)
-            writer.write(connack(False, result.code))
-            return
-        self._auth_results["ok"].inc()
-        info = ClientInfo(client_id, clean, keep_alive, result, will)
+            self._refuse(transport, client_id, result)
+        elif connect.will is not None and not self._may_publish(result, connect.will.topic):
+            self._refuse(
+                transport, client_id, Refusal(NOT_AUTHORIZED, f"may not publish its Will on {connect.will.topic!r}")
+            )
+        elif self._stopping:
+            transport.write(encode_connack(False, SERVER_UNAVAILABLE))
+        else:
+            self.counters.connect("ok")
+            await self._session(transport, packets, connect, client_id, result)
+
+    def _refuse(self, transport: Transport, client_id: str, refusal: Refusal) -> None:
+        self.counters.connect(f"0x{refusal.code:02x}")
+        log.warning("refused MQTT client %r (CONNACK 0x%02x): %s", client_id, refusal.code, refusal.reason)
+        transport.write(encode_connack(False, refusal.code))
+
+    async def _session(
+        self, transport: Transport, packets: PacketReader, connect: Connect, client_id: str, principal: P
+    ) -> None:
         previous = self.connections.get(client_id)
         if previous is not None:  # [MQTT-3.1.4-2] the new connection takes over
-            self._end(previous, PresenceReason.TAKEN_OVER)
+            self._end(previous, DisconnectReason.TAKEN_OVER)
         session = self.sessions.get(client_id)
-        present = session is not None and not clean and not session.clean
+        present = session is not None and not connect.clean and not session.clean
         if session is not None and not present:
             self._discard(session)
             session = None
         if session is None:
-            session = self.sessions[client_id] = Session(client_id, clean, self.limits)
-            self.dirty = self.dirty or not clean
-        conn = Connection(self, session, info, reader, writer)
+            session = self.sessions[client_id] = Session(client_id, connect.clean, self.limits)
+            self.dirty = self.dirty or not connect.clean
+        conn = Connection(self, session, transport, packets, connect, principal, self.options.max_unacked)
         self.connections[client_id] = conn
         self._all_closed.clear()
-        conn.send(connack(present, 0))
+        conn.send(encode_connack(present, ACCEPTED))
         session.attach(conn)
-        self.tap.on_connect(client_id)
+        self.hooks.on_connect(client_id, principal)
         disconnected = False
         try:
             disconnected = await conn.serve()
         finally:
             self._finish(conn, disconnected)
 
-    def _end(self, conn: Connection, reason: PresenceReason) -> None:
+    def _end(self, conn: Connection[P], reason: DisconnectReason) -> None:
         """Detach ``conn`` from its session now and close it; its Will is not sent."""
-        self.tap.on_disconnect(conn.client_id, reason)
+        self.hooks.on_disconnect(conn.client_id, conn.principal, reason)
         self._release(conn)
         conn.session.detach()
         conn.close(reason)
 
-    def _release(self, conn: Connection) -> None:
+    def _release(self, conn: Connection[P]) -> None:
         if self.connections.get(conn.client_id) is conn:
             del self.connections[conn.client_id]
             if not self.connections:
                 self._all_closed.set()
         self._holding.discard(conn)
 
-    def _finish(self, conn: Connection, disconnected: bool) -> None:
-        if conn.closing is PresenceReason.TAKEN_OVER:
+    def _finish(self, conn: Connection[P], disconnected: bool) -> None:
+        if conn.closing is DisconnectReason.TAKEN_OVER:
             return  # reported and detached when it was taken over
         self._release(conn)
         session = conn.session
@@ -204,17 +227,15 @@ class MqttServer:
             session.detach()
         if session.clean and self.sessions.get(conn.client_id) is session:
             self._discard(session)
+        will = conn.will
         if conn.closing is not None:
             reason = conn.closing
         elif disconnected:
-            reason = PresenceReason.CLEAN_DISCONNECT
-        elif conn.info.will is not None:
-            reason = PresenceReason.LAST_WILL
+            reason = DisconnectReason.CLEAN
         else:
-            reason = PresenceReason.CONNECTION_LOST
-        self.tap.on_disconnect(conn.client_id, reason)
-        will = conn.info.will
-        if will is not None and not disconnected and reason is not PresenceReason.HUB_STOPPED:
+            reason = DisconnectReason.WILL if will is not None else DisconnectReason.DROPPED
+        self.hooks.on_disconnect(conn.client_id, conn.principal, reason)
+        if will is not None and not disconnected and reason is not DisconnectReason.SERVER_STOPPING:
             self.route(conn.client_id, will.topic, will.payload, will.qos, will.retain)
         conn.close()
 
@@ -226,43 +247,52 @@ class MqttServer:
         if not session.clean:
             self.dirty = True
 
-    def disconnect(self, client_id: str, reason: PresenceReason) -> bool:
+    def disconnect(self, client_id: str) -> bool:
+        """Close ``client_id``'s connection (:attr:`DisconnectReason.CLOSED`); False if not connected."""
         conn = self.connections.get(client_id)
         if conn is None:
             return False
-        conn.close(reason)
+        conn.close(DisconnectReason.CLOSED)
         return True
 
     async def close(self) -> None:
         """Refuse new clients, close every connection and wait (bounded) for them to finish."""
         self._stopping = True
         for conn in list(self.connections.values()):
-            conn.close(PresenceReason.HUB_STOPPED)
+            conn.close(DisconnectReason.SERVER_STOPPING)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_CLOSE_WAIT_S):
                 await self._all_closed.wait()
 
-    def connected(self, kind: PrincipalKind) -> list[str]:
-        return [cid for cid, conn in self.connections.items() if conn.info.principal.kind is kind]
+    def connected(self) -> Iterator[tuple[str, P]]:
+        """Client id and principal of every live connection."""
+        for client_id, conn in list(self.connections.items()):
+            yield client_id, conn.principal
+
+    def stats(self) -> ServerStats:
+        online = len(self.connections)
+        queued = sum(len(s.queue) for s in self.sessions.values())
+        inflight = sum(len(s.inflight) for s in self.sessions.values())
+        return ServerStats(online, len(self.sessions) - online, queued, inflight)
 
     # -- publishing --------------------------------------------------------------------------------
 
-    def publish(self, conn: Connection, packet: Publish) -> int | None:
-        """A client's PUBLISH: check, hand to the tap, route; the tap's ticket (if any) for its ack."""
+    def publish(self, conn: Connection[P], packet: Publish) -> int | None:
+        """A client's PUBLISH: check, hand to the hooks, route; the hooks' ticket (if any) for its ack."""
         topic = packet.topic
         if topic[0] == "$":  # [MQTT-4.7.2-1]
-            self._acl_denied["publish"].inc()
+            self.counters.acl_denied("publish")
             return None
-        if not acl_publish(conn.info.principal, topic):
+        if not self._may_publish(conn.principal, topic):
             self._denied(conn, "publish", topic)
             return None
-        ticket = self.tap.on_publish(conn.client_id, topic, packet.payload)
+        ticket = self._on_publish(conn.client_id, topic, packet.payload)
         self._deliver(topic, packet.payload, packet.qos, packet.retain)
-        return ticket if self.settings.durable_ack else None
+        return ticket if self._durable_ack else None
 
     def route(self, sender: str | None, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
-        """A message from the hub itself (``sender`` None) or a Will: to the tap, then to subscribers."""
-        self.tap.on_publish(sender, topic, payload)
+        """A message from the application (``sender`` None) or a Will: to the hooks, then to subscribers."""
+        self._on_publish(sender, topic, payload)
         self._deliver(topic, payload, qos, retain)
 
     def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
@@ -286,29 +316,31 @@ class MqttServer:
             self.retained.pop(topic, None)  # [MQTT-3.3.1-10] an empty retained message clears it
         self.dirty = True
 
-    def _denied(self, conn: Connection, action: str, topic: str) -> None:
-        self._acl_denied[action].inc()
-        principal = conn.info.principal
+    def _denied(self, conn: Connection[P], action: str, topic: str) -> None:
+        self.counters.acl_denied(action)
         now = time.monotonic()
-        if now - self._acl_logged.get(principal.name, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            self._acl_logged[principal.name] = now
-            log.warning("%s %r may not %s %r (logged once a minute)", principal.kind, principal.name, action, topic)
-        if action == "publish" and self.settings.acl_violation == "disconnect":
-            conn.close(PresenceReason.ACL_VIOLATION)
+        if now - self._acl_logged.get(conn.client_id, -_LOG_EVERY_S) >= _LOG_EVERY_S:
+            self._acl_logged[conn.client_id] = now
+            log.warning("MQTT client %r may not %s %r (logged once a minute)", conn.client_id, action, topic)
+        if action == "publish" and self.options.disconnect_on_acl_violation:
+            conn.close(DisconnectReason.ACL_VIOLATION)
 
     # -- durable ack -------------------------------------------------------------------------------
 
-    def holding(self, conn: Connection) -> None:
+    def holding(self, conn: Connection[P]) -> None:
         self._holding.add(conn)
 
     def committed(self, ticket: int) -> None:
-        """The store committed every message up to ``ticket``: release their acknowledgements."""
+        """Every message up to ``ticket`` is committed: release their acknowledgements."""
         if self._holding:
             self._holding = {conn for conn in self._holding if conn.release_acks(ticket)}
 
+    def protocol_error(self, conn: Connection[P], problem: str) -> None:
+        self.counters.protocol_error()
+
     # -- subscriptions -----------------------------------------------------------------------------
 
-    async def subscribe(self, conn: Connection, packet: Subscribe) -> None:
+    async def subscribe(self, conn: Connection[P], packet: Subscribe) -> None:
         session = conn.session
         codes: list[int] = []
         granted: list[tuple[str, int]] = []
@@ -316,7 +348,7 @@ class MqttServer:
             if not valid_filter(topic_filter):
                 codes.append(SUBACK_FAILURE)
                 continue
-            if not acl_subscribe(conn.info.principal, topic_filter):
+            if not self.acl.may_subscribe(conn.principal, topic_filter):
                 self._denied(conn, "subscribe", topic_filter)
                 codes.append(SUBACK_FAILURE)
                 continue
@@ -332,10 +364,9 @@ class MqttServer:
                 if matches(topic_filter, topic):
                     session.deliver(Message(topic, payload, retain=True), min(qos, retained_qos))
         for topic_filter, _ in granted:
-            for listener in self.subscribed_listeners:
-                await listener(conn.client_id, topic_filter)
+            await self.hooks.on_subscribed(conn.client_id, conn.principal, topic_filter)
 
-    def unsubscribe(self, conn: Connection, packet: Unsubscribe) -> None:
+    def unsubscribe(self, conn: Connection[P], packet: Unsubscribe) -> None:
         session = conn.session
         for topic_filter in packet.filters:
             if session.subscriptions.pop(topic_filter, None) is not None:
@@ -343,3 +374,18 @@ class MqttServer:
         if not session.clean:
             self.dirty = True
         conn.send(encode_unsuback(packet.packet_id))
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Persistent sessions and retained messages as plain data (taken on the event loop: consistent)."""
+        return take_snapshot(self.retained, self.sessions.values())
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Load saved sessions and retained messages (before serving anyone)."""
+        retained, sessions = rebuild(snapshot, self.limits)
+        self.retained.update(retained)
+        for session in sessions:
+            self.sessions[session.client_id] = session
+            for topic_filter, qos in session.subscriptions.items():
+                self.trie.add(topic_filter, session.client_id, qos)
