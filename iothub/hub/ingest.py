@@ -1,9 +1,11 @@
 """Ingest: one ordered stream from the broker tap to the store and the fan-out.
 
 The tap (:meth:`Ingest.on_publish`, ``on_connect``, ``on_disconnect``) only appends to a queue, so
-the broker never waits for us. :meth:`Ingest.run` takes everything queued, decodes and validates it,
-commits it in one transaction and then publishes the committed events. While a batch is being
-written the next one accumulates, so batches grow with load (group commit) with no timer.
+the broker never waits for us. Connection events come for devices only (and anonymous clients in
+development mode; never service accounts): a device's presence starts at its CONNECT.
+:meth:`Ingest.run` takes everything queued, decodes and validates it, commits it in one transaction
+and then publishes the committed events. While a batch is being written the next one accumulates,
+so batches grow with load (group commit) with no timer.
 
 Queue policy: at most ``ingest.queue_size`` device messages wait; past that a message is refused with
 reason ``queue_full`` (counted per device and in ``iothub_messages_rejected``). Connection events are
@@ -235,12 +237,14 @@ class Ingest:
         if item.op == _PUBLISH:
             self._apply_publish(item, batch, touched)
             return
-        state = self.fleet.get(item.client_id or "")
-        if state is None:
-            return  # not a device we know (yet): presence starts with its first device message
-        if item.op == _CONNECT:
+        if item.op == _CONNECT:  # presence starts at CONNECT
+            state = self.fleet.touch(item.client_id or "", item.received_ms)
             changed = state.set_presence(True, PresenceReason.CONNECTED, item.received_ms)
         else:
+            known = self.fleet.get(item.client_id or "")
+            if known is None:
+                return
+            state = known
             changed = state.set_presence(False, PresenceReason(item.topic), item.received_ms)
         touched[state.id] = state
         if changed:
