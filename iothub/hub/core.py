@@ -82,9 +82,11 @@ class Hub:
             stack.push_async_callback(self.store.close)
             for stored in await self.store.load_devices():
                 self.fleet.restore(stored)
+            # Unwound in reverse: hub/status offline, broker closed (no more input), ingest stopped
+            # and drained (the task group waits for it), and only then the fan-out closed.
+            stack.callback(self.bus.close)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             tasks.create_task(self.ingest.run(), name="iothub-ingest")
-            stack.callback(self.bus.close)
             stack.callback(self.ingest.stop)
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
