@@ -7,15 +7,19 @@ import pytest
 from iothub.mqtt.codec import (
     PUBREL,
     Ack,
+    Connect,
     PacketReader,
     ProtocolViolation,
     Publish,
     Simple,
     Subscribe,
+    UnacceptableProtocol,
     Unsubscribe,
+    Will,
+    decode_connect,
     encode_publish,
 )
-from tests.mqtt_raw import ack_packet, packet, publish_packet, subscribe_packet
+from tests.mqtt_raw import ack_packet, connect_packet, packet, publish_packet, subscribe_packet
 
 
 def decode(data: bytes, max_packet: int = 1 << 20) -> list[object]:
@@ -84,3 +88,62 @@ def test_an_oversized_packet_is_refused_before_its_body_arrives() -> None:
     reader.feed(publish_packet("a", b"x" * 2000)[:4])
     with pytest.raises(ProtocolViolation, match="over the 1000-byte limit"):
         reader.packets()
+
+
+def _connect_body(data: bytes) -> bytes:
+    reader = PacketReader(1 << 20)
+    reader.feed(data)
+    frame = reader.frame()
+    assert frame is not None
+    assert frame[0] == 0x10
+    return frame[1]
+
+
+def test_a_connect_decodes_with_every_field() -> None:
+    data = connect_packet("c-1", username="u", password="p\u00e9", will=("w/t", b"\x00bye"), keepalive=45, clean=False)
+    assert decode_connect(_connect_body(data)) == Connect(
+        "c-1", False, 45, Will("w/t", b"\x00bye", 1, False), "u", "p\u00e9".encode()
+    )
+    assert decode_connect(_connect_body(connect_packet(""))) == Connect("", True, 30, None, None, None)
+
+
+def test_a_frame_waits_for_the_whole_packet_and_leaves_the_rest() -> None:
+    data = connect_packet("c") + bytes([0xC0, 0])
+    reader = PacketReader(1 << 20)
+    reader.feed(data[:5])
+    assert reader.frame() is None
+    reader.feed(data[5:])
+    assert reader.frame() is not None
+    assert reader.packets() == [Simple(12)]  # what came after the CONNECT is still there
+
+
+@pytest.mark.parametrize(("protocol", "level"), [("MQIsdp", 3), ("MQTT", 3), ("MQTT", 5), ("MQIsdp", 4)])
+def test_other_mqtt_versions_are_unacceptable(protocol: str, level: int) -> None:
+    with pytest.raises(UnacceptableProtocol, match=r"only MQTT 3\.1\.1"):
+        decode_connect(_connect_body(connect_packet("c", protocol=protocol, level=level)))
+
+
+def _with_flags(flags: int, payload: bytes = b"\x00\x01c") -> bytes:
+    return b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x1e" + payload
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"\x00\x04HTTP\x04\x02\x00\x1e\x00\x01c", "protocol name 'HTTP'"),
+        (b"\x00\x04MQTT\x04", "cut short"),
+        (_with_flags(0x03), "reserved flag"),
+        (_with_flags(0x0A), "Will QoS or retain without a Will"),
+        (_with_flags(0x22), "Will QoS or retain without a Will"),
+        (_with_flags(0x1E), "Will QoS 3"),
+        (_with_flags(0x42, b"\x00\x01c\x00\x01p"), "password without a user name"),
+        (_with_flags(0x06, b"\x00\x01c\x00\x03a/#\x00\x00"), "no wildcards"),
+        (_with_flags(0x02, b"\x00\x01cextra"), "5 bytes its flags do not announce"),
+        (_with_flags(0x82, b"\x00\x01c"), "string length runs past"),
+        (_with_flags(0x02, b"\x00\x02\xff\xfe"), "UTF-8"),
+    ],
+)
+def test_connect_violations_are_named(body: bytes, problem: str) -> None:
+    with pytest.raises(ProtocolViolation, match=problem) as caught:
+        decode_connect(body)
+    assert not isinstance(caught.value, UnacceptableProtocol)
