@@ -180,8 +180,14 @@ class EmbeddedBroker:
     async def __aenter__(self) -> EmbeddedBroker:
         if self._state is not None:
             await asyncio.to_thread(self._state.open)
-            self.server.restore(await asyncio.to_thread(self._state.load))
-        await self._listeners.__aenter__()
+            try:
+                self.server.restore(await asyncio.to_thread(self._state.load))
+                await self._listeners.__aenter__()
+            except BaseException:
+                await asyncio.to_thread(self._state.close)
+                raise
+        else:
+            await self._listeners.__aenter__()
         self._running = True
         if self._state is not None:
             self._tasks = asyncio.TaskGroup()

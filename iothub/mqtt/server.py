@@ -18,9 +18,10 @@ covered by a test that fails on plain amqtt:
 * [MQTT-4.7.2-1] a client's publish to a ``$`` topic is dropped, and the client served on;
 * [MQTT-3.1.2-8] a Will is published when the connection ends without DISCONNECT, including when
   the server closes it (keepalive, protocol error, the application's disconnect) but not on takeover;
-* a client over ``max_connections`` is refused at once with CONNACK 0x03 (amqtt leaves it waiting);
-* [MQTT-3.1.2-2] a CONNECT of another MQTT version (3.1 sends ``MQIsdp`` level 3) is answered with
-  CONNACK 0x01 and closed (amqtt closes it without an answer).
+* a client over ``max_connections`` is refused at once with CONNACK 0x03 (amqtt leaves it waiting).
+
+Only MQTT 3.1.1 is served: a CONNECT of another version (3.1 sends ``MQIsdp`` level 3) is answered
+with CONNACK 0x01 and closed [MQTT-3.1.2-2] (amqtt closes it without an answer; Mosquitto accepts 3.1).
 
 Routing is synchronous through a :class:`~.routing.SubscriptionTrie`: no task and no log formatting
 per message.
