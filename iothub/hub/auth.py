@@ -11,9 +11,9 @@ Refusals carry the MQTT 3.1.1 CONNACK code: 0x02 client id is not the device id,
 device or wrong secret (the same code for both), 0x05 disabled device, anonymous access off, or (the
 server's check, through the ACL) a Will on a topic the client may not publish to.
 
-What each may do (:class:`TopicAcl`: :func:`may_publish`, :func:`may_subscribe`), with MQTT wildcard semantics: a
-filter is allowed only if every topic it can match is allowed, so ``devices/+/commands/#`` or ``#``
-are refused to a device even though they include its own topics.
+What each may do (:class:`TopicAcl`: :func:`may_publish`, :func:`may_subscribe`), with MQTT wildcard
+semantics: a filter is allowed only if every topic it can match is allowed, so
+``devices/+/commands/#`` or ``#`` are refused to a device even though they include its own topics.
 """
 
 from __future__ import annotations

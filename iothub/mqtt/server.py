@@ -133,20 +133,21 @@ class MqttServer(Generic[P]):
                 return
             self._open += 1
             try:
-                await self._handshake(transport)
+                await self._connect(transport)
             finally:
                 self._open -= 1
         finally:
             transport.close()
             await transport.wait_closed()
 
-    async def _handshake(self, transport: Transport) -> None:
+    async def _connect(self, transport: Transport) -> None:
+        """From CONNECT (read, checked, authenticated) to the end of the session it opens."""
         packets = PacketReader(self.options.max_packet_bytes)
         try:
             async with asyncio.timeout(self.options.connect_timeout_s):
                 connect = await read_connect(transport, packets)
         except UnacceptableProtocol as exc:
-            self._refuse(transport, "?", Refusal(UNACCEPTABLE_PROTOCOL, str(exc)))
+            self._refuse(transport, None, Refusal(UNACCEPTABLE_PROTOCOL, str(exc)))
             return
         except (ProtocolViolation, TimeoutError) as exc:
             log.info("closing a connection without a valid CONNECT: %s", exc or "none in time")
@@ -174,9 +175,11 @@ class MqttServer(Generic[P]):
             self.counters.connect("ok")
             await self._session(transport, packets, connect, client_id, result)
 
-    def _refuse(self, transport: Transport, client_id: str, refusal: Refusal) -> None:
+    def _refuse(self, transport: Transport, client_id: str | None, refusal: Refusal) -> None:
+        """Answer CONNACK with the refusal's code; the connection is closed after it."""
         self.counters.connect(f"0x{refusal.code:02x}")
-        log.warning("refused MQTT client %r (CONNACK 0x%02x): %s", client_id, refusal.code, refusal.reason)
+        who = "an MQTT client" if client_id is None else f"MQTT client {client_id!r}"
+        log.warning("refused %s (CONNACK 0x%02x): %s", who, refusal.code, refusal.reason)
         transport.write(encode_connack(False, refusal.code))
 
     async def _session(
