@@ -28,7 +28,10 @@ def connect_packet(
     keepalive: int = 30,
     clean: bool = True,
     will_qos: int = 1,
+    protocol: str = "MQTT",
+    level: int = 4,
 ) -> bytes:
+    """A CONNECT; ``protocol="MQIsdp", level=3`` makes it an MQTT 3.1 one."""
     flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     payload = _string(client_id)
     if will is not None:
@@ -38,7 +41,7 @@ def connect_packet(
         payload += _string(username)
     if password is not None:
         payload += _string(password)
-    variable = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+    variable = _string(protocol) + bytes([level, flags]) + struct.pack("!H", keepalive)
     body = variable + payload
     return bytes([0x10]) + _remaining_length(len(body)) + body
 

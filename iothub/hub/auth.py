@@ -1,4 +1,4 @@
-"""MQTT authentication and topic ACL for the embedded broker.
+"""MQTT authentication and topic ACL for the embedded broker (the policies of :mod:`iothub.mqtt.policy`).
 
 Who may connect (:class:`Authenticator`):
 
@@ -8,12 +8,12 @@ Who may connect (:class:`Authenticator`):
 * anyone, when ``mqtt.allow_anonymous`` is set (development only).
 
 Refusals carry the MQTT 3.1.1 CONNACK code: 0x02 client id is not the device id, 0x04 unknown
-device or wrong secret (the same code for both), 0x05 disabled device, anonymous access off, or a
-Will on a topic the client may not publish to.
+device or wrong secret (the same code for both), 0x05 disabled device, anonymous access off, or (the
+server's check, through the ACL) a Will on a topic the client may not publish to.
 
-What each may do (:func:`may_publish`, :func:`may_subscribe`), with MQTT wildcard semantics: a
-filter is allowed only if every topic it can match is allowed, so ``devices/+/commands/#`` or ``#``
-are refused to a device even though they include its own topics.
+What each may do (:class:`TopicAcl`: :func:`may_publish`, :func:`may_subscribe`), with MQTT wildcard
+semantics: a filter is allowed only if every topic it can match is allowed, so
+``devices/+/commands/#`` or ``#`` are refused to a device even though they include its own topics.
 """
 
 from __future__ import annotations
@@ -23,20 +23,19 @@ import enum
 import hashlib
 import logging
 import os
-import ssl
 from dataclasses import dataclass
 
 from iothub.devices import TopicError, TopicKind
 from iothub.devices import parse as parse_topic
 from iothub.hub.credentials import verify_secret
 from iothub.hub.registry import Registry, Role
+from iothub.mqtt.codec import BAD_CREDENTIALS, IDENTIFIER_REJECTED, NOT_AUTHORIZED
+from iothub.mqtt.policy import Credentials, Refusal
+from iothub.mqtt.topics import filter_within
 
 log = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "svc:"
-IDENTIFIER_REJECTED = 0x02
-BAD_CREDENTIALS = 0x04
-NOT_AUTHORIZED = 0x05
 _DEVICE_PUBLISHES = frozenset({TopicKind.TELEMETRY, TopicKind.STATUS, TopicKind.RESPONSE, TopicKind.STATE_REPORTED})
 _CACHE_LIMIT = 100_000
 
@@ -52,29 +51,6 @@ class Principal:
     kind: PrincipalKind
     name: str
     role: Role | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    code: int
-    reason: str
-
-
-def filter_within(topic_filter: str, allowed: str) -> bool:
-    """True when every topic matching ``topic_filter`` also matches the filter ``allowed``."""
-    want, have = topic_filter.split("/"), allowed.split("/")
-    for i, level in enumerate(want):
-        if i >= len(have):
-            return False
-        if have[i] == "#":
-            return True
-        if level == "#" or (level == "+" and have[i] != "+"):
-            return False
-        if have[i] != "+" and level != have[i]:
-            return False
-    # The filter ended: it is inside ``allowed`` if that ends here too, or continues with '#'
-    # ('a/#' matches 'a' itself).
-    return len(have) == len(want) or (len(have) == len(want) + 1 and have[-1] == "#")
 
 
 def device_subscriptions(device_id: str) -> tuple[str, str]:
@@ -99,18 +75,11 @@ def may_subscribe(principal: Principal, topic_filter: str) -> bool:
     return any(filter_within(topic_filter, allowed) for allowed in device_subscriptions(principal.name))
 
 
-def certificate_cn(ssl_object: ssl.SSLObject | None) -> str | None:
-    """The subject CN of a verified client certificate, if the client presented one."""
-    if ssl_object is None:
-        return None
-    cert = ssl_object.getpeercert()
-    if not cert:
-        return None
-    for rdn in cert.get("subject", ()):
-        for attribute in rdn:
-            if attribute[0] == "commonName":
-                return str(attribute[1])
-    return None
+class TopicAcl:
+    """The topic rules above as the MQTT server's ACL."""
+
+    may_publish = staticmethod(may_publish)  # plain functions: the server calls one per message
+    may_subscribe = staticmethod(may_subscribe)
 
 
 class Authenticator:
@@ -124,20 +93,11 @@ class Authenticator:
         # spending a thread and 8 MiB on every waiting client.
         self._hashing = asyncio.Semaphore(os.cpu_count() or 2)
 
-    async def authenticate(
-        self,
-        *,
-        client_id: str,
-        username: str | None,
-        password: str | None,
-        will_topic: str | None,
-        peer_cn: str | None = None,
-    ) -> Principal | Refusal:
+    async def authenticate(self, credentials: Credentials) -> Principal | Refusal:
+        c = credentials
+        password = None if c.password is None else c.password.decode(errors="replace")  # not UTF-8: no match
         async with self._hashing:
-            result = await asyncio.to_thread(self._authenticate, client_id, username, password, peer_cn)
-        if isinstance(result, Principal) and will_topic is not None and not may_publish(result, will_topic):
-            return Refusal(NOT_AUTHORIZED, f"{result.name} may not publish its Will on {will_topic!r}")
-        return result
+            return await asyncio.to_thread(self._authenticate, c.client_id, c.username, password, c.certificate_cn)
 
     def _authenticate(
         self, client_id: str, username: str | None, password: str | None, peer_cn: str | None

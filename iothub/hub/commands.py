@@ -33,7 +33,7 @@ from iothub.devices import CommandResponse, RejectReason, TopicKind, is_valid_id
 from iothub.hub.errors import HubError
 from iothub.hub.fleet import Fleet
 from iothub.hub.registry import Registry
-from iothub.hub.topicfilter import matches
+from iothub.mqtt.topics import matches
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 100
@@ -61,6 +61,8 @@ class BadCommand(CommandError):
 
 
 class Publisher(Protocol):
+    """Where commands (and twins) publish: the hub, which routes through its broker."""
+
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
 
@@ -95,10 +97,10 @@ class _Pending:
 
 
 class Commands:
-    def __init__(self, registry: Registry, fleet: Fleet, broker: Publisher) -> None:
+    def __init__(self, registry: Registry, fleet: Fleet, publisher: Publisher) -> None:
         self.registry = registry
         self.fleet = fleet
-        self.broker = broker
+        self.publisher = publisher
         self._pending: dict[str, _Pending] = {}
         self._queued: defaultdict[str, deque[_Pending]] = defaultdict(deque)
 
@@ -146,7 +148,7 @@ class Commands:
     async def _publish(self, pending: _Pending) -> None:
         pending.sent_ns = time.monotonic_ns()
         topic = topic_for(pending.device_id, TopicKind.COMMAND, pending.name)
-        await self.broker.publish(topic, pending.payload, qos=1)
+        await self.publisher.publish(topic, pending.payload, qos=1)
 
     def on_response(self, device_id: str, response: CommandResponse) -> dict[str, Any] | RejectReason:
         """Match a device's response; the event data when it answers a pending command."""

@@ -16,8 +16,8 @@ from functools import cached_property
 from types import TracebackType
 
 from iothub.hub.auth import Authenticator
-from iothub.hub.broker import EmbeddedBroker
 from iothub.hub.commands import Commands
+from iothub.hub.embedded import EmbeddedBroker
 from iothub.hub.events import EventBus
 from iothub.hub.fleet import Fleet
 from iothub.hub.ingest import Ingest, now_ms
@@ -35,6 +35,13 @@ REGISTRY_POLL_S = 1.0
 
 
 class Hub:
+    """Builds every part with what it needs, in dependency order.
+
+    Commands and twins publish through the hub (:meth:`publish`, a
+    :class:`~iothub.hub.commands.Publisher`), and ingest reports committed messages to it
+    (:meth:`_committed`); both reach the broker, which is built last because it feeds ingest.
+    """
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = HubMetrics()
@@ -42,22 +49,31 @@ class Hub:
         self.bus = EventBus(self.metrics, settings.fanout.queue_size)
         self.store: Store = SqliteStore(settings.data_dir / "iothub.db", settings.store.event_retention)
         self.registry = Registry(settings.data_dir / "registry.db")
-        self.ingest = Ingest(settings.ingest, self.store, self.fleet, self.bus, self.metrics)
+        self.commands = Commands(self.registry, self.fleet, self)
+        self.twins = Twins(self.registry, self)
+        self.ingest = Ingest(
+            settings.ingest, self.store, self.fleet, self.bus, self.metrics,
+            replies=self.commands, reports=self.twins, on_committed=self._committed,
+        )  # fmt: skip
         self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)
         self.broker = EmbeddedBroker(
-            settings.mqtt, self.ingest, self.auth, self.metrics, settings.data_dir / "broker.db"
-        )
-        self.ingest.on_committed = self.broker.committed
-        self.commands = Commands(self.registry, self.fleet, self.broker)
-        self.twins = Twins(self.registry, self.broker)
-        self.ingest.replies = self.commands
-        self.ingest.reports = self.twins
+            settings.mqtt, self.auth, self.ingest, self.commands.on_subscribed, self.metrics,
+            settings.data_dir / "broker.db",
+        )  # fmt: skip
         self.first_token: str | None = None  # an admin token made on first start, to print once
         self._stack = AsyncExitStack()
 
     @property
     def ports(self) -> dict[str, int]:
         return dict(self.broker.ports)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish as the hub: what commands, twins and the hub's own status go out through."""
+        await self.broker.publish(topic, payload, qos=qos, retain=retain)
+
+    def _committed(self, ticket: int) -> None:
+        """Ingest committed every message up to ``ticket``: the broker may acknowledge them."""
+        self.broker.committed(ticket)
 
     async def __aenter__(self) -> Hub:
         async with AsyncExitStack() as stack:
@@ -68,15 +84,16 @@ class Hub:
             stack.push_async_callback(self.store.close)
             for stored in await self.store.load_devices():
                 self.fleet.restore(stored)
+            # Unwound in reverse: hub/status offline, broker closed (no more input), ingest stopped
+            # and drained (the task group waits for it), and only then the fan-out closed.
+            stack.callback(self.bus.close)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             tasks.create_task(self.ingest.run(), name="iothub-ingest")
-            stack.callback(self.bus.close)
             stack.callback(self.ingest.stop)
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
             await self._announce(online=True)
             await self.twins.announce_all()
-            self.broker.on_subscribed(self.commands.on_subscribed)
             stopped = asyncio.Event()
             stack.callback(stopped.set)
             tasks.create_task(self._watch_registry(stopped), name="iothub-registry-watch")
@@ -114,4 +131,4 @@ class Hub:
 
     async def _announce(self, *, online: bool) -> None:
         payload = json.dumps({"online": online, "ts": now_ms()}).encode()
-        await self.broker.publish(HUB_STATUS_TOPIC, payload, qos=1, retain=True)
+        await self.publish(HUB_STATUS_TOPIC, payload, qos=1, retain=True)

@@ -1,9 +1,11 @@
 """Ingest: one ordered stream from the broker tap to the store and the fan-out.
 
 The tap (:meth:`Ingest.on_publish`, ``on_connect``, ``on_disconnect``) only appends to a queue, so
-the broker never waits for us. :meth:`Ingest.run` takes everything queued, decodes and validates it,
-commits it in one transaction and then publishes the committed events. While a batch is being
-written the next one accumulates, so batches grow with load (group commit) with no timer.
+the broker never waits for us. Connection events come for devices only (and anonymous clients in
+development mode; never service accounts): a device's presence starts at its CONNECT.
+:meth:`Ingest.run` takes everything queued, decodes and validates it, commits it in one transaction
+and then publishes the committed events. While a batch is being written the next one accumulates,
+so batches grow with load (group commit) with no timer.
 
 Queue policy: at most ``ingest.queue_size`` device messages wait; past that a message is refused with
 reason ``queue_full`` (counted per device and in ``iothub_messages_rejected``). Connection events are
@@ -71,20 +73,29 @@ def now_ms() -> int:
 
 class Ingest:
     def __init__(
-        self, settings: IngestSettings, store: Store, fleet: Fleet, bus: EventBus, metrics: HubMetrics
+        self,
+        settings: IngestSettings,
+        store: Store,
+        fleet: Fleet,
+        bus: EventBus,
+        metrics: HubMetrics,
+        *,
+        replies: Replies,
+        reports: Reports,
+        on_committed: Callable[[int], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.fleet = fleet
         self.bus = bus
         self.metrics = metrics
-        self.replies: Replies | None = None  # commands waiting for answers
-        self.reports: Reports | None = None  # device twins
+        self.replies = replies  # commands waiting for answers
+        self.reports = reports  # device twins
+        self.on_committed = on_committed  # durable ack: called with the last handled ticket
         self._reports: list[tuple[DeviceState, TwinDocument, str, int]] = []
         self._queue: deque[_Inbound] = deque()
         self._tickets = 0  # device messages queued so far
         self._handled = 0  # of which committed (or refused) so far
-        self.on_committed: Callable[[int], None] | None = None  # durable ack: called with the last handled ticket
         self._pending_messages = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -177,8 +188,6 @@ class Ingest:
     async def _apply_reports(self) -> None:
         reports, self._reports = self._reports, []
         for state, report, topic, received in reports:
-            if self.reports is None:
-                return
             refused = await self.reports.on_reported(state.id, report)
             if refused is not None:
                 self._reject(state, refused, f"reported version {report.version} is not newer", topic, received)
@@ -228,12 +237,14 @@ class Ingest:
         if item.op == _PUBLISH:
             self._apply_publish(item, batch, touched)
             return
-        state = self.fleet.get(item.client_id or "")
-        if state is None:
-            return  # not a device we know (yet): presence starts with its first device message
-        if item.op == _CONNECT:
+        if item.op == _CONNECT:  # presence starts at CONNECT
+            state = self.fleet.touch(item.client_id or "", item.received_ms)
             changed = state.set_presence(True, PresenceReason.CONNECTED, item.received_ms)
         else:
+            known = self.fleet.get(item.client_id or "")
+            if known is None:
+                return
+            state = known
             changed = state.set_presence(False, PresenceReason(item.topic), item.received_ms)
         touched[state.id] = state
         if changed:
@@ -284,7 +295,7 @@ class Ingest:
                     batch.events.append(self._status_event(state))
             elif parsed.kind is TopicKind.RESPONSE:
                 r = decode_response(item.payload, **limits)
-                matched = self.replies.on_response(state.id, r) if self.replies else RejectReason.UNKNOWN_REQUEST
+                matched = self.replies.on_response(state.id, r)
                 if isinstance(matched, RejectReason):
                     detail = "no command is waiting for" if matched is RejectReason.UNKNOWN_REQUEST else (
                         "another device was asked for")  # fmt: skip

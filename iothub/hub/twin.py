@@ -66,9 +66,9 @@ def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]
 
 
 class Twins:
-    def __init__(self, registry: Registry, broker: Publisher) -> None:
+    def __init__(self, registry: Registry, publisher: Publisher) -> None:
         self.registry = registry
-        self.broker = broker
+        self.publisher = publisher
         self._lock = asyncio.Lock()
 
     async def get(self, device_id: str) -> Twin:
@@ -108,4 +108,4 @@ class Twins:
 
     async def _announce(self, device_id: str, desired: dict[str, Any], version: int) -> None:
         payload = json.dumps({"version": version, "state": desired}).encode()
-        await self.broker.publish(topic_for(device_id, TopicKind.STATE_DESIRED), payload, qos=1, retain=True)
+        await self.publisher.publish(topic_for(device_id, TopicKind.STATE_DESIRED), payload, qos=1, retain=True)

@@ -70,7 +70,8 @@ async def test_device_lifecycle(hub: Running, http: httpx.AsyncClient) -> None:
     assert await connack_code(port, "pump-1", username="pump-1", password=secret) == 0x04
     assert await connack_code(port, "pump-1", username="pump-1", password=rotated["secret"]) == 0
     assert (await http.delete("/api/v1/devices/pump-1")).status_code == 204
-    assert (await http.get("/api/v1/devices/pump-1")).status_code == 404
+    gone = await http.get("/api/v1/devices/pump-1")  # what the hub saw of it stays: it connected
+    assert (gone.status_code, gone.json()["registered"]) == (200, False)
     assert (await http.delete("/api/v1/devices/pump-1")).status_code == 404
     assert (await http.patch("/api/v1/devices/pump-1", json={"name": "x"})).status_code == 404
     assert (await http.post("/api/v1/devices/pump-1/secret")).status_code == 404

@@ -21,6 +21,7 @@ async def _seed(hub: Running, events: EventWaiter) -> str:
             metrics = {"temperature": temp, "door": i % 2 == 1, "mode": f"m{i}"}
             await client.publish(f"devices/{device}/telemetry", telemetry(metrics, ts=T0 + i * 20_000, seq=i), qos=1)
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 3)
+    await events.status_of(device, online=False)  # presence followed its disconnect
     return device
 
 
@@ -44,7 +45,7 @@ async def test_device_list_and_detail(hub: Running, events: EventWaiter, http: h
     assert listing["count"] == 1
     view = listing["devices"][0]
     assert view["id"] == device
-    assert view["online"] is False  # it never said it was online
+    assert (view["online"], view["reason"]) == (False, "clean_disconnect")
     assert view["latest"]["temperature"]["value"] == 40
     assert view["latest"]["door"]["value"] is True
     assert view["rejected_total"] == 0

@@ -157,7 +157,7 @@ async def test_a_client_that_never_reads_disturbs_nobody(tmp_path: Path) -> None
         request = f"GET /api/v1/stream?access_token={running.hub.first_token} HTTP/1.1\r\nHost: x\r\n\r\n"
         stuck.sendall(request.encode())  # ... and never reads
         try:
-            async with open_stream(api, params={"devices": quiet}) as reader:
+            async with open_stream(api, params={"devices": quiet, "types": "telemetry"}) as reader:
                 async with mqtt_client(running, busy) as noisy, mqtt_client(running, quiet) as calm:
                     # ~8 MB: more than the kernel (4 MB at most here) and uvicorn buffer for the stuck client
                     padding = {f"pad{i}": "x" * 250 for i in range(10)}

@@ -9,6 +9,7 @@ import time
 
 from iothub.runner import Running
 from tests.conftest import WAIT_S, EventWaiter, mqtt_client, service_client, telemetry, unique_id
+from tests.mqtt_raw import connect_packet
 
 
 def open_fds() -> int:
@@ -81,3 +82,14 @@ async def test_retained_messages_go_only_to_matching_new_subscriptions(hub: Runn
                 retained = await anext(aiter(bystander.messages))
             assert str(retained.topic) == f"devices/{device}/status"
             assert (retained.retain, retained.qos) == (True, 0)
+
+
+async def test_an_mqtt_3_1_client_is_told_its_version_is_not_served(hub: Running) -> None:
+    """[MQTT-3.1.2-2] CONNACK 0x01, then the connection closes (plain amqtt closes it without a word)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.ports["mqtt"])
+    writer.write(connect_packet("legacy-1", protocol="MQIsdp", level=3))
+    async with asyncio.timeout(WAIT_S):
+        assert await reader.readexactly(4) == b"\x20\x02\x00\x01"
+        assert await reader.read() == b""
+    writer.close()
+    assert 'iothub_mqtt_connects_total{result="0x01"} 1.0' in hub.hub.metrics.render().decode()

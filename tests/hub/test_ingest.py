@@ -124,7 +124,11 @@ async def test_repeated_seq_is_dropped_and_gaps_counted(hub: Running, events: Ev
         for seq in (1, 2, 2, 5, 4, 6):
             await client.publish(f"devices/{device}/telemetry", telemetry({"n": seq}, seq=seq), qos=1)
         await events.until(lambda e: e.device_id == device and e.data.get("seq") == 6)
-    stored = [e.data["seq"] for e in events.seen if isinstance(e, HubEvent) and e.device_id == device]
+    stored = [
+        e.data["seq"]
+        for e in events.seen
+        if isinstance(e, HubEvent) and e.device_id == device and e.type == "telemetry"
+    ]
     assert stored == [1, 2, 5, 4, 6]
     state = hub.hub.fleet.get(device)
     assert state is not None
@@ -193,7 +197,7 @@ async def test_presence_last_will(hub: Running, events: EventWaiter) -> None:
     assert isinstance(retained.payload, bytes)
     assert json.loads(retained.payload)["reason"] == "lost"
     assert [e.data["reason"] for e in events.seen if isinstance(e, HubEvent) and e.device_id == device] == [
-        "reported_online",
+        "connected",  # presence starts at CONNECT; its own "online" status changes nothing
         "last_will",
     ]
 
@@ -253,6 +257,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             await client.publish(f"devices/{device}/telemetry", telemetry({"t": 9.9}, seq=11), qos=1)  # repeat
             await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1.7}, seq=12), qos=1)
             again = await waiter.until(lambda e: e.data.get("seq") == 12)
+        await waiter.status_of(device, online=False)
         assert state.duplicates == 1
         assert again.id > first.id  # event ids keep rising across restarts
         replay = await running.hub.store.events_after(first.id - 1, 100)
@@ -262,6 +267,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             ("status", "hub_stopped"),
             ("status", "connected"),
             ("telemetry", None),
+            ("status", "clean_disconnect"),
         ]
 
 

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from iothub.hub.mqtt.codec import PUBACK, PUBCOMP, PUBREC, PUBREL, encode_ack, encode_publish
+from iothub.mqtt.codec import PUBACK, PUBCOMP, PUBREC, PUBREL, encode_ack, encode_publish
 
 
 class Message:

@@ -1,8 +1,12 @@
-"""MQTT 3.1.1 packets after CONNECT, as pure functions: bytes in, packets out, and back.
+"""MQTT 3.1.1 packets as pure functions: bytes in, packets out, and back.
 
 :class:`PacketReader` is fed whatever the socket produced and yields whole packets; it never awaits.
-Encoders return the bytes of one packet. Anything that breaks the protocol raises
-:class:`ProtocolViolation`, after which the connection must be closed [MQTT-4.8.0-1].
+:func:`decode_connect` reads the body of a CONNECT. Encoders return the bytes of one packet.
+
+Errors::
+
+    ProtocolViolation         the client broke MQTT 3.1.1: close the connection [MQTT-4.8.0-1]
+    └── UnacceptableProtocol  a CONNECT of another MQTT version: answer CONNACK 0x01, then close
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from typing import NamedTuple
 CONNECT, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 3, 4, 5, 6, 7
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 
+# CONNACK return codes [MQTT-3.2.2.3]
+ACCEPTED, UNACCEPTABLE_PROTOCOL, IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, BAD_CREDENTIALS, NOT_AUTHORIZED = range(6)
 SUBACK_FAILURE = 0x80
 PINGRESP_BYTES = b"\xd0\x00"
 _U16 = struct.Struct("!H")
@@ -22,6 +28,26 @@ _FLAGS = {PUBACK: 0, PUBREC: 0, PUBREL: 2, PUBCOMP: 0, SUBSCRIBE: 2, UNSUBSCRIBE
 
 class ProtocolViolation(Exception):
     """The client broke MQTT 3.1.1; the message says how."""
+
+
+class UnacceptableProtocol(ProtocolViolation):
+    """A CONNECT of an MQTT version other than 3.1.1 (e.g. 3.1, ``MQIsdp`` level 3) [MQTT-3.1.2-2]."""
+
+
+class Will(NamedTuple):
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Connect(NamedTuple):
+    client_id: str  # may be empty [MQTT-3.1.3-6]
+    clean: bool
+    keep_alive: int
+    will: Will | None
+    username: str | None
+    password: bytes | None
 
 
 class Publish(NamedTuple):
@@ -80,10 +106,19 @@ def _string(data: bytes, at: int, end: int) -> tuple[str, int]:
     try:
         text = data[at : at + n].decode()
     except UnicodeDecodeError:
-        raise ProtocolViolation("a topic is not valid UTF-8 [MQTT-1.5.3-1]") from None
+        raise ProtocolViolation("a string (topic, client id, user name) is not valid UTF-8 [MQTT-1.5.3-1]") from None
     if "\x00" in text:
-        raise ProtocolViolation("a topic contains U+0000 [MQTT-1.5.3-2]")
+        raise ProtocolViolation("a string (topic, client id, user name) contains U+0000 [MQTT-1.5.3-2]")
     return text, at + n
+
+
+def _binary(data: bytes, at: int, end: int) -> tuple[bytes, int]:
+    if at + 2 > end:
+        raise ProtocolViolation("binary length runs past the packet")
+    n = _U16.unpack_from(data, at)[0]
+    if at + 2 + n > end:
+        raise ProtocolViolation("binary data runs past the packet")
+    return data[at + 2 : at + 2 + n], at + 2 + n
 
 
 class PacketReader:
@@ -99,6 +134,29 @@ class PacketReader:
 
     def feed(self, data: bytes) -> None:
         self._buf += data
+
+    def frame(self) -> tuple[int, bytes] | None:
+        """The first byte and the body of the next whole packet, undecoded; None until one is here."""
+        buf = self._buf
+        length, shift, i = 0, 0, 1
+        while True:
+            if i >= len(buf):
+                return None
+            byte = buf[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise ProtocolViolation("malformed remaining length [MQTT-2.2.3]")
+        if length > self.max_packet:
+            raise ProtocolViolation(f"a packet of {length} bytes is over the {self.max_packet}-byte limit")
+        if i + length > len(buf):
+            return None
+        first, body = buf[0], bytes(buf[i : i + length])
+        del buf[: i + length]
+        return first, body
 
     def packets(self) -> list[Packet]:
         buf = self._buf
@@ -183,6 +241,49 @@ def _decode_publish(flags: int, body: bytes) -> Publish:
         packet_id = _U16.unpack_from(body, at)[0]
         at += 2
     return Publish(topic, body[at:], qos, bool(flags & 1), bool(flags & 8), packet_id)
+
+
+def decode_connect(body: bytes) -> Connect:
+    """The body of a CONNECT packet (its fixed header already read) [MQTT-3.1]."""
+    end = len(body)
+    name, at = _string(body, 0, end)
+    if at + 4 > end:
+        raise ProtocolViolation("CONNECT cut short in its variable header")
+    level, flags, keep_alive = body[at], body[at + 1], _U16.unpack_from(body, at + 2)[0]
+    at += 4
+    if name != "MQTT" or level != 4:
+        if name in ("MQTT", "MQIsdp"):
+            raise UnacceptableProtocol(f"protocol {name} level {level}: only MQTT 3.1.1 (level 4) is served")
+        raise ProtocolViolation(f"CONNECT with protocol name {name!r} [MQTT-3.1.2-1]")
+    if flags & 0x01:
+        raise ProtocolViolation("CONNECT with the reserved flag set [MQTT-3.1.2-3]")
+    will_flag, will_qos, will_retain = flags & 0x04, (flags >> 3) & 3, bool(flags & 0x20)
+    if not will_flag and (will_qos or will_retain):
+        raise ProtocolViolation("Will QoS or retain without a Will [MQTT-3.1.2-13, 3.1.2-15]")
+    if will_qos == 3:
+        raise ProtocolViolation("Will QoS 3 [MQTT-3.1.2-14]")
+    if flags & 0x40 and not flags & 0x80:
+        raise ProtocolViolation("a password without a user name [MQTT-3.1.2-22]")
+    client_id, at = _string(body, at, end)
+    will = username = password = None
+    if will_flag:
+        topic, at = _string(body, at, end)
+        if not topic or "+" in topic or "#" in topic:
+            raise ProtocolViolation(f"Will topic {topic!r}: a topic name is non-empty, no wildcards [MQTT-3.3.2-2]")
+        payload, at = _binary(body, at, end)
+        will = Will(topic, payload, will_qos, will_retain)
+    if flags & 0x80:
+        username, at = _string(body, at, end)
+    if flags & 0x40:
+        password, at = _binary(body, at, end)
+    if at != end:
+        raise ProtocolViolation(f"CONNECT carries {end - at} bytes its flags do not announce")
+    return Connect(client_id, bool(flags & 0x02), keep_alive, will, username, password)
+
+
+def encode_connack(session_present: bool, code: int) -> bytes:
+    """[MQTT-3.2.2-4] session present is 0 whenever the return code is not 0."""
+    return bytes((0x20, 2, 1 if session_present and code == ACCEPTED else 0, code))
 
 
 def encode_publish(

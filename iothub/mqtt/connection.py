@@ -1,30 +1,29 @@
-"""One client connection after its CONNACK: the asyncio shell around the codec and the session.
+"""One client connection: the asyncio shell around the codec and the session, over a :class:`~.transport.Transport`.
 
-Reading: whatever the socket has is decoded in one go and each packet handled synchronously, with no
-task per packet. Writing: packets produced during one turn of the event loop go out in one write.
+Reading: whatever the transport has is decoded in one go and each packet handled synchronously, with
+no task per packet. Writing: packets produced during one turn of the event loop go out in one write.
 
 * Keepalive [MQTT-3.1.2-24]: one timer per connection; a client silent for 1.5x its keepalive is
   closed (and its Will published by the server).
 * Acknowledgements of the client's QoS 1/2 publishes leave in the order the publishes came
-  [MQTT-4.6.0-2]. With durable ack, the acknowledgement of a message the hub stores waits until the
-  store has committed it; while more than ``max_unacked`` wait, the connection reads no further (the
-  client is held back instead of the hub buffering without bound).
-* A connection whose socket cannot keep up is *congested* (more than ``HIGH_WATER`` bytes unsent);
-  its session then queues instead of writing, and resumes once the socket drains.
+  [MQTT-4.6.0-2]. With durable ack, the acknowledgement of a message the application stores waits
+  until it is committed; while more than ``max_unacked`` wait, the connection reads no further (the
+  client is held back instead of the server buffering without bound).
+* A connection whose transport cannot keep up is *congested* (more than ``HIGH_WATER`` bytes unsent);
+  its session then queues instead of writing, and resumes once the transport drains.
+
+The connection calls back into its :class:`ConnectionOwner` (the server) for what concerns more than
+itself: routing a publish, granting subscriptions, holding acknowledgements.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Generic, Protocol, TypeVar
 
-from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter, WebSocketsReader
-from websockets import ConnectionClosed
-
-from iothub.hub.mqtt.codec import (
+from iothub.mqtt.codec import (
     CONNECT,
     DISCONNECT,
     PINGREQ,
@@ -34,50 +33,90 @@ from iothub.hub.mqtt.codec import (
     PUBREC,
     PUBREL,
     Ack,
+    Connect,
     PacketReader,
     ProtocolViolation,
     Publish,
     Simple,
     Subscribe,
     Unsubscribe,
+    Will,
+    decode_connect,
     encode_ack,
 )
-from iothub.hub.mqtt.sessions import Session
-from iothub.hub.presence import PresenceReason
-
-if TYPE_CHECKING:
-    from iothub.hub.mqtt.server import ClientInfo, MqttServer
+from iothub.mqtt.policy import DisconnectReason
+from iothub.mqtt.sessions import Session
+from iothub.mqtt.transport import Transport
 
 log = logging.getLogger(__name__)
 HIGH_WATER = 256 * 1024
-READ_SIZE = 64 * 1024
+P = TypeVar("P")
 
 
-class Connection:
-    def __init__(self, server: MqttServer, session: Session, info: ClientInfo, reader: Any, writer: Any) -> None:
-        self.server = server
+class ConnectionOwner(Protocol[P]):
+    """What a connection asks of the server it belongs to."""
+
+    def publish(self, conn: Connection[P], packet: Publish) -> int | None:
+        """Check and route a client's PUBLISH; a ticket when its acknowledgement must wait for it."""
+
+    async def subscribe(self, conn: Connection[P], packet: Subscribe) -> None: ...
+
+    def unsubscribe(self, conn: Connection[P], packet: Unsubscribe) -> None: ...
+
+    def holding(self, conn: Connection[P]) -> None:
+        """``conn`` has acknowledgements waiting for a ticket to be committed."""
+
+    def protocol_error(self, conn: Connection[P], problem: str) -> None: ...
+
+
+async def read_connect(transport: Transport, packets: PacketReader) -> Connect | None:
+    """Read the first packet, which must be a CONNECT [MQTT-3.1.0-1]; None if the connection ends first.
+
+    What the client sent after its CONNECT stays in ``packets`` for the connection to handle.
+    """
+    while (frame := packets.frame()) is None:
+        data = await transport.read()
+        if not data:
+            return None
+        packets.feed(data)
+    first, body = frame
+    if first != CONNECT << 4:
+        raise ProtocolViolation(f"the first packet is of type {first >> 4}, not CONNECT [MQTT-3.1.0-1]")
+    return decode_connect(body)
+
+
+class Connection(Generic[P]):
+    def __init__(
+        self,
+        owner: ConnectionOwner[P],
+        session: Session,
+        transport: Transport,
+        packets: PacketReader,
+        connect: Connect,
+        principal: P,
+        max_unacked: int,
+    ) -> None:
+        self.owner = owner
         self.session = session
-        self.info = info
-        self.client_id = info.client_id
-        self.closing: PresenceReason | None = None  # set when the hub closes the connection, with why
+        self.client_id = session.client_id
+        self.principal = principal
+        self.will: Will | None = connect.will
+        self.closing: DisconnectReason | None = None  # set when the server closes the connection, with why
         self.protocol_error: str | None = None
-        self._reader = reader
-        self._writer = writer
+        self._transport = transport
+        self._buffered = transport.buffered
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.WriteTransport | None = None
-        if isinstance(writer, StreamWriterAdapter):
-            self._transport = writer._writer.transport
-        self._packets = PacketReader(server.settings.max_packet_bytes)
+        self._packets = packets
+        self._max_unacked = max_unacked
         self._out: list[bytes] = []
         self._flush_pending = False
         self._draining: asyncio.Task[None] | None = None
-        self._closer: asyncio.Task[None] | None = None
         self._acks: deque[tuple[int, bytes]] = deque()  # (store ticket or 0 when ready, ack packet)
-        self._acks_released = asyncio.Event()  # clear while the hub holds this client back
+        self._acks_released = asyncio.Event()  # clear while the application holds this client back
         self._acks_released.set()
         self._last_read = self._loop.time()
         self._keepalive: asyncio.TimerHandle | None = None
-        self._keepalive_s = info.keep_alive * 1.5
+        self._keepalive_s = connect.keep_alive * 1.5
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -89,8 +128,7 @@ class Connection:
 
     @property
     def congested(self) -> bool:
-        transport = self._transport
-        return transport is not None and transport.get_write_buffer_size() > HIGH_WATER
+        return self._buffered() > HIGH_WATER
 
     def _flush(self) -> None:
         self._flush_pending = False
@@ -98,62 +136,34 @@ class Connection:
             return
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
-        if self._transport is not None:
-            if self._transport.is_closing():
-                return
-            self._transport.write(data)
-            if self.congested and self._draining is None:
-                self._draining = self._loop.create_task(self._drain())
-            return
-        self._writer.write(data)  # WebSocket: its adapter sends on drain
-        if self._draining is None:
+        self._transport.write(data)
+        if self._draining is None and self._buffered() > HIGH_WATER:
             self._draining = self._loop.create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
-            with contextlib.suppress(ConnectionError, ConnectionClosed):
-                await self._writer.drain()
+            await self._transport.drain()
         finally:
             self._draining = None
         if self.session.link is self:
             self.session.pump()
 
-    def close(self, reason: PresenceReason | None = None) -> None:
-        """End the connection from the hub's side (idempotent); ``serve`` then returns ``reason``."""
+    def close(self, reason: DisconnectReason | None = None) -> None:
+        """End the connection from the server's side (idempotent); ``serve`` then returns."""
         if reason is not None and self.closing is None:
             self.closing = reason
-        self._acks_released.set()  # a serve held back by the store ends too
-        if self._transport is not None:
-            self._flush()
-            self._transport.close()
-        elif self._closer is None:  # WebSocket: its close handshake is a coroutine
-            self._closer = self._loop.create_task(self._writer.close())
+        self._acks_released.set()  # a serve held back by durable ack ends too
+        self._flush()
+        self._transport.close()
 
     # -- reading -----------------------------------------------------------------------------------
-
-    async def _read(self) -> bytes:
-        reader = self._reader
-        try:
-            if isinstance(reader, StreamReaderAdapter):
-                data: bytes = await reader._reader.read(READ_SIZE)
-                return data
-            if isinstance(reader, WebSocketsReader):
-                buffered: bytes = reader._stream.read()
-                if buffered:
-                    return buffered
-                message = await reader._protocol.recv()
-                return message.encode() if isinstance(message, str) else bytes(message)
-            other: bytes = await reader.read(READ_SIZE)  # pragma: no cover - the listeners above are all we run
-            return other
-        except (ConnectionError, ConnectionClosed):
-            return b""
 
     def _check_keepalive(self) -> None:
         now = self._loop.time()
         if not self._acks_released.is_set():
-            self._last_read = now  # the hub stopped reading, not the client: its silence is ours
+            self._last_read = now  # the server stopped reading, not the client: its silence is ours
         if now - self._last_read >= self._keepalive_s:
-            self.close(PresenceReason.KEEPALIVE_TIMEOUT)
+            self.close(DisconnectReason.KEEPALIVE)
             return
         self._keepalive = self._loop.call_at(self._last_read + self._keepalive_s, self._check_keepalive)
 
@@ -161,22 +171,19 @@ class Connection:
         """Serve until the connection ends; True when it ended with a DISCONNECT packet."""
         if self._keepalive_s > 0:
             self._keepalive = self._loop.call_later(self._keepalive_s, self._check_keepalive)
+        owner = self.owner
+        transport = self._transport
         try:
             while True:
-                data = await self._read()
-                if not data:
-                    return False
-                self._last_read = self._loop.time()
-                self._packets.feed(data)
                 for packet in self._packets.packets():
                     if type(packet) is Publish:
                         self._publish(packet)
                     elif type(packet) is Ack:
                         self._ack(packet)
                     elif type(packet) is Subscribe:
-                        await self.server.subscribe(self, packet)
+                        await owner.subscribe(self, packet)
                     elif type(packet) is Unsubscribe:
-                        self.server.unsubscribe(self, packet)
+                        owner.unsubscribe(self, packet)
                     elif type(packet) is Simple:
                         if packet.kind == PINGREQ:
                             self.send(PINGRESP_BYTES)
@@ -186,15 +193,20 @@ class Connection:
                             raise ProtocolViolation("a second CONNECT [MQTT-3.1.0-2]")
                     if self.closing is not None:
                         return False
-                while len(self._acks) > self.server.settings.max_unacked and self.closing is None:
-                    self._acks_released.clear()  # the store is behind: read no more from this client
+                while len(self._acks) > self._max_unacked and self.closing is None:
+                    self._acks_released.clear()  # the application is behind: read no more from this client
                     await self._acks_released.wait()  # set by release_acks or close
                 if self.closing is not None:
                     return False
+                data = await transport.read()
+                if not data:
+                    return False
+                self._last_read = self._loop.time()
+                self._packets.feed(data)
         except ProtocolViolation as exc:
             self.protocol_error = str(exc)
             log.warning("closing MQTT client %r: %s", self.client_id, exc)
-            self.server.protocol_errors.inc()
+            owner.protocol_error(self, str(exc))
             return False
         finally:
             if self._keepalive is not None:
@@ -208,7 +220,7 @@ class Connection:
         if qos == 2 and packet.packet_id in self.session.awaiting_rel:
             self._acknowledge(PUBREC, packet.packet_id, None)  # a resend: routed already [MQTT-4.3.3-2]
             return
-        ticket = self.server.publish(self, packet)
+        ticket = self.owner.publish(self, packet)
         if qos == 1:
             self._acknowledge(PUBACK, packet.packet_id, ticket)  # type: ignore[arg-type]
         elif qos == 2:
@@ -223,7 +235,7 @@ class Connection:
                 return
             ticket = 0
         elif not self._acks:
-            self.server.holding(self)
+            self.owner.holding(self)
         self._acks.append((ticket, ack))
 
     def release_acks(self, committed: int) -> bool:
@@ -231,7 +243,7 @@ class Connection:
         acks = self._acks
         while acks and acks[0][0] <= committed:
             self.send(acks.popleft()[1])
-        if len(acks) <= self.server.settings.max_unacked:
+        if len(acks) <= self._max_unacked:
             self._acks_released.set()
         return bool(acks)
 
