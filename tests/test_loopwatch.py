@@ -44,6 +44,26 @@ def _watch_one_callback(callback: object, cpu: int | None = None) -> LoopWatch:
     return watch
 
 
+def _compute_beside_busy_neighbours() -> LoopWatch:
+    """0.1 s of CPU in a callback pinned to one CPU with four busy processes: ~0.5 s of wall time."""
+    cpu = min(os.sched_getaffinity(0))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        for proc in busy:
+            os.sched_setaffinity(proc.pid, {cpu})
+
+        def compute() -> None:
+            start = time.thread_time()
+            while time.thread_time() - start < 0.1:
+                pass
+
+        return _watch_one_callback(compute, cpu)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 async def test_a_sleeping_callback_is_blocking() -> None:
     watch = await asyncio.to_thread(_watch_one_callback, lambda: time.sleep(LIMIT_S * 1.5))
     assert len(watch.blocked) == 1, (watch.blocked, watch.excused)
@@ -55,21 +75,6 @@ async def test_a_callback_slowed_only_by_a_busy_cpu_is_excused() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("no per-thread schedstat (/proc/self/task/TID/schedstat) on this CI machine")
         pytest.skip("no per-thread schedstat here: only wall time can be measured")
-    cpu = min(os.sched_getaffinity(0))
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
-    try:
-        for proc in busy:
-            os.sched_setaffinity(proc.pid, {cpu})
-
-        def compute() -> None:  # 0.1 s of CPU: with four busy neighbours on the CPU, ~0.5 s of wall
-            start = time.thread_time()
-            while time.thread_time() - start < 0.1:
-                pass
-
-        watch = await asyncio.to_thread(_watch_one_callback, compute, cpu)
-    finally:
-        for proc in busy:
-            proc.kill()
-            proc.wait(timeout=10)
+    watch = await asyncio.to_thread(_compute_beside_busy_neighbours)
     assert not watch.blocked, watch.blocked
     assert len(watch.excused) == 1, "the callback was not even slow: the CPU was not contended"
