@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 from contextlib import AsyncExitStack
-from functools import cached_property
 from types import TracebackType
 
 from iothub.hub.auth import Authenticator
@@ -49,6 +48,7 @@ class Hub:
         self.bus = EventBus(self.metrics, settings.fanout.queue_size)
         self.store: Store = SqliteStore(settings.data_dir / "iothub.db", settings.store.event_retention)
         self.registry = Registry(settings.data_dir / "registry.db")
+        self.labels = LabelDirectory(self.registry)  # every device's labels in memory, for routing events
         self.commands = Commands(self.registry, self.fleet, self)
         self.twins = Twins(self.registry, self)
         self.ingest = Ingest(
@@ -106,11 +106,6 @@ class Hub:
     ) -> None:
         await self._stack.__aexit__(exc_type, exc, tb)
         log.info("hub stopped")
-
-    @cached_property
-    def labels(self) -> LabelDirectory:
-        """Every registered device's labels in memory, for routing events (see :mod:`iothub.hub.labels`)."""
-        return LabelDirectory(self.registry)
 
     async def _watch_registry(self, stopped: asyncio.Event) -> None:
         """Apply registry changes made anywhere (REST, another process): reload the labels directory,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import aiomqtt
 import pytest
 
 from tests.conformance.brokers import BROKERS, plain_amqtt
-from tests.mqtt_raw import ack_packet, connect_packet, raw_connect, read_packet, subscribe_packet
+from tests.mqtt_raw import (
+    ack_packet,
+    connect_packet,
+    packet,
+    publish_packet,
+    raw_connect,
+    read_packet,
+    subscribe_packet,
+)
 
 WAIT_S = 8.0
 Check = Callable[[int], Awaitable[None]]
@@ -174,6 +183,128 @@ async def unacknowledged_resent_with_dup(port: int) -> None:
     writer.close()
 
 
+async def probe(c: aiomqtt.Client, topic: str) -> None:
+    """Publish a probe on ``topic`` (which ``c`` subscribes to) and require it to be the next message.
+
+    A probe at QoS 1 from the same client follows whatever was routed to ``c`` before it, so anything
+    that arrives first is something the rule says must not arrive at all.
+    """
+    await c.subscribe(topic, qos=1)
+    await c.publish(topic, b"probe", qos=1)
+    first = await first_message(c)
+    assert (str(first.topic), first.payload) == (topic, b"probe"), f"got {first.topic} {first.payload!r} first"
+
+
+async def qos2_received_once_despite_a_resend(port: int) -> None:
+    """[MQTT-4.3.3-2] a QoS 2 PUBLISH sent again before PUBREL (DUP=1, same packet id) is acknowledged
+    with PUBREC but not delivered a second time: exactly once."""
+    async with client(port, "once-sub") as sub:
+        await sub.subscribe("once/x", qos=2)
+        reader, writer, _ = await raw_connect(port, "once-pub")
+        try:
+            writer.write(publish_packet("once/x", b"only once", qos=2, packet_id=7))
+            assert (await read_packet(reader)).kind == 5  # PUBREC
+            writer.write(publish_packet("once/x", b"only once", qos=2, packet_id=7, dup=True))
+            rec = await read_packet(reader)
+            assert (rec.kind, rec.packet_id) == (5, 7), "a resent QoS 2 PUBLISH was not answered with PUBREC"
+            writer.write(ack_packet(6, 7))  # PUBREL
+            assert (await read_packet(reader)).kind == 7  # PUBCOMP
+            writer.write(publish_packet("once/x", b"end", qos=2, packet_id=8))  # same QoS: it cannot overtake
+            assert (await read_packet(reader)).kind == 5
+            writer.write(ack_packet(6, 8))
+            assert (await read_packet(reader)).kind == 7
+        finally:
+            writer.close()
+        got = [(await first_message(sub)).payload, (await first_message(sub)).payload]
+        assert got == [b"only once", b"end"], f"the subscriber got {got}"
+
+
+async def empty_retained_message_clears_it(port: int) -> None:
+    """[MQTT-3.3.1-10, 3.3.1-11] a retained PUBLISH with an empty payload removes the retained message
+    (and is not itself kept)."""
+    async with client(port, "clearer") as clearer:
+        await clearer.publish("clear/me", b"old state", qos=1, retain=True)
+        await clearer.publish("clear/me", b"", qos=1, retain=True)
+    async with client(port, "late") as late:
+        await late.subscribe("clear/#", qos=1)
+        await probe(late, "probe/late")
+
+
+async def unsubscribe_stops_delivery(port: int) -> None:
+    """[MQTT-3.10.4-1..5] UNSUBACK carries the UNSUBSCRIBE's packet id, and after it the server sends
+    nothing more for the removed filter."""
+    async with client(port, "talker") as talker:
+        reader, writer, _ = await raw_connect(port, "quitter")
+        try:
+            writer.write(subscribe_packet(1, "talk/+", 1))
+            assert (await read_packet(reader)).kind == 9  # SUBACK
+            await talker.publish("talk/a", b"before", qos=1)
+            before = await read_packet(reader)
+            assert before.payload == b"before"
+            writer.write(ack_packet(4, before.packet_id))
+            filter_bytes = b"talk/+"
+            writer.write(packet(10, 2, struct.pack("!HH", 2, len(filter_bytes)) + filter_bytes))
+            unsuback = await read_packet(reader)
+            assert (unsuback.kind, unsuback.packet_id) == (11, 2), "UNSUBACK missing or with another packet id"
+            await talker.publish("talk/a", b"after", qos=1)
+            writer.write(subscribe_packet(3, "probe/quitter", 1))
+            assert (await read_packet(reader)).kind == 9
+            await talker.publish("probe/quitter", b"probe", qos=1)
+            first = await read_packet(reader)
+            assert (first.topic, first.payload) == ("probe/quitter", b"probe"), f"got {first.payload!r} after UNSUBACK"
+        finally:
+            writer.close()
+
+
+async def clean_session_discards_what_was_queued(port: int) -> None:
+    """[MQTT-3.1.2-6] reconnecting with clean_session=1 discards the earlier session: no session present,
+    no subscriptions, and none of the messages queued while the client was away."""
+    _, writer, _ = await raw_connect(port, "fresh-start", clean=False)
+    writer.write(subscribe_packet(1, "fresh/+", 1))
+    writer.write(bytes([0xE0, 0]))  # DISCONNECT (after the SUBSCRIBE in the same write)
+    await writer.drain()
+    writer.close()
+    async with client(port, "fresh-feeder") as feeder:
+        await feeder.publish("fresh/a", b"queued while away", qos=1)
+    reader, writer, ack = await raw_connect(port, "fresh-start", clean=True)
+    try:
+        assert ack.body[0] == 0, "CONNACK says session present after clean_session=1"
+        writer.write(subscribe_packet(2, "probe/fresh", 1))
+        assert (await read_packet(reader)).kind == 9
+        async with client(port, "fresh-feeder") as feeder:
+            await feeder.publish("fresh/b", b"after the clean start", qos=1)
+            await feeder.publish("probe/fresh", b"probe", qos=1)
+        first = await read_packet(reader)
+        assert (first.topic, first.payload) == ("probe/fresh", b"probe"), f"got {first.payload!r} first"
+    finally:
+        writer.close()
+
+
+async def messages_keep_their_order_per_topic(port: int) -> None:
+    """[MQTT-4.6.0-5, 4.6.0-6] messages from one client on one topic reach a subscriber in the order
+    they were published (here 200 QoS 1 publishes written at once, without waiting for PUBACKs)."""
+    count = 200
+    reader, writer, _ = await raw_connect(port, "orderly-sub")
+    try:
+        writer.write(subscribe_packet(1, "order/x", 1))
+        assert (await read_packet(reader)).kind == 9
+        _, pub_writer, _ = await raw_connect(port, "orderly-pub")
+        try:
+            pub_writer.write(
+                b"".join(publish_packet("order/x", b"%d" % n, qos=1, packet_id=n + 1) for n in range(count))
+            )
+            got = []
+            for _ in range(count):
+                message = await read_packet(reader, within=WAIT_S)
+                got.append(int(message.payload))
+                writer.write(ack_packet(4, message.packet_id))
+        finally:
+            pub_writer.close()
+        assert got == list(range(count)), f"out of order from position {next(i for i, n in enumerate(got) if n != i)}"
+    finally:
+        writer.close()
+
+
 RULES: list[Check] = [
     publishing_to_a_dollar_topic_leaves_the_client_working,
     retained_only_for_new_matching_subscriptions,
@@ -183,6 +314,14 @@ RULES: list[Check] = [
     persistent_session_keeps_subscriptions_and_queues,
     unacknowledged_resent_with_dup,
 ]
+# Rules plain amqtt keeps too: they pin the hub's behaviour against two independent brokers.
+COMMON_RULES: list[Check] = [
+    qos2_received_once_despite_a_resend,
+    empty_retained_message_clears_it,
+    unsubscribe_stops_delivery,
+    clean_session_discards_what_was_queued,
+    messages_keep_their_order_per_topic,
+]
 
 
 @pytest.fixture(params=list(BROKERS))
@@ -191,9 +330,15 @@ async def broker_port(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield port
 
 
-@pytest.mark.parametrize("rule", RULES, ids=[r.__name__ for r in RULES])
+@pytest.mark.parametrize("rule", RULES + COMMON_RULES, ids=[r.__name__ for r in RULES + COMMON_RULES])
 async def test_rule_holds(broker_port: int, rule: Check) -> None:
     await rule(broker_port)
+
+
+@pytest.mark.parametrize("rule", COMMON_RULES, ids=[r.__name__ for r in COMMON_RULES])
+async def test_plain_amqtt_keeps_it_too(tmp_path: Path, rule: Check) -> None:
+    async with plain_amqtt(tmp_path) as port:
+        await rule(port)
 
 
 @pytest.mark.parametrize("rule", RULES, ids=[r.__name__ for r in RULES])

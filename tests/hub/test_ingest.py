@@ -257,7 +257,7 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
             await client.publish(f"devices/{device}/telemetry", telemetry({"t": 9.9}, seq=11), qos=1)  # repeat
             await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1.7}, seq=12), qos=1)
             again = await waiter.until(lambda e: e.data.get("seq") == 12)
-        await waiter.status_of(device, online=False)
+        await waiter.status_of(device, online=False)  # the clean disconnect is committed too
         assert state.duplicates == 1
         assert again.id > first.id  # event ids keep rising across restarts
         replay = await running.hub.store.events_after(first.id - 1, 100)
