@@ -28,12 +28,17 @@ async def test_telemetry_is_acknowledged_only_once_stored(tmp_path: Path) -> Non
     settings = hub_settings(tmp_path / "data")
     device = unique_id()
     async with serve(settings) as running:
+        committed = EventWaiter(running.hub.bus.subscribe("committed"))
         secret = device_secret(running, device)
         reader, writer, ack = await raw_connect(running.ports["mqtt"], device, username=device, password=secret)
         assert ack.body[1] == 0
         topic = f"devices/{device}/telemetry"
         writer.write(publish_packet(topic, telemetry({"t": 1.0}, seq=1), qos=1, packet_id=1))
         assert (await read_packet(reader)).packet_id == 1
+        # Lock the store only once the first message is really committed (its event is out): locked any
+        # earlier, ingest would still be writing the first and never take the second, and an ack sent
+        # before the commit could go unnoticed.
+        await committed.telemetry_from(device)
         blocker = sqlite3.connect(settings.data_dir / "iothub.db", timeout=0.1)
         blocker.execute("BEGIN EXCLUSIVE")  # the store cannot commit
         try:
