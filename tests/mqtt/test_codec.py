@@ -58,29 +58,39 @@ def test_encode_publish_round_trips() -> None:
     assert decode(data) == [Publish("t/é", b"\x00\xff", 2, False, True, 77)]
 
 
+U = "a string (topic, client id, user name)"
+
+
 @pytest.mark.parametrize(
-    ("data", "problem"),
+    ("data", "message"),
     [
-        (packet(3, 6, b"\x00\x01a"), "QoS 3"),
-        (publish_packet("a/+", b""), "wildcards"),
-        (packet(3, 0, b"\x00\x00"), "non-empty"),
-        (packet(3, 0, b"\x00\x02\xff\xfe"), "UTF-8"),
-        (packet(3, 0, b"\x00\x02a\x00"), r"U\+0000"),
-        (packet(4, 1, b"\x00\x01"), "reserved flags"),
-        (packet(4, 0, b"\x00\x01\x02"), "exactly a packet id"),
-        (packet(8, 2, b"\x00\x01"), "without a filter"),
-        (packet(8, 2, b"\x00\x01\x00\x01a\x03"), "QoS byte"),
-        (packet(8, 2, b"\x00\x01\x00\x01a"), "QoS byte"),
-        (packet(10, 2, b"\x00\x01"), "without a filter"),
-        (packet(2, 0, b"\x00\x00"), "may not send"),
-        (bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), "remaining length"),
-        (packet(3, 2, b"\x00\x01a"), "packet id"),
-        (packet(3, 0, b"\x00\x05ab"), "runs past"),
+        (packet(3, 6, b"\x00\x01a"), "PUBLISH with QoS 3 [MQTT-3.3.1-4]"),
+        (publish_packet("a/+", b""), "PUBLISH to 'a/+': a topic name is non-empty, no wildcards [MQTT-3.3.2-2]"),
+        (publish_packet("a/#", b""), "PUBLISH to 'a/#': a topic name is non-empty, no wildcards [MQTT-3.3.2-2]"),
+        (packet(3, 0, b"\x00\x00"), "PUBLISH to '': a topic name is non-empty, no wildcards [MQTT-3.3.2-2]"),
+        (packet(3, 0, b"\x00\x02\xff\xfe"), f"{U} is not valid UTF-8 [MQTT-1.5.3-1]"),
+        (packet(3, 0, b"\x00\x02a\x00"), f"{U} contains U+0000 [MQTT-1.5.3-2]"),
+        (packet(3, 0, b"\x00"), "string length runs past the packet"),
+        (packet(3, 0, b"\x00\x05ab"), "string runs past the packet"),
+        (packet(3, 2, b"\x00\x01a"), "PUBLISH QoS > 0 without a packet id"),
+        (packet(3, 2, b"\x00\x01a\x00"), "PUBLISH QoS > 0 without a packet id"),
+        (packet(4, 1, b"\x00\x01"), "packet type 4 with reserved flags 0x1 [MQTT-2.2.2-2]"),
+        (packet(4, 0, b"\x00\x01\x02"), "packet type 4 must carry exactly a packet id"),
+        (packet(8, 2, b"\x00\x01"), "SUBSCRIBE without a filter [MQTT-3.8.3-3]"),
+        (packet(8, 2, b"\x00"), "SUBSCRIBE without a filter [MQTT-3.8.3-3]"),
+        (packet(8, 2, b"\x00\x01\x00\x01a\x03"), "SUBSCRIBE with QoS byte 0x3 [MQTT-3.8.3-4]"),
+        (packet(8, 2, b"\x00\x01\x00\x01a"), "SUBSCRIBE filter without its QoS byte"),
+        (packet(8, 2, b"\x00\x01\x00\x01a\x01\x00\x01b"), "SUBSCRIBE filter without its QoS byte"),
+        (packet(10, 2, b"\x00\x01"), "UNSUBSCRIBE without a filter [MQTT-3.10.3-2]"),
+        (packet(10, 2, b"\x00"), "UNSUBSCRIBE without a filter [MQTT-3.10.3-2]"),
+        (packet(2, 0, b"\x00\x00"), "a client may not send packet type 2"),
+        (bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), "malformed remaining length [MQTT-2.2.3]"),
     ],
 )
-def test_protocol_violations_are_named(data: bytes, problem: str) -> None:
-    with pytest.raises(ProtocolViolation, match=problem):
+def test_protocol_violations_are_named(data: bytes, message: str) -> None:
+    with pytest.raises(ProtocolViolation) as caught:
         decode(data)
+    assert str(caught.value) == message
 
 
 def test_an_oversized_packet_is_refused_before_its_body_arrives() -> None:
@@ -123,27 +133,37 @@ def test_other_mqtt_versions_are_unacceptable(protocol: str, level: int) -> None
         decode_connect(_connect_body(connect_packet("c", protocol=protocol, level=level)))
 
 
+WILL_TOPIC = "Will topic %s: a topic name is non-empty, no wildcards [MQTT-3.3.2-2]"
+
+
 def _with_flags(flags: int, payload: bytes = b"\x00\x01c") -> bytes:
     return b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x1e" + payload
 
 
 @pytest.mark.parametrize(
-    ("body", "problem"),
+    ("body", "message"),
     [
-        (b"\x00\x04HTTP\x04\x02\x00\x1e\x00\x01c", "protocol name 'HTTP'"),
-        (b"\x00\x04MQTT\x04", "cut short"),
-        (_with_flags(0x03), "reserved flag"),
-        (_with_flags(0x0A), "Will QoS or retain without a Will"),
-        (_with_flags(0x22), "Will QoS or retain without a Will"),
-        (_with_flags(0x1E), "Will QoS 3"),
-        (_with_flags(0x42, b"\x00\x01c\x00\x01p"), "password without a user name"),
-        (_with_flags(0x06, b"\x00\x01c\x00\x03a/#\x00\x00"), "no wildcards"),
-        (_with_flags(0x02, b"\x00\x01cextra"), "5 bytes its flags do not announce"),
-        (_with_flags(0x82, b"\x00\x01c"), "string length runs past"),
-        (_with_flags(0x02, b"\x00\x02\xff\xfe"), "UTF-8"),
+        (b"\x00\x04HTTP\x04\x02\x00\x1e\x00\x01c", "CONNECT with protocol name 'HTTP' [MQTT-3.1.2-1]"),
+        (b"\x00\x04MQTT\x04", "CONNECT cut short in its variable header"),
+        (b"\x00\x04MQTT\x04\x02\x00", "CONNECT cut short in its variable header"),
+        (_with_flags(0x03), "CONNECT with the reserved flag set [MQTT-3.1.2-3]"),
+        (_with_flags(0x0A), "Will QoS or retain without a Will [MQTT-3.1.2-13, 3.1.2-15]"),
+        (_with_flags(0x22), "Will QoS or retain without a Will [MQTT-3.1.2-13, 3.1.2-15]"),
+        (_with_flags(0x1E), "Will QoS 3 [MQTT-3.1.2-14]"),
+        (_with_flags(0x42, b"\x00\x01c\x00\x01p"), "a password without a user name [MQTT-3.1.2-22]"),
+        (_with_flags(0x06, b"\x00\x01c\x00\x03a/#\x00\x00"), WILL_TOPIC % "'a/#'"),
+        (_with_flags(0x06, b"\x00\x01c\x00\x03a/+\x00\x00"), WILL_TOPIC % "'a/+'"),
+        (_with_flags(0x06, b"\x00\x01c\x00\x00\x00\x00"), WILL_TOPIC % "''"),
+        (_with_flags(0x06, b"\x00\x01c\x00\x01w\x00"), "binary length runs past the packet"),
+        (_with_flags(0x06, b"\x00\x01c\x00\x01w\x00\x05ab"), "binary data runs past the packet"),
+        (_with_flags(0xC2, b"\x00\x01c\x00\x01u\x00\x02p"), "binary data runs past the packet"),
+        (_with_flags(0x02, b"\x00\x01cextra"), "CONNECT carries 5 bytes its flags do not announce"),
+        (_with_flags(0x82, b"\x00\x01c"), "string length runs past the packet"),
+        (_with_flags(0x02, b"\x00\x02\xff\xfe"), f"{U} is not valid UTF-8 [MQTT-1.5.3-1]"),
     ],
 )
-def test_connect_violations_are_named(body: bytes, problem: str) -> None:
-    with pytest.raises(ProtocolViolation, match=problem) as caught:
+def test_connect_violations_are_named(body: bytes, message: str) -> None:
+    with pytest.raises(ProtocolViolation) as caught:
         decode_connect(body)
     assert not isinstance(caught.value, UnacceptableProtocol)
+    assert str(caught.value) == message

@@ -92,3 +92,34 @@ def test_a_client_with_overlapping_filters_gets_one_copy_at_the_highest_qos() ->
     trie.add("a/#", "c", 2)
     trie.add("a/b", "d", 1)
     assert trie.match("a/b") == {"c": 2, "d": 1}
+
+
+def test_removing_what_is_not_there_says_so() -> None:
+    trie = SubscriptionTrie()
+    trie.add("a/b", "one", 1)
+    assert trie.remove("a/c", "one") is False  # no such filter
+    assert trie.remove("a/b", "two") is False  # the filter, but not this client
+    assert trie.remove("a/b", "one") is True
+    assert trie.remove("a/b", "one") is False  # not twice
+    assert len(trie) == 0
+    assert trie.match("a/b") == {}
+
+
+def test_removing_the_last_subscriber_prunes_its_branch() -> None:
+    """A trie that only ever grew would hold every filter ever used by every client that came and went."""
+    trie = SubscriptionTrie()
+    trie.add("x/y/z", "one", 0)
+    trie.add("x/y", "two", 0)
+    trie.remove("x/y/z", "one")
+    assert list(trie._root.children) == ["x"]
+    assert list(trie._root.children["x"].children["y"].children) == []  # z went, y stays for "two"
+    trie.remove("x/y", "two")
+    assert trie._root.children == {}
+
+
+def test_one_copy_at_the_best_qos_whatever_the_order_of_the_filters() -> None:
+    for filters in (["a/+", "a/#", "a/b"], ["a/b", "a/#", "a/+"]):
+        trie = SubscriptionTrie()
+        for qos, topic_filter in enumerate(filters):
+            trie.add(topic_filter, "c", qos)
+        assert trie.match("a/b") == {"c": 2}
