@@ -7,7 +7,8 @@ Who may connect (:class:`Authenticator`):
 * a service account: username ``svc:{name}``, password = its secret (roles: observer, service);
 * anyone, when ``mqtt.allow_anonymous`` is set (development only).
 
-Refusals carry the MQTT 3.1.1 CONNACK code: 0x02 client id is not the device id, 0x04 unknown
+Refusals carry the MQTT 3.1.1 CONNACK code: 0x02 client id is not the device id (or, for a service
+account, is a registered device's id: it would take that device's connection and session), 0x04 unknown
 device or wrong secret (the same code for both), 0x05 disabled device, anonymous access off, or (the
 server's check, through the ACL) a Will on a topic the client may not publish to.
 
@@ -115,6 +116,10 @@ class Authenticator:
             account = self.registry.find_account(name)
             if account is None or password is None or not self._verify(password, account.secret_hash):
                 return Refusal(BAD_CREDENTIALS, f"service account {name!r}: unknown or wrong secret")
+            if self.registry.find_device(client_id) is not None:  # it would take the device's session over
+                return Refusal(
+                    IDENTIFIER_REJECTED, f"service account {name!r} may not use device {client_id!r}'s client id"
+                )
             return Principal(PrincipalKind.SERVICE, name, account.role)
         return self._device(client_id, username, password, cert_verified=False)
 

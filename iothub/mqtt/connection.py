@@ -117,6 +117,8 @@ class Connection(Generic[P]):
         self._last_read = self._loop.time()
         self._keepalive: asyncio.TimerHandle | None = None
         self._keepalive_s = connect.keep_alive * 1.5
+        self._serving: asyncio.Task[bool] | None = None
+        self._reading = False  # serve is waiting for the transport: close() may cut that wait short
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -149,12 +151,19 @@ class Connection(Generic[P]):
             self.session.pump()
 
     def close(self, reason: DisconnectReason | None = None) -> None:
-        """End the connection from the server's side (idempotent); ``serve`` then returns."""
+        """End the connection from the server's side (idempotent); ``serve`` returns at once.
+
+        A client that stopped reading may keep its socket from closing while unsent bytes wait: the
+        session ends now all the same (presence, Will), and the transport cuts the socket off after a
+        bounded wait (:meth:`~.transport.Transport.wait_closed`).
+        """
         if reason is not None and self.closing is None:
             self.closing = reason
         self._acks_released.set()  # a serve held back by durable ack ends too
         self._flush()
         self._transport.close()
+        if self._reading and self._serving is not None and self.closing is not None:
+            self._serving.cancel()  # only the wait for more input: caught in serve
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -171,6 +180,7 @@ class Connection(Generic[P]):
         """Serve until the connection ends; True when it ended with a DISCONNECT packet."""
         if self._keepalive_s > 0:
             self._keepalive = self._loop.call_later(self._keepalive_s, self._check_keepalive)
+        self._serving = asyncio.current_task()
         owner = self.owner
         transport = self._transport
         try:
@@ -198,7 +208,16 @@ class Connection(Generic[P]):
                     await self._acks_released.wait()  # set by release_acks or close
                 if self.closing is not None:
                     return False
-                data = await transport.read()
+                self._reading = True
+                try:
+                    data = await transport.read()
+                except asyncio.CancelledError:
+                    if self.closing is None or self._serving is None:
+                        raise
+                    self._serving.uncancel()  # close() ended the wait: the connection is over
+                    return False
+                finally:
+                    self._reading = False
                 if not data:
                     return False
                 self._last_read = self._loop.time()

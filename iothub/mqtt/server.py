@@ -199,21 +199,26 @@ class MqttServer(Generic[P]):
         conn = Connection(self, session, transport, packets, connect, principal, self.options.max_unacked)
         self.connections[client_id] = conn
         self._all_closed.clear()
-        conn.send(encode_connack(present, ACCEPTED))
-        session.attach(conn)
-        self.hooks.on_connect(client_id, principal)
         disconnected = False
-        try:
+        try:  # from here on, whatever happens, _finish unregisters the connection
+            conn.send(encode_connack(present, ACCEPTED))
+            session.attach(conn)
+            self.hooks.on_connect(client_id, principal)
             disconnected = await conn.serve()
         finally:
             self._finish(conn, disconnected)
 
     def _end(self, conn: Connection[P], reason: DisconnectReason) -> None:
-        """Detach ``conn`` from its session now and close it; its Will is not sent."""
+        """Detach ``conn`` from its session now and close it; its Will is not sent.
+
+        ``reason`` replaces any reason it was closing for already: when its ``serve`` ends, it must
+        not be reported a second time (after its successor connected) nor publish its Will.
+        """
         self.hooks.on_disconnect(conn.client_id, conn.principal, reason)
         self._release(conn)
         conn.session.detach()
-        conn.close(reason)
+        conn.closing = reason
+        conn.close()
 
     def _release(self, conn: Connection[P]) -> None:
         if self.connections.get(conn.client_id) is conn:

@@ -15,6 +15,7 @@ from iothub.runner import Running, serve
 from tests.conftest import (
     WAIT_S,
     EventWaiter,
+    _secrets,
     device_secret,
     hub_settings,
     mqtt_client,
@@ -151,3 +152,24 @@ async def test_disabling_a_connected_device_disconnects_it(hub: Running, events:
     assert offline.data["reason"] == "disabled"
     with contextlib.suppress(aiomqtt.MqttError):  # the hub already closed it
         await client.__aexit__(None, None, None)
+
+
+async def test_a_service_account_cannot_take_a_devices_place(hub: Running, events: EventWaiter) -> None:
+    """Connecting with a device's client id would take over its connection, its persistent session
+    and the commands queued for it: even an account that may read everything may not do that."""
+    device = unique_id()
+    async with mqtt_client(hub, device, clean_session=False) as client:
+        await client.subscribe(f"devices/{device}/commands/#", qos=1)
+        await events.status_of(device, online=True)
+        key = (str(hub.hub.registry.path), "svc:watcher")
+        _, _secrets[key] = hub.hub.registry.add_account("watcher", Role.OBSERVER)
+        code = await connack_code(
+            hub.ports["mqtt"], device, username="svc:watcher", password=_secrets[key], clean=False
+        )
+        assert code == 0x02
+        result = asyncio.create_task(hub.hub.commands.send(device, "ping", {}, timeout_s=WAIT_S))
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(client.messages))  # the device is still the one connected
+        assert str(message.topic) == f"devices/{device}/commands/ping"
+        result.cancel()
+    assert await connack_code(hub.ports["mqtt"], "svc-watcher", username="svc:watcher", password=_secrets[key]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import Counter
 
 import aiomqtt
@@ -193,3 +194,82 @@ async def test_a_subscription_of_a_persistent_session_outlives_its_connection() 
         queued = await read_packet(reader)
         assert (queued.topic, queued.payload, queued.qos) == ("news/a", b"while away", 1)
         writer.close()
+
+
+async def _stuck_subscriber(port: int, client_id: str, **kwargs: object) -> asyncio.StreamWriter:
+    """A client with a tiny receive buffer that subscribes to ``flood/#`` and then never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(connect_packet(client_id, **kwargs))  # type: ignore[arg-type]
+    assert (await read_packet(reader)).body[1] == 0
+    writer.write(subscribe_packet(1, "flood/#", 0))
+    assert (await read_packet(reader)).kind == SUBACK
+    return writer
+
+
+async def _flood(port: int, megabytes: int) -> None:
+    """Publish ``megabytes`` MiB at QoS 0 to ``flood/x``; returns once the server has taken all of it."""
+    reader, writer, _ = await raw_connect(port, "flooder")
+    chunk = publish_packet("flood/x", b"f" * 65_536)
+    for _ in range(megabytes * 16):
+        writer.write(chunk)
+        await writer.drain()
+    writer.write(PINGREQ)  # answered after everything before it was handled
+    assert (await read_packet(reader)).kind == PINGRESP
+    writer.close()
+
+
+async def test_a_client_that_stopped_reading_is_closed_when_the_server_says_so() -> None:
+    """Unsent bytes must not keep a closed connection alive: presence, the Will and shutdown go on."""
+    async with mqtt_server() as s:
+        writer = await _stuck_subscriber(s.port, "stuck", will=("wills/stuck", b"gone"))
+        try:
+            await _flood(s.port, megabytes=16)
+            assert s.server.disconnect("stuck")
+            assert await s.hooks.reason_for("stuck") is DisconnectReason.CLOSED
+            assert ("publish", "stuck", "wills/stuck", b"gone") in s.hooks.calls
+            assert "stuck" not in dict(s.server.connected())
+        finally:
+            writer.transport.abort()
+
+
+class GatedHooks(RecordingHooks):
+    """Holds every ``on_subscribed`` until :attr:`gate` is set: a connection busy in its own handling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def on_subscribed(self, client_id: str, principal: User, topic_filter: str) -> None:
+        await super().on_subscribed(client_id, principal, topic_filter)
+        await self.gate.wait()
+
+
+async def test_a_connection_taken_over_while_closing_is_not_reported_again() -> None:
+    """Closed (here by the application) but still busy when its successor arrives: the successor's
+    takeover is the last word on it, with no second disconnect and no Will after the new connect."""
+    hooks = GatedHooks()
+    async with mqtt_server(hooks=hooks) as s:
+        reader, writer, _ = await raw_connect(s.port, "twin", will=("wills/twin", b"gone"))
+        writer.write(subscribe_packet(1, "cmd/#", 1))
+        await hooks.wait_for(lambda c: c[0] == "subscribed")  # now busy in on_subscribed
+        assert s.server.disconnect("twin")
+        _, successor, _ = await raw_connect(s.port, "twin")
+        hooks.gate.set()
+        async with asyncio.timeout(WAIT_S):
+            await reader.read()  # its SUBACK, then the end: closed
+        writer.close()
+        ping_reader, pinger, _ = await raw_connect(s.port, "after")  # a round trip through the server
+        pinger.write(PINGREQ)
+        assert (await read_packet(ping_reader)).kind == PINGRESP
+        twin_calls = [c for c in hooks.calls if c[1] == "twin" and c[0] in ("connect", "disconnect", "publish")]
+        assert twin_calls == [
+            ("connect", "twin", "twin"),
+            ("disconnect", "twin", DisconnectReason.TAKEN_OVER),
+            ("connect", "twin", "twin"),
+        ]
+        pinger.close()
+        successor.close()
