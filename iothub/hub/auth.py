@@ -52,6 +52,12 @@ class Principal:
     kind: PrincipalKind
     name: str
     role: Role | None = None
+    registered_device: bool = False  # a device, or (development mode) an anonymous client using a device's id
+
+    @property
+    def in_fleet(self) -> bool:
+        """Whether its connection is a device's presence (from CONNECT on)."""
+        return self.kind is PrincipalKind.DEVICE or self.registered_device
 
 
 def device_subscriptions(device_id: str) -> tuple[str, str]:
@@ -109,7 +115,8 @@ class Authenticator:
             return self._device(client_id, peer_cn, None, cert_verified=True)
         if username is None:
             if self.allow_anonymous:
-                return Principal(PrincipalKind.ANONYMOUS, client_id)
+                registered = self.registry.find_device(client_id) is not None
+                return Principal(PrincipalKind.ANONYMOUS, client_id, registered_device=registered)
             return Refusal(NOT_AUTHORIZED, "anonymous access is off (mqtt.allow_anonymous)")
         if username.startswith(SERVICE_PREFIX):
             name = username[len(SERVICE_PREFIX) :]
@@ -135,7 +142,7 @@ class Authenticator:
             return Refusal(NOT_AUTHORIZED, f"device {device_id!r} is disabled")
         if client_id != device_id:
             return Refusal(IDENTIFIER_REJECTED, f"device {device_id!r} must connect with client id {device_id!r}")
-        return Principal(PrincipalKind.DEVICE, device_id)
+        return Principal(PrincipalKind.DEVICE, device_id, registered_device=True)
 
     def _verify(self, secret: str, stored_hash: str) -> bool:
         key = (stored_hash, hashlib.sha256(secret.encode()).hexdigest())

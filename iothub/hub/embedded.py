@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
-from iothub.devices import is_valid_id
 from iothub.hub.auth import Authenticator, Principal, PrincipalKind, TopicAcl
 from iothub.hub.metrics import HubMetrics
 from iothub.hub.presence import PresenceReason
@@ -66,14 +65,8 @@ class _HubHooks:
         self._subscribed = on_subscribed
         self.closed_for: dict[str, PresenceReason] = {}  # why the hub closed a client (disconnect)
 
-    @staticmethod
-    def _in_fleet(client_id: str, principal: Principal) -> bool:
-        if principal.kind is PrincipalKind.DEVICE:
-            return True
-        return principal.kind is PrincipalKind.ANONYMOUS and is_valid_id(client_id)
-
     def on_connect(self, client_id: str, principal: Principal) -> None:
-        if self._in_fleet(client_id, principal):
+        if principal.in_fleet:
             self._tap.on_connect(client_id)
 
     def on_disconnect(self, client_id: str, principal: Principal, reason: DisconnectReason) -> None:
@@ -81,7 +74,7 @@ class _HubHooks:
         closed_for = self.closed_for.pop(client_id, None)
         if reason is DisconnectReason.CLOSED and closed_for is not None:
             presence = closed_for
-        if self._in_fleet(client_id, principal):
+        if principal.in_fleet:
             self._tap.on_disconnect(client_id, presence)
 
     async def on_subscribed(self, client_id: str, principal: Principal, topic_filter: str) -> None:

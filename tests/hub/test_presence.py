@@ -110,10 +110,21 @@ async def test_service_accounts_never_join_the_fleet(
     assert (await http.get("/api/v1/devices/svc-presence-watch")).status_code == 404
 
 
-async def test_an_anonymous_client_in_development_mode_has_presence(tmp_path: Path) -> None:
+async def test_an_anonymous_client_in_development_mode_has_presence_under_a_device_id(tmp_path: Path) -> None:
+    """With anonymous access on, a client using a registered device's id is that device's presence; any
+    other anonymous client (a `mosquitto_sub -t '#'`, a tool with a generated id) is not a device."""
     async with serve(hub_settings(tmp_path / "data", mqtt={"allow_anonymous": True})) as running:
+        running.hub.registry.add_device("bench-7")
         events = EventWaiter(running.hub.bus.subscribe("t"))
-        async with aiomqtt.Client("127.0.0.1", running.ports["mqtt"], identifier="bench-7", timeout=WAIT_S):
-            online = await events.status_of("bench-7", online=True)
-        offline = await events.status_of("bench-7", online=False)
+        port = running.ports["mqtt"]
+        async with aiomqtt.Client("127.0.0.1", port, identifier="mosq-tool", timeout=WAIT_S) as tool:
+            async with aiomqtt.Client("127.0.0.1", port, identifier="bench-7", timeout=WAIT_S):
+                online = await events.status_of("bench-7", online=True)
+            offline = await events.status_of("bench-7", online=False)
+            async with aiomqtt.Client("127.0.0.1", port, timeout=WAIT_S):  # the server assigns its id
+                pass
+            await tool.publish("probe/presence", b"", qos=1)
+            async with aiomqtt.Client("127.0.0.1", port, identifier="bench-7", timeout=WAIT_S):
+                await events.status_of("bench-7", online=True)  # ingest has applied what came before
+            assert set(running.hub.fleet.devices) == {"bench-7"}
     assert (online.data["reason"], offline.data["reason"]) == ("connected", "clean_disconnect")
