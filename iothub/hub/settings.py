@@ -8,6 +8,7 @@ names no setting is refused like an unknown key in the file: a typo never passes
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import tomllib
@@ -26,6 +27,8 @@ from pydantic_settings import (
 )
 
 from iothub.hub.errors import SettingsError
+
+log = logging.getLogger(__name__)
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 DEFAULT_CONFIG_FILE = Path("iothub.toml")
@@ -165,6 +168,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     unknown = unknown_variables(os.environ)
     if unknown:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
+    for variable in foreign_variables(os.environ):
+        log.info("ignoring %s: not an iothub setting", variable)
     path = DEFAULT_CONFIG_FILE if config_file is None else config_file
     try:
         if config_file is None:
@@ -205,9 +210,22 @@ def unknown_variables(environ: Mapping[str, str], model: type[BaseModel] | None 
     lines = []
     for variable in sorted(environ):
         name = variable.upper()
-        if name.startswith(ENV_PREFIX) and not known.accepts(name):
+        if name.startswith(ENV_PREFIX) and not known.accepts(name) and known.meant_for_us(name):
             lines.append(f"setting {variable}: no such setting ({known.hint(name)})")
     return lines
+
+
+def foreign_variables(environ: Mapping[str, str], model: type[BaseModel] | None = None) -> list[str]:
+    """``IOTHUB_*`` variables that name no setting and do not look like one: another product's, such
+    as ``IOTHUB_CONNECTION_STRING`` (Azure IoT Hub's convention). They are left alone."""
+    known = _KnownVariables(model or Settings)
+    return [
+        variable
+        for variable in sorted(environ)
+        if variable.upper().startswith(ENV_PREFIX)
+        and not known.accepts(variable.upper())
+        and not known.meant_for_us(variable.upper())
+    ]
 
 
 class _KnownVariables:
@@ -238,8 +256,17 @@ class _KnownVariables:
     def accepts(self, name: str) -> bool:
         return name in self.exact or name.startswith(tuple(self.open_prefixes))
 
+    def meant_for_us(self, name: str) -> bool:
+        """Whether an unknown name looks like one of ours: nested with ``__`` (``IOTHUB_HTTPX__PORT``,
+        ``IOTHUB_BROKER__URL``), a single word (``IOTHUB_PORT``), or close to a setting's name."""
+        rest = name[len(ENV_PREFIX) :]
+        return ENV_DELIMITER in rest or "_" not in rest or bool(self._close(name))
+
+    def _close(self, name: str) -> list[str]:
+        return difflib.get_close_matches(name, sorted(self.leaves), n=1, cutoff=0.8)
+
     def hint(self, name: str) -> str:
-        close = difflib.get_close_matches(name, sorted(self.leaves), n=1, cutoff=0.8)
+        close = self._close(name)
         if close:
             return f"did you mean {close[0]}?"
         section = max((p for p in self.sections if name.startswith(p)), key=len)

@@ -88,6 +88,18 @@ def test_unknown_environment_variables_are_refused_with_the_closest_setting(monk
     ]
 
 
+def test_other_products_iothub_variables_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Azure IoT Hub's tools read IOTHUB_CONNECTION_STRING and the like: they must not stop this hub."""
+    monkeypatch.setenv("IOTHUB_CONNECTION_STRING", "HostName=x.azure-devices.net;SharedAccessKey=k")
+    monkeypatch.setenv("IOTHUB_DEVICE_CONNECTION_STRING", "HostName=x;DeviceId=d;SharedAccessKey=k")
+    assert load_settings().http.port == 8080
+    for mine in ("IOTHUB_PORT", "IOTHUB_DATADIR", "IOTHUB_LOG_LEVL"):  # a single word, or close to a setting
+        monkeypatch.setenv(mine, "1")
+        with pytest.raises(SettingsError, match=f"setting {mine}: no such setting"):
+            load_settings()
+        monkeypatch.delenv(mine)
+
+
 def test_every_setting_of_the_model_is_accepted_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
