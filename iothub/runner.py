@@ -152,7 +152,7 @@ def _is_address(host: str) -> bool:
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc``, then what it wraps: the members of a group, its cause, its context, depth first."""
+    """``exc``, then what it wraps: the members of a group and its cause, depth first."""
     seen: set[int] = set()
     pending = [exc]
     while pending:
@@ -161,7 +161,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        inner = [current.__cause__, current.__context__]
+        inner = [current.__cause__]  # not __context__: an error raised while handling another is not it
         if isinstance(current, BaseExceptionGroup):
             inner = [*current.exceptions, *inner]
         pending.extend(reversed([e for e in inner if e is not None]))

@@ -200,6 +200,8 @@ def _decode(first: int, body: bytes) -> Packet:
         return Ack(kind, _U16.unpack(body)[0])
     if kind == SUBSCRIBE:
         packet_id, filters = _U16.unpack_from(body, 0)[0] if len(body) >= 2 else 0, []
+        if packet_id == 0 and len(body) >= 2:
+            raise ProtocolViolation("SUBSCRIBE with packet id 0 [MQTT-2.3.1-1]")
         at = 2
         while at < len(body):
             topic_filter, at = _string(body, at, len(body))
@@ -215,6 +217,8 @@ def _decode(first: int, body: bytes) -> Packet:
         return Subscribe(packet_id, filters)
     if kind == UNSUBSCRIBE:
         packet_id, names = _U16.unpack_from(body, 0)[0] if len(body) >= 2 else 0, []
+        if packet_id == 0 and len(body) >= 2:
+            raise ProtocolViolation("UNSUBSCRIBE with packet id 0 [MQTT-2.3.1-1]")
         at = 2
         while at < len(body):
             name, at = _string(body, at, len(body))
@@ -223,6 +227,8 @@ def _decode(first: int, body: bytes) -> Packet:
             raise ProtocolViolation("UNSUBSCRIBE without a filter [MQTT-3.10.3-2]")
         return Unsubscribe(packet_id, names)
     if kind in (PINGREQ, DISCONNECT, CONNECT):
+        if body and kind != CONNECT:
+            raise ProtocolViolation(f"packet type {kind} with a body of {len(body)} bytes [MQTT-3.12.1, 3.14.1]")
         return Simple(kind)
     raise ProtocolViolation(f"a client may not send packet type {kind}")
 
@@ -231,6 +237,8 @@ def _decode_publish(flags: int, body: bytes) -> Publish:
     qos = (flags >> 1) & 3
     if qos == 3:
         raise ProtocolViolation("PUBLISH with QoS 3 [MQTT-3.3.1-4]")
+    if qos == 0 and flags & 8:
+        raise ProtocolViolation("PUBLISH with QoS 0 and DUP set [MQTT-3.3.1-2]")
     topic, at = _string(body, 0, len(body))
     if not topic or "+" in topic or "#" in topic:
         raise ProtocolViolation(f"PUBLISH to {topic!r}: a topic name is non-empty, no wildcards [MQTT-3.3.2-2]")
@@ -239,6 +247,8 @@ def _decode_publish(flags: int, body: bytes) -> Publish:
         if at + 2 > len(body):
             raise ProtocolViolation("PUBLISH QoS > 0 without a packet id")
         packet_id = _U16.unpack_from(body, at)[0]
+        if packet_id == 0:
+            raise ProtocolViolation("PUBLISH with packet id 0 [MQTT-2.3.1-1]")
         at += 2
     return Publish(topic, body[at:], qos, bool(flags & 1), bool(flags & 8), packet_id)
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 _CLOSE_WAIT_S = 5.0
 
@@ -116,7 +118,10 @@ class WebSocketTransport:
             message = await self._ws.recv()
         except ConnectionClosed:
             return b""
-        return message.encode() if isinstance(message, str) else message
+        if isinstance(message, str):  # [MQTT-6.0.0-1] MQTT travels in binary frames only
+            log.info("closing an MQTT over WebSocket connection that sent a text frame [MQTT-6.0.0-1]")
+            return b""
+        return message
 
     def write(self, data: bytes) -> None:
         if self._closer is not None:

@@ -85,6 +85,12 @@ U = "a string (topic, client id, user name)"
         (packet(10, 2, b"\x00"), "UNSUBSCRIBE without a filter [MQTT-3.10.3-2]"),
         (packet(2, 0, b"\x00\x00"), "a client may not send packet type 2"),
         (bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), "malformed remaining length [MQTT-2.2.3]"),
+        (publish_packet("a", b"", qos=0, dup=True), "PUBLISH with QoS 0 and DUP set [MQTT-3.3.1-2]"),
+        (publish_packet("a", b"", qos=1, packet_id=0), "PUBLISH with packet id 0 [MQTT-2.3.1-1]"),
+        (packet(8, 2, b"\x00\x00\x00\x01a\x00"), "SUBSCRIBE with packet id 0 [MQTT-2.3.1-1]"),
+        (packet(10, 2, b"\x00\x00\x00\x01a"), "UNSUBSCRIBE with packet id 0 [MQTT-2.3.1-1]"),
+        (packet(12, 0, b"\x00"), "packet type 12 with a body of 1 bytes [MQTT-3.12.1, 3.14.1]"),
+        (packet(14, 0, b"\x00\x00"), "packet type 14 with a body of 2 bytes [MQTT-3.12.1, 3.14.1]"),
     ],
 )
 def test_protocol_violations_are_named(data: bytes, message: str) -> None:

@@ -9,17 +9,17 @@ import os
 import socket
 import struct
 
-from iothub.mqtt.policy import ServerOptions
+from iothub.mqtt.policy import DisconnectReason, ServerOptions
 from tests.mqtt.stubs import WAIT_S, mqtt_server
 from tests.mqtt_raw import connect_packet, publish_packet, subscribe_packet
 
 
-def ws_frame(data: bytes) -> bytes:
-    """One masked binary frame, as a client sends it (RFC 6455 5.2)."""
+def ws_frame(data: bytes, opcode: int = 0x2) -> bytes:
+    """One masked frame, binary unless told, as a client sends it (RFC 6455 5.2)."""
     mask = os.urandom(4)
     n = len(data)
     length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
-    return bytes([0x82]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
 async def test_a_websocket_client_that_stops_reading_is_congested() -> None:
@@ -50,4 +50,23 @@ async def test_a_websocket_client_that_stops_reading_is_congested() -> None:
         assert s.server.stats().queued == 100
         assert s.server.connections["stuck"].congested
         publisher.close()
+        writer.close()
+
+
+async def test_a_websocket_text_frame_closes_the_connection() -> None:
+    """[MQTT-6.0.0-1] MQTT goes in binary frames; a client sending text loses its connection."""
+    async with mqtt_server(ws=True) as s:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.ports["mqtt_ws"])
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(WAIT_S):
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        writer.write(ws_frame(connect_packet("texter")))
+        assert await s.hooks.wait_for(lambda c: c[0] == "connect")
+        writer.write(ws_frame(publish_packet("a", b""), opcode=0x1))  # a QoS 0 PUBLISH (valid UTF-8) as text
+        assert await s.hooks.reason_for("texter") is DisconnectReason.DROPPED
+        assert not [c for c in s.hooks.calls if c[0] == "publish"]
         writer.close()
