@@ -44,6 +44,7 @@ class Running:
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[Running]:
     async with Hub(settings) as hub, HttpServer(create_app(hub), settings.http) as http:
+        await asyncio.to_thread(hub.make_first_token)
         yield Running(hub, {**hub.ports, "http": http.port})
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import errno
+import socket
 from pathlib import Path
 
-from iothub.runner import startup_error
+from iothub.runner import serve, startup_error
 from tests.conftest import hub_settings
 
 
@@ -28,3 +29,21 @@ def test_other_failures_are_left_alone_or_told_plainly(tmp_path: Path) -> None:
     assert startup_error(ExceptionGroup("bug", [ValueError("not a start-up problem")]), settings) is None
     full = OSError(errno.ENOSPC, "No space left on device")
     assert str(startup_error(full, settings)) == "cannot start the hub: [Errno 28] No space left on device"
+
+
+async def test_a_failed_first_start_keeps_the_first_token_for_the_next(tmp_path: Path) -> None:
+    """The first admin token is shown once: a start that fails (a busy port) must not use it up unseen."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        settings = hub_settings(tmp_path / "data", http={"port": busy.getsockname()[1]})
+        failure: Exception | None = None
+        try:
+            async with serve(settings):
+                pass
+        except Exception as exc:  # an ExceptionGroup from the hub's task group, holding the OSError
+            failure = exc
+        assert "already in use" in str(startup_error(failure, settings)) if failure else False
+    async with serve(hub_settings(tmp_path / "data")) as running:
+        assert running.hub.first_token is not None
+        assert [t.name for t in running.hub.registry.tokens()] == ["first-start"]

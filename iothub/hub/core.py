@@ -78,8 +78,6 @@ class Hub:
     async def __aenter__(self) -> Hub:
         async with AsyncExitStack() as stack:
             stack.callback(self.registry.close)
-            if not self.registry.tokens():
-                _, self.first_token = self.registry.create_token(Scope.ADMIN, "first-start")
             await self.store.open()
             stack.push_async_callback(self.store.close)
             for stored in await self.store.load_devices():
@@ -106,6 +104,17 @@ class Hub:
     ) -> None:
         await self._stack.__aexit__(exc_type, exc, tb)
         log.info("hub stopped")
+
+    def make_first_token(self) -> str | None:
+        """On the first start (no API token at all), make an admin token and return it, to print once.
+
+        Called only once everything listens, so a start that fails (a busy port) does not use it up
+        unseen.
+        """
+        if self.registry.tokens():
+            return None
+        _, self.first_token = self.registry.create_token(Scope.ADMIN, "first-start")
+        return self.first_token
 
     async def _watch_registry(self, stopped: asyncio.Event) -> None:
         """Apply registry changes made anywhere (REST, another process): reload the labels directory,
