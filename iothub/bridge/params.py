@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
 from iothub.bridge.errors import BadRequest
@@ -50,3 +52,13 @@ def parse_int(name: str, text: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise BadRequest(f"parameter {name!r}: {value} is outside {low}..{high}")
     return value
+
+
+def check_known(given: Iterable[str], known: Collection[str]) -> None:
+    """Refuse a query parameter the endpoint does not take: a misspelt filter (``device`` for
+    ``devices``) would otherwise widen the answer to everything, silently."""
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else "this endpoint takes " + ", ".join(sorted(known))
+            raise BadRequest(f"unknown parameter {name!r} ({hint})")

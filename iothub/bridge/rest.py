@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from iothub.bridge.auth import requires
 from iothub.bridge.errors import BadRequest, NotFound
-from iothub.bridge.params import parse_duration_ms, parse_int, parse_time_ms
+from iothub.bridge.params import check_known, parse_duration_ms, parse_int, parse_time_ms
 from iothub.devices import is_valid_id
 from iothub.hub.core import Hub
 from iothub.hub.fleet import DeviceState, iso
@@ -62,6 +62,7 @@ def device_view(record: DeviceRecord | None, state: DeviceState | None, device_i
 
 async def list_devices(request: Request) -> JSONResponse:
     q = request.query_params
+    check_known(q.keys(), ("online", "label"))
     online = q.get("online")
     if online not in (None, "true", "false"):
         raise BadRequest(f"parameter 'online': {online!r} is not true or false")
@@ -100,6 +101,7 @@ async def get_telemetry(request: Request) -> JSONResponse:
     if hub.fleet.get(device_id) is None and await asyncio.to_thread(hub.registry.find_device, device_id) is None:
         raise NotFound(f"no device {device_id!r}")
     q = request.query_params
+    check_known(q.keys(), ("metric", "from", "to", "step", "agg", "limit"))
     now = now_ms()
     end = parse_time_ms("to", q["to"], now) if "to" in q else now
     start = parse_time_ms("from", q["from"], now) if "from" in q else end - DEFAULT_WINDOW_MS

@@ -32,6 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from iothub.bridge.auth import requires
 from iothub.bridge.errors import Unavailable
+from iothub.bridge.params import check_known
 from iothub.bridge.streams import BadSubscription, Channel, Consumer, Limits, StreamFilter, StreamGap, StreamMetrics
 from iothub.hub.core import Hub
 from iothub.hub.events import HubEvent
@@ -148,9 +149,13 @@ class _EventStream(EventSourceResponse):
             log.info("closed an SSE stream whose client stopped reading")
 
 
+STREAM_PARAMETERS = frozenset({"devices", "label", "metrics", "types", "last_event_id", "access_token"})
+
+
 def filter_of(request: Request) -> StreamFilter:
     """``devices=a,b`` (or ``*``), ``label=k=v`` (repeatable), ``metrics=a,b``, ``types=a,b``."""
     q = request.query_params
+    check_known(q.keys(), STREAM_PARAMETERS)
 
     def listed(name: str) -> list[str]:
         return [item for value in q.getlist(name) for item in value.split(",") if item]

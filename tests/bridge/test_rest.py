@@ -110,6 +110,8 @@ async def test_downsampled_strings_and_flags(hub: Running, events: EventWaiter, 
         ({"limit": "0"}, 400, "parameter 'limit': 0 is outside"),
         ({"step": "1ms", "from": "-1d"}, 400, "more than 100000 buckets"),
         ({"metric": "pressure"}, 404, "has no metric 'pressure'"),
+        ({"metrics": "temperature"}, 400, "unknown parameter 'metrics' (did you mean 'metric'?)"),
+        ({"form": "-1h"}, 400, "unknown parameter 'form' (did you mean 'from'?)"),
     ],
 )
 async def test_bad_queries_say_what_is_wrong(

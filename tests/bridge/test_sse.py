@@ -128,6 +128,8 @@ async def test_events_no_longer_stored_are_announced_as_a_gap(tmp_path: Path) ->
         ({}, {"Last-Event-ID": "abc"}, 400, "Last-Event-ID 'abc' is not an event id"),
         ({"last_event_id": "-5"}, {}, 400, "is not an event id"),
         ({}, {"Last-Event-ID": "999999"}, 400, "is ahead of the newest event"),
+        ({"device": "a"}, {}, 400, "unknown parameter 'device' (did you mean 'devices'?)"),
+        ({"type": "status"}, {}, 400, "unknown parameter 'type' (did you mean 'types'?)"),
     ],
 )
 async def test_bad_requests(
@@ -211,6 +213,7 @@ async def test_streams_end_cleanly_when_the_hub_stops(tmp_path: Path) -> None:
 async def test_a_stream_asked_for_while_the_hub_stops_gets_503(tmp_path: Path) -> None:
     settings = hub_settings(tmp_path / "data")
     async with Hub(settings) as hub:
+        hub.make_first_token()
         app = create_app(hub)
         async with HttpServer(app, settings.http) as server:
             app.state.sse.close()  # what leaving HttpServer does first
