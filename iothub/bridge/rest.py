@@ -129,6 +129,7 @@ async def get_telemetry(request: Request) -> JSONResponse:
             "step_ms": step,
             "agg": agg.value if step else None,
             "series": {s.metric: s.points for s in series},
+            "truncated": [s.metric for s in series if s.truncated],  # older points left out for `limit`
         }
     )
 

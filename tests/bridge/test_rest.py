@@ -62,11 +62,16 @@ async def test_raw_telemetry(hub: Running, events: EventWaiter, http: httpx.Asyn
         f"/api/v1/devices/{device}/telemetry",
         params=[("metric", "door"), ("metric", "mode"), ("from", str(T0 + 20_000)), ("limit", "2")],
     )
-    series = both.json()["series"]
-    assert series["door"] == [[T0 + 20_000, True], [T0 + 40_000, False]]
-    assert series["mode"] == [[T0 + 20_000, "m1"], [T0 + 40_000, "m2"]]
-    everything = (await http.get(f"/api/v1/devices/{device}/telemetry")).json()["series"]
-    assert sorted(everything) == ["door", "mode", "temperature"]
+    series = both.json()["series"]  # the newest 2 of the 3 in the range, oldest first; the cut is said
+    assert series["door"] == [[T0 + 40_000, False], [T0 + 60_000, True]]
+    assert series["mode"] == [[T0 + 40_000, "m2"], [T0 + 60_000, "m3"]]
+    assert both.json()["truncated"] == ["door", "mode"]
+    everything = (await http.get(f"/api/v1/devices/{device}/telemetry")).json()
+    assert sorted(everything["series"]) == ["door", "mode", "temperature"]
+    assert everything["truncated"] == []
+    buckets = (await http.get(f"/api/v1/devices/{device}/telemetry", params={"step": "20s", "limit": "3"})).json()
+    assert [t for t, _ in buckets["series"]["temperature"]] == [T0 + 20_000, T0 + 40_000, T0 + 60_000]
+    assert "temperature" in buckets["truncated"]
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ class Batch:
 @dataclass(frozen=True, slots=True)
 class Series:
     metric: str
-    points: list[tuple[int, Value | None]]
+    points: list[tuple[int, Value | None]]  # the newest ``limit`` of the range, oldest first
+    truncated: bool = False  # older points of the range were left out for the limit
 
 
 @dataclass(frozen=True, slots=True)

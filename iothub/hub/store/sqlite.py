@@ -261,29 +261,33 @@ class SqliteStore:
                     continue
                 sid, kind = row
                 window = (sid, start_ms, end_ms)
+                # The newest ``limit`` points (or buckets) of the range, in time order; one more is read to
+                # tell whether older ones were left out.
                 if step_ms is None:
                     rows = conn.execute(
                         "SELECT ts, num, txt FROM points WHERE series_id = ? AND ts BETWEEN ? AND ?"
-                        " ORDER BY ts LIMIT ?",
-                        (*window, limit),
+                        " ORDER BY ts DESC LIMIT ?",
+                        (*window, limit + 1),
                     )
                     points = [(ts, _decode(kind, num, txt)) for ts, num, txt in rows]
                 elif agg is Agg.LAST or kind == "string":
                     # SQLite returns the bare columns of the row holding MAX(ts) in each group.
                     rows = conn.execute(
                         "SELECT (ts / ?) * ? AS bucket, num, txt, MAX(ts) FROM points"
-                        " WHERE series_id = ? AND ts BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket LIMIT ?",
-                        (step_ms, step_ms, *window, limit),
+                        " WHERE series_id = ? AND ts BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket DESC LIMIT ?",
+                        (step_ms, step_ms, *window, limit + 1),
                     )
                     points = [(b, _decode(kind, num, txt)) for b, num, txt, _ in rows]
                 else:
                     rows = conn.execute(
                         f"SELECT (ts / ?) * ? AS bucket, {_AGG_SQL[agg]} FROM points"
-                        " WHERE series_id = ? AND ts BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket LIMIT ?",
-                        (step_ms, step_ms, *window, limit),
+                        " WHERE series_id = ? AND ts BETWEEN ? AND ? GROUP BY bucket ORDER BY bucket DESC LIMIT ?",
+                        (step_ms, step_ms, *window, limit + 1),
                     )
                     points = [(b, v) for b, v in rows]
-                out.append(Series(metric, points))
+                truncated = len(points) > limit
+                points = points[:limit][::-1]
+                out.append(Series(metric, points, truncated))
             return out
 
         return await self._in_reader(read)
