@@ -56,6 +56,7 @@ def gap_frame(gap: StreamGap) -> bytes:
 class _Writer:
     """One SSE response: what the blocked-write watchdog needs to know of it."""
 
+    token_id: str | None = None  # the API token it was opened with: revoking it ends the stream
     consumer: Consumer[bytes] | None = None
     sending_since: float | None = None  # a write is in progress since (loop time)
     request_task: asyncio.Task[Any] | None = None  # serves this response
@@ -88,19 +89,32 @@ class SseHub:
         self.channel.close()
 
     async def watch(self) -> None:
-        """Once a second: end streams whose write has been blocked for ``sse.send_timeout_s``."""
+        """Once a second: end streams whose write has been blocked for ``sse.send_timeout_s``, and
+        streams opened with an API token that has been revoked since (here or by another process)."""
         loop = asyncio.get_running_loop()
         while not self.closing.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), 1.0)
+            revoked = await asyncio.to_thread(self._revoked_tokens) if self.writers else set()
             now = loop.time()
             for writer in list(self.writers):
                 since = writer.sending_since
-                if since is not None and now - since > self.settings.send_timeout_s and writer.request_task:
-                    writer.ended_by_watchdog = True
+                if writer.token_id in revoked:
+                    log.info("ending an SSE stream: its API token %s was revoked", writer.token_id)
+                    self._end(writer)
+                elif since is not None and now - since > self.settings.send_timeout_s:
                     if writer.consumer is not None:
                         self.channel.kick(writer.consumer)
-                    writer.request_task.cancel()
+                    self._end(writer)
+
+    def _revoked_tokens(self) -> set[str]:
+        return {token.id for token in self.hub.registry.tokens() if token.revoked is not None}
+
+    @staticmethod
+    def _end(writer: _Writer) -> None:
+        if writer.request_task is not None:
+            writer.ended_by_watchdog = True
+            writer.request_task.cancel()
 
     async def body(
         self, writer: _Writer, stream_filter: StreamFilter, resume_after: int | None
@@ -183,7 +197,7 @@ async def stream(request: Request) -> Response:
         await sse.channel.check_resume(resume_after, "Last-Event-ID")
     if sse.closing.is_set():
         raise Unavailable("the hub is shutting down")
-    writer = _Writer()
+    writer = _Writer(token_id=request.state.token.id)
     return _EventStream(sse, writer, sse.body(writer, stream_filter, resume_after))
 
 

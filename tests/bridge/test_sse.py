@@ -8,11 +8,13 @@ import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiomqtt
 import httpx
 import pytest
 
 from iothub.bridge.http import HttpServer, create_app
 from iothub.hub.core import Hub
+from iothub.hub.registry import Scope as TokenScope
 from iothub.runner import Running, serve
 from tests.bridge.sse_client import SseStream, open_stream
 from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
@@ -231,3 +233,26 @@ async def test_heartbeats_keep_an_idle_stream_alive(tmp_path: Path) -> None:
             await stream.next(within=0.7)
         assert stream.comments >= 2
         _ = json
+
+
+async def _read_while_publishing(client: aiomqtt.Client, device: str, stream: SseStream) -> None:
+    """Publish and read one event at a time until the stream ends (bounded in count and time)."""
+    async with asyncio.timeout(WAIT_S):
+        for n in range(10_000):
+            await client.publish(f"devices/{device}/telemetry", telemetry({"t": n}), qos=1)
+            await stream.next(within=WAIT_S)
+
+
+async def test_revoking_its_token_ends_an_open_stream(hub: Running) -> None:
+    """A revoked token stops working for new requests at once, and for a stream already open too."""
+    record, token = hub.hub.registry.create_token(TokenScope.READ, "to-revoke")
+    device = unique_id()
+    async with http_client(hub, token) as api, open_stream(api, params={"devices": device}) as stream:
+        async with mqtt_client(hub, device) as client:
+            await client.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
+            await stream.until(lambda e: e.event == "telemetry")
+            hub.hub.registry.revoke_token(record.id)
+            with pytest.raises((EOFError, httpx.RemoteProtocolError)):  # the hub ends it (within a second)
+                await _read_while_publishing(client, device, stream)
+        again = await api.get("/api/v1/stream")
+    assert again.status_code == 401
