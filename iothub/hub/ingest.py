@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _PUBLISH, _CONNECT, _DISCONNECT = 0, 1, 2
 _DEVICE_PREFIX = "devices/"
+_TO_DEVICES = frozenset({TopicKind.COMMAND, TopicKind.STATE_DESIRED})
 _LOG_EVERY_MS = 60_000
 
 
@@ -100,7 +101,7 @@ class Ingest:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._max_future_ms = int(settings.max_future_skew_s * 1000)
-        self._received = {k: metrics.messages_received.labels(k.value) for k in TopicKind}
+        self._received = {k: metrics.messages_received.labels(k.value) for k in TopicKind if k not in _TO_DEVICES}
         self._rejected = {r: metrics.messages_rejected.labels(r.value) for r in RejectReason}
         self._global_logged: dict[RejectReason, int] = {}
         metrics.gauge_callback(
@@ -261,8 +262,8 @@ class Ingest:
                 touched[known.id] = known
             self._reject(known, exc.reason, str(exc), item.topic, received)
             return
-        if parsed is None:
-            return
+        if parsed is None or parsed.kind in _TO_DEVICES:
+            return  # what the hub (or a service) sends a device is not the device's own message
         self._received[parsed.kind].inc()
         state = self.fleet.touch(parsed.device_id, received)
         touched[state.id] = state

@@ -211,3 +211,23 @@ async def test_desired_state_is_announced_again_after_a_restart(tmp_path: Any) -
             message = await anext(aiter(reader.messages))
         assert isinstance(message.payload, bytes)
         assert json.loads(message.payload) == {"version": 1, "state": {"setpoint": 21}}
+
+
+async def test_what_the_hub_sends_a_device_is_not_counted_as_the_devices(hub: Running, events: EventWaiter) -> None:
+    """A command or a desired state going out is neither a received device message nor a sign of life."""
+    device = unique_id()
+    async with answering_device(hub, events, device, answer=False):
+        state = hub.hub.fleet.get(device)
+        assert state is not None
+        seen = state.last_seen
+        with pytest.raises(CommandTimeout):
+            await hub.hub.commands.send(device, "ping", {}, timeout_s=0.2)
+        await hub.hub.twins.patch_desired(device, {"mode": "eco"})
+        other = unique_id()
+        async with mqtt_client(hub, other) as client:  # a device message after them, as a barrier
+            await client.publish(f"devices/{other}/telemetry", telemetry({"t": 1}), qos=1)
+        await events.telemetry_from(other)
+    assert state.last_seen == seen
+    metrics = hub.hub.metrics.render().decode()
+    assert 'iothub_messages_received_total{kind="command"}' not in metrics
+    assert 'iothub_messages_received_total{kind="state/desired"}' not in metrics
