@@ -165,6 +165,38 @@ async def test_routing_by_device_label_everyone_types_and_metrics(rig: Rig) -> N
         assert json.loads(trimmed.frames[0])["metrics"] == {"t": 1}
 
 
+async def test_devices_and_labels_together_without_a_labels_only_consumer(rig: Rig) -> None:
+    rig.registry.add_device("a", labels={"site": "berlin"})
+    rig.registry.add_device("b", labels={"site": "paris"})
+    channel = rig.channel()
+    with (
+        channel.attach(StreamFilter.parse(devices=["a", "b"], labels=["site=berlin"])) as both,
+        channel.attach(StreamFilter.parse(devices=["z"])) as probe,
+    ):
+        ta = await rig.emit("a")
+        await rig.emit("b")  # one of its devices, not its label
+        await routed(probe, (await rig.emit("z"))[0])
+        assert ids(both.take()) == [ta[0].id]
+
+
+async def test_the_index_keeps_no_empty_slots(rig: Rig) -> None:
+    rig.registry.add_device("a", labels={"site": "berlin"})
+    channel = rig.channel()
+    many = StreamFilter.parse(devices=[f"d{i}" for i in range(50)])
+    with channel.attach(StreamFilter.parse(devices=["z"])) as probe:
+        with channel.attach(many), channel.attach(StreamFilter.parse(labels=["site=berlin"])):
+            assert len(channel._by_device) == 51
+        assert set(channel._by_device) == {"z"}
+        assert channel._by_label == {}
+        with channel.attach(StreamFilter.parse(devices=["a"])) as slow:
+            channel.kick(slow)
+            assert set(channel._by_device) == {"z"}  # a kicked consumer's slot goes at once
+        await rig.emit("q")  # routing only looks: no slot for an event's device
+        await routed(probe, (await rig.emit("z"))[0])
+    assert channel._by_device == {}
+    assert channel._by_label == {}
+
+
 async def test_label_changes_in_this_process_route_at_once(rig: Rig) -> None:
     rig.registry.add_device("c")
     channel = rig.channel()
