@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 from iothub.bridge.streams.consumer import NO_LONGER_STORED, Consumer, Delivery, StreamGap
 from iothub.bridge.streams.filters import BadSubscription, StreamFilter
 from iothub.hub.events import EventBus, EventType, Gap, HubEvent, Subscription
-from iothub.hub.labels import NO_LABELS, LabelDirectory
+from iothub.hub.labels import LabelDirectory
 from iothub.hub.store import Store
 
 log = logging.getLogger(__name__)
@@ -196,9 +196,12 @@ class Channel(Generic[F]):
     async def replay(self, consumer: Consumer[F]) -> AsyncIterator[Delivery[F]]:
         """What ``consumer`` missed after ``consumer.resume_after``, from the store, in pages.
 
-        Stops where its live queue begins (the hand-over; :meth:`Consumer.take` skips live frames the
-        replay already gave). Announces a gap for events the store no longer holds (event ids are
-        contiguous, so a page starting later than asked is a hole) and at the replay limit.
+        Reads until the head of its live queue, looked at again after every store read: frames the
+        queue drops meanwhile move the head on, and the replay delivers them instead. The hand-over
+        (:meth:`Consumer.hand_over`) follows the last look at the head with no await in between, so
+        a drop after it counts as lost; :meth:`Consumer.take` skips live frames the replay already
+        gave. Announces a gap for events the store no longer holds (event ids are contiguous, so a
+        page starting later than asked is a hole) and at the replay limit.
         """
         after = consumer.resume_after
         if after is None:
@@ -207,39 +210,42 @@ class Channel(Generic[F]):
         replayed = 0
         while not consumer.closed:
             if replayed >= limits.replay_limit:
-                limit_gap = StreamGap(None, after, f"replay limit of {limits.replay_limit} events reached")
-                consumer.replayed_to = after
+                consumer.hand_over(after)
                 self.stats.sent += 1
-                yield Delivery(limit_gap, [])
-                return
-            live_from = consumer.items[0][0] if consumer.items else None
-            if live_from is not None and after >= live_from - 1:
+                yield Delivery(StreamGap(None, after, f"replay limit of {limits.replay_limit} events reached"), [])
                 return
             want = min(limits.replay_page, limits.replay_limit - replayed)
             page = await self._store.events_after(after, want)
+            live_from = consumer.items[0][0] if consumer.items else None  # after the read: drops moved it
             gap: StreamGap | None = None
             if page and page[0].id > after + 1:
-                gap = StreamGap(page[0].id - 1 - after, after, NO_LONGER_STORED)
-                after = page[0].id - 1
+                stored_from = page[0].id if live_from is None else min(page[0].id, live_from)
+                if stored_from > after + 1:
+                    gap = StreamGap(stored_from - 1 - after, after, NO_LONGER_STORED)
+                    after = stored_from - 1
             frames = []
-            handed_over = False
             for event in page:
                 if live_from is not None and event.id >= live_from:
-                    handed_over = True
                     break
                 f = consumer.filter
-                if f.wants(event, self._labels.get(event.device_id) if f.labels else NO_LABELS):
+                if f.wants(event, self._labels.get(event.device_id)):
                     frame = _Frames(self._encode, event).for_filter(f.metrics)
                     if frame is not None:
                         frames.append(frame)
                         consumer.last_sent = event.id
                 after = event.id
                 replayed += 1
-            consumer.replayed_to = after
+            # Done when the live queue begins right after; with nothing queued, when the store had no
+            # more (anything committed since reaches the queue, and its ids are past this page).
+            done = after >= live_from - 1 if live_from is not None else len(page) < want
+            if done:
+                consumer.hand_over(after)
+            else:
+                consumer.replayed_to = after
             if gap is not None or frames:
                 self.stats.sent += len(frames) + (gap is not None)
                 yield Delivery(gap, frames)
-            if handed_over or len(page) < want:
+            if done:
                 return
 
 
