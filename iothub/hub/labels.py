@@ -10,7 +10,10 @@ lookup. The directory is kept current three ways:
 - other processes' writes (``iothub devices ...`` beside a running hub) through
   :meth:`LabelDirectory.refresh`, which the hub's registry watcher calls within a second of any change.
 
-A reload and a listener update are serialised by one lock, so the newer of the two always wins.
+The listener does not trust the record it is handed (two threads writing one device may call it
+in the other order): it reads the device again from the registry under the directory's lock, as a
+reload reads everything under it. Whichever runs last reads after every write that called it, so
+the newest state always wins. It runs in the writing thread (the hub writes off the event loop).
 Readers on the event loop take no lock: replacing a dict entry, or the dict itself, is atomic.
 """
 
@@ -59,8 +62,9 @@ class LabelDirectory:
             self._labels = dict(self._registry.device_labels())
             self._loaded = True
 
-    def _changed(self, device_id: str, record: DeviceRecord | None) -> None:
+    def _changed(self, device_id: str, _: DeviceRecord | None) -> None:
         with self._lock:
+            record = self._registry.find_device(device_id)  # committed before this call: never older
             if record is None:
                 self._labels.pop(device_id, None)
             else:

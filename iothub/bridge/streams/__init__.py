@@ -38,11 +38,13 @@ What the core guarantees:
   how many it lost in a :class:`StreamGap` (``missed``, ``after_id``, ``reason="slow_consumer"``)
   before its next frames. Past ``Limits.max_dropped`` it is kicked: iteration ends with
   ``consumer.kicked``. A transport that notices a blocked writer calls :meth:`Channel.kick` itself.
+  While a consumer replays, a drop loses nothing (the replay reads on to the queue's new head), so
+  it is neither announced nor counted.
 - **Resume**: ``attach(filter, resume_after=N)`` routes live events to the consumer at once and
-  replays events after ``N`` from the store in pages; the hand-over is by event id, so an event
-  committed during the replay arrives exactly once. A gap (``reason="no longer stored"``) says when
-  the store has pruned what was asked for, another (``missed=None``) when ``Limits.replay_limit``
-  events were replayed and the rest is skipped.
+  replays events after ``N`` from the store in pages, up to the head of its live queue; the
+  hand-over is by event id, so an event committed during the replay arrives exactly once. A gap
+  (``reason="no longer stored"``) says when the store has pruned what was asked for, another
+  (``missed=None``) when ``Limits.replay_limit`` events were replayed and the rest is skipped.
 - **Counters** per channel in ``/metrics`` (:class:`StreamMetrics`): frames sent, frames dropped,
   consumers kicked, consumers connected.
 

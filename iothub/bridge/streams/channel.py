@@ -5,19 +5,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from iothub.bridge.streams.consumer import NO_LONGER_STORED, Consumer, Delivery, StreamGap
 from iothub.bridge.streams.filters import BadSubscription, StreamFilter
 from iothub.hub.events import EventBus, EventType, Gap, HubEvent, Subscription
-from iothub.hub.labels import NO_LABELS, LabelDirectory
+from iothub.hub.labels import LabelDirectory
 from iothub.hub.store import Store
 
 log = logging.getLogger(__name__)
 F = TypeVar("F")
+K = TypeVar("K")
+C = TypeVar("C")
 
 Encode = Callable[[HubEvent, bytes], F]
 """A channel's frame for an event, given the event's JSON body (whole, or trimmed to some metrics)."""
@@ -82,8 +83,9 @@ class Channel(Generic[F]):
         self._store = store
         self._labels = labels
         self._encode = encode
-        self._by_device: defaultdict[str, set[Consumer[F]]] = defaultdict(set)
-        self._by_label: defaultdict[tuple[str, str], set[Consumer[F]]] = defaultdict(set)
+        # The index: a slot exists only while a consumer sits in it (detach deletes emptied slots).
+        self._by_device: dict[str, set[Consumer[F]]] = {}
+        self._by_label: dict[tuple[str, str], set[Consumer[F]]] = {}
         self._everyone: set[Consumer[F]] = set()
         self._sub: Subscription | None = None
         self.closed = False
@@ -98,8 +100,7 @@ class Channel(Generic[F]):
             consumer.closed = True
         else:
             self.consumers.add(consumer)
-            for slot in self._slots(consumer):
-                slot.add(consumer)
+            self._index(consumer, add=True)
         try:
             yield consumer
         finally:
@@ -111,8 +112,7 @@ class Channel(Generic[F]):
         consumer.wakeup.set()
         if consumer in self.consumers:
             self.consumers.discard(consumer)
-            for slot in self._slots(consumer):
-                slot.discard(consumer)
+            self._index(consumer, add=False)
 
     def kick(self, consumer: Consumer[F]) -> None:
         """Disconnect a consumer that lost too much (or whose writes are blocked); counted."""
@@ -127,15 +127,19 @@ class Channel(Generic[F]):
         if after > newest:
             raise BadSubscription(field, f"{after} is ahead of the newest event ({newest})", where="")
 
-    def _slots(self, consumer: Consumer[F]) -> Iterator[set[Consumer[F]]]:
-        """The one index slot an event can reach a consumer through: its devices, a label, or all."""
+    def _index(self, consumer: Consumer[F], add: bool) -> None:
+        """Put ``consumer`` in (or take it out of) the one index slot an event can reach it through:
+        each of its devices, else its first label (the rest is checked per event), else everyone."""
         f = consumer.filter
         if f.devices is not None:
-            yield from (self._by_device[d] for d in f.devices)
+            for device_id in f.devices:
+                _slot_update(self._by_device, device_id, consumer, add)
         elif f.labels:
-            yield self._by_label[f.labels[0]]  # any one label narrows it; the rest is checked per event
+            _slot_update(self._by_label, f.labels[0], consumer, add)
+        elif add:
+            self._everyone.add(consumer)
         else:
-            yield self._everyone
+            self._everyone.discard(consumer)
 
     # -- live --------------------------------------------------------------------------------------
 
@@ -159,17 +163,18 @@ class Channel(Generic[F]):
             self.close()
 
     def route(self, event: HubEvent) -> None:
-        labels: Mapping[str, str] = self._labels.get(event.device_id) if self._by_label else NO_LABELS
+        # Always looked up (one dict lookup): a consumer in a device slot may filter on labels too.
+        labels = self._labels.get(event.device_id)
         # A consumer sits in exactly one slot an event can reach (its devices, its first label, or
         # everyone), so the groups are walked as they are, without building a set per event.
         groups = [self._everyone, self._by_device.get(event.device_id, ())]
-        if labels:
+        if labels and self._by_label:
             groups.extend(self._by_label.get(pair, ()) for pair in labels.items())
         frames = _Frames(self._encode, event)
         too_slow = []
         for consumer in itertools.chain.from_iterable(groups):
             f = consumer.filter
-            if f.wants(event, labels if f.labels else NO_LABELS):
+            if f.wants(event, labels):
                 frame = frames.for_filter(f.metrics)
                 if frame is not None and consumer.offer(event.id, frame):
                     self.stats.dropped += 1
@@ -191,9 +196,12 @@ class Channel(Generic[F]):
     async def replay(self, consumer: Consumer[F]) -> AsyncIterator[Delivery[F]]:
         """What ``consumer`` missed after ``consumer.resume_after``, from the store, in pages.
 
-        Stops where its live queue begins (the hand-over; :meth:`Consumer.take` skips live frames the
-        replay already gave). Announces a gap for events the store no longer holds (event ids are
-        contiguous, so a page starting later than asked is a hole) and at the replay limit.
+        Reads until the head of its live queue, looked at again after every store read: frames the
+        queue drops meanwhile move the head on, and the replay delivers them instead. The hand-over
+        (:meth:`Consumer.hand_over`) follows the last look at the head with no await in between, so
+        a drop after it counts as lost; :meth:`Consumer.take` skips live frames the replay already
+        gave. Announces a gap for events the store no longer holds (event ids are contiguous, so a
+        page starting later than asked is a hole) and at the replay limit.
         """
         after = consumer.resume_after
         if after is None:
@@ -202,37 +210,54 @@ class Channel(Generic[F]):
         replayed = 0
         while not consumer.closed:
             if replayed >= limits.replay_limit:
-                limit_gap = StreamGap(None, after, f"replay limit of {limits.replay_limit} events reached")
-                consumer.replayed_to = after
+                consumer.hand_over(after)
                 self.stats.sent += 1
-                yield Delivery(limit_gap, [])
-                return
-            live_from = consumer.items[0][0] if consumer.items else None
-            if live_from is not None and after >= live_from - 1:
+                yield Delivery(StreamGap(None, after, f"replay limit of {limits.replay_limit} events reached"), [])
                 return
             want = min(limits.replay_page, limits.replay_limit - replayed)
             page = await self._store.events_after(after, want)
+            live_from = consumer.items[0][0] if consumer.items else None  # after the read: drops moved it
             gap: StreamGap | None = None
             if page and page[0].id > after + 1:
-                gap = StreamGap(page[0].id - 1 - after, after, NO_LONGER_STORED)
-                after = page[0].id - 1
+                stored_from = page[0].id if live_from is None else min(page[0].id, live_from)
+                if stored_from > after + 1:
+                    gap = StreamGap(stored_from - 1 - after, after, NO_LONGER_STORED)
+                    after = stored_from - 1
             frames = []
-            handed_over = False
             for event in page:
                 if live_from is not None and event.id >= live_from:
-                    handed_over = True
                     break
                 f = consumer.filter
-                if f.wants(event, self._labels.get(event.device_id) if f.labels else NO_LABELS):
+                if f.wants(event, self._labels.get(event.device_id)):
                     frame = _Frames(self._encode, event).for_filter(f.metrics)
                     if frame is not None:
                         frames.append(frame)
                         consumer.last_sent = event.id
                 after = event.id
                 replayed += 1
-            consumer.replayed_to = after
+            # Done when the live queue begins right after; with nothing queued, when the store had no
+            # more (anything committed since reaches the queue, and its ids are past this page).
+            done = after >= live_from - 1 if live_from is not None else len(page) < want
+            if done:
+                consumer.hand_over(after)
+            else:
+                consumer.replayed_to = after
             if gap is not None or frames:
                 self.stats.sent += len(frames) + (gap is not None)
                 yield Delivery(gap, frames)
-            if handed_over or len(page) < want:
+            if done:
                 return
+
+
+def _slot_update(index: dict[K, set[C]], key: K, consumer: C, add: bool) -> None:
+    """Add ``consumer`` to the slot ``index[key]`` (made if missing), or remove it (deleting the slot
+    once empty, so an index of device ids that come and go does not grow for ever)."""
+    slot = index.get(key)
+    if add:
+        if slot is None:
+            slot = index[key] = set()
+        slot.add(consumer)
+    elif slot is not None:
+        slot.discard(consumer)
+        if not slot:
+            del index[key]

@@ -4,7 +4,11 @@ Queue policy: at most ``maxsize`` frames. When full, the **oldest** frame is dro
 wants the newest data), counted in :attr:`Consumer.dropped` and in its channel's metrics, and the
 consumer is told with a :class:`StreamGap` (``missed``, ``after_id``: the last event it got) before
 its next frames. Past ``max_dropped`` drops its channel kicks it (:attr:`Consumer.kicked`).
-"""
+
+A drop is not a loss while the consumer is replaying from the store: the replay reads on until
+the queue's head, wherever drops have moved it, so it delivers those events itself. Nor is the
+drop of a frame the replay has already delivered. Neither is counted, announced or held against
+the consumer."""
 
 from __future__ import annotations
 
@@ -68,20 +72,32 @@ class Consumer(Generic[F]):
     dropped: int = 0  # lost in all
     last_sent: int | None = None  # id of the last event delivered
     replayed_to: int | None = None  # live frames up to this id came through the replay already
+    replaying: bool = field(init=False)  # until the replay hands over to the live queue
     closed: bool = False
     kicked: bool = False
 
+    def __post_init__(self) -> None:
+        self.replaying = self.resume_after is not None  # from attach on: the replay covers early drops
+
     def offer(self, event_id: int, frame: F) -> bool:
-        """Queue a frame; True when the oldest was dropped to make room."""
+        """Queue a frame; True when the oldest was dropped to make room and is lost to the consumer."""
         items = self.items
-        full = len(items) >= self.maxsize
-        if full:
-            items.popleft()
-            self.missed += 1
-            self.dropped += 1
+        lost = False
+        if len(items) >= self.maxsize:
+            oldest, _ = items.popleft()
+            skip_to = self.replayed_to
+            if not self.replaying and (skip_to is None or oldest > skip_to):
+                lost = True
+                self.missed += 1
+                self.dropped += 1
         items.append((event_id, frame))
         self.wakeup.set()
-        return full
+        return lost
+
+    def hand_over(self, replayed_to: int) -> None:
+        """The replay ends: it delivered up to ``replayed_to``; from now on a dropped frame is lost."""
+        self.replayed_to = replayed_to
+        self.replaying = False
 
     def lose(self, missed: int) -> None:
         """Events meant for this consumer were lost before it was offered them."""
