@@ -1,10 +1,12 @@
-"""How a start-up failure is told: the setting at fault, found in whatever wraps the OSError."""
+"""How a start-up failure is told: the setting at fault, found in whatever wraps the OSError, or the
+hub's own error found in a group."""
 
 from __future__ import annotations
 
 import errno
 from pathlib import Path
 
+from iothub.hub.errors import StoreError
 from iothub.runner import startup_error
 from tests.conftest import hub_settings
 
@@ -28,3 +30,16 @@ def test_other_failures_are_left_alone_or_told_plainly(tmp_path: Path) -> None:
     assert startup_error(ExceptionGroup("bug", [ValueError("not a start-up problem")]), settings) is None
     full = OSError(errno.ENOSPC, "No space left on device")
     assert str(startup_error(full, settings)) == "cannot start the hub: [Errno 28] No space left on device"
+
+
+def test_the_hubs_own_error_is_told_as_it_is(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path)
+    unusable = StoreError("cannot open the broker state x/broker.db: file is not a database; move it aside")
+    try:
+        try:
+            raise OSError(errno.ENOTDIR, "Not a directory")
+        except OSError as exc:
+            raise unusable from exc
+    except StoreError:
+        group = ExceptionGroup("unhandled errors in a TaskGroup", [unusable])
+    assert startup_error(group, settings) is unusable

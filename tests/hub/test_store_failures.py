@@ -1,8 +1,9 @@
 """When the store fails: the SQLite store rolls a failed write back and stays usable; ingest retries
-with backoff, holds the acknowledgements of what it could not commit, and still lets the hub stop.
+with backoff, holds the acknowledgements of what it could not commit, and still lets the hub stop; a
+failed save of the broker's sessions is tried again while the hub serves on.
 
-The failure is real: a trigger, added from another connection, makes SQLite refuse every new event
-row (as a full or failing disk would refuse the write), and dropping it ends the failure.
+The failure is real: a trigger, added from another connection, makes SQLite refuse every new row of
+a table (as a full or failing disk would refuse the write), and dropping it ends the failure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from iothub.hub.errors import StoreError
@@ -39,9 +41,9 @@ def _ddl(path: Path, statement: str) -> None:
 
 
 @asynccontextmanager
-async def failing_writes(path: Path) -> AsyncIterator[None]:
-    """Every write to the SQLite database at ``path`` fails until exit."""
-    trigger = f"CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, '{FAILURE}'); END"
+async def failing_writes(path: Path, table: str = "events") -> AsyncIterator[None]:
+    """Every write to ``table`` of the SQLite database at ``path`` fails until exit."""
+    trigger = f"CREATE TRIGGER refuse BEFORE INSERT ON {table} BEGIN SELECT RAISE(ABORT, '{FAILURE}'); END"
     await asyncio.to_thread(_ddl, path, trigger)
     try:
         yield
@@ -173,3 +175,37 @@ async def test_a_hub_whose_store_fails_still_stops_and_acknowledges_nothing_it_l
     writer.close()
     async with serve(settings) as running:
         assert await stored(running, device) == []
+
+
+# -- the broker's saved state ----------------------------------------------------------------------
+
+
+async def retained_on(running: Running, topic_filter: str) -> bytes:
+    async with aiomqtt.Client("127.0.0.1", running.ports["mqtt"]) as client:
+        await client.subscribe(topic_filter, qos=1)
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(client.messages))
+    assert message.retain
+    assert isinstance(message.payload, bytes)
+    return message.payload
+
+
+async def test_a_failed_checkpoint_is_tried_again_and_the_hub_serves_on(tmp_path: Path) -> None:
+    """The broker's sessions and retained messages are a checkpoint: failing to save them is logged and
+    retried, never a reason to stop serving, and the file keeps the last save that worked."""
+    settings = hub_settings(tmp_path / "data", mqtt={"ws_port": None, "allow_anonymous": True, "checkpoint_s": 0.1})
+    state = settings.data_dir / "broker.db"
+    failed = r"cannot save the broker state to .*broker\.db: " + FAILURE
+    with watching("iothub.hub.embedded") as log:
+        async with serve(settings) as running:
+            async with failing_writes(state, "retained"):
+                await running.hub.publish("plant/state", b"saved late", retain=True)
+                await log.until(lambda log: len(log.matching(failed + "; trying again in 0.1 s")) >= 2)
+            assert await retained_on(running, "plant/#") == b"saved late"  # the broker serves on
+        async with AsyncExitStack() as failure, serve(settings) as running:  # the failure outlives this hub
+            assert await retained_on(running, "plant/#") == b"saved late"  # saved once writes worked again
+            await failure.enter_async_context(failing_writes(state, "retained"))
+            await running.hub.publish("plant/state", b"never saved", retain=True)
+        assert log.matching(failed + "; the next start restores what the last checkpoint saved")
+    async with serve(settings) as running:
+        assert await retained_on(running, "plant/#") == b"saved late"
