@@ -100,7 +100,7 @@ async def test_a_failed_write_is_rolled_back_and_the_store_stays_usable(tmp_path
     async with SqliteStore(path) as store:
         await store.write(batch("d1", on=True))  # a bool series
         async with failing_writes(path):
-            with pytest.raises(StoreError, match=f"cannot write to the SQLite store at {path}: {FAILURE}"):
+            with pytest.raises(StoreError, match=re.escape(f"cannot write to the SQLite store at {path}: {FAILURE}")):
                 await store.write(batch("d1", on=5.0, t=21.5))  # a new series, and "on" turned number
             assert await store.metrics_of("d1") == ["on"]  # nothing of the failed batch was kept
             assert await store.event_bounds() == (1, 1)
