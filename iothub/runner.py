@@ -4,7 +4,8 @@
 what ``iothub run`` calls: it prints the bound addresses, waits for SIGINT/SIGTERM, then leaves in
 order: stop accepting HTTP, close the broker, drain and flush ingest, close the store. A listener that
 cannot bind (port in use, address not here) stops ``run`` with a :class:`SettingsError` naming the
-setting, not a traceback.
+setting, not a traceback; so does a store or saved broker state that cannot be used, with its
+:class:`~iothub.hub.errors.StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from iothub.bridge.http import HttpServer, create_app
 from iothub.hub.core import Hub
-from iothub.hub.errors import SettingsError
+from iothub.hub.errors import HubError, SettingsError
 from iothub.hub.settings import Settings, env_name
 
 log = logging.getLogger(__name__)
@@ -104,12 +105,16 @@ async def run(settings: Settings, on_ready: Callable[[Running], None] | None = N
 _BIND_ADDRESS = re.compile(r"bind on address \('([^']*)', (\d+)")
 
 
-def startup_error(exc: BaseException, settings: Settings) -> SettingsError | None:
-    """The one-line error for a hub that could not start listening, or None for other failures.
+def startup_error(exc: BaseException, settings: Settings) -> HubError | None:
+    """The one-line error for a hub that could not start, or None for failures that are not start-up problems.
 
     The failure may arrive wrapped (a task group's ExceptionGroup, amqtt's BrokerError around the
-    OSError); the address in the OSError's message says which listener, hence which setting.
+    OSError). The hub's own error (a store or saved broker state it cannot use) says what is wrong;
+    otherwise the address in the OSError's message says which listener, hence which setting.
     """
+    told = next((e for e in _causes(exc) if isinstance(e, HubError)), None)
+    if told is not None:
+        return told
     failure = next((e for e in _causes(exc) if isinstance(e, OSError)), None)
     if failure is None:
         return None

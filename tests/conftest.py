@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,19 @@ class EventWaiter:
 @pytest.fixture
 def events(hub: Running) -> EventWaiter:
     return EventWaiter(hub.hub.bus.subscribe("test"))
+
+
+async def lock_store(path: Path) -> sqlite3.Connection:
+    """Hold the SQLite database at ``path`` as another process would (``BEGIN EXCLUSIVE``); the caller
+    rolls back and closes the connection returned.
+
+    The hub's writer holds the lock only while it commits, but on a loaded machine that can take a
+    while: the lock is waited for (up to :data:`WAIT_S`), off the event loop.
+    """
+    blocker = sqlite3.connect(path, timeout=WAIT_S, check_same_thread=False)
+    try:
+        await asyncio.to_thread(blocker.execute, "BEGIN EXCLUSIVE")
+    except BaseException:
+        blocker.close()
+        raise
+    return blocker

@@ -71,6 +71,21 @@ def test_two_listeners_on_one_port_are_named_together(tmp_path: Path, taken_port
     ]
 
 
+def test_a_broker_state_file_that_is_not_one_is_named_and_kept(tmp_path: Path) -> None:
+    """It holds the persistent sessions and retained messages: the hub neither starts without them
+    unasked nor overwrites the file."""
+    state = tmp_path / "data" / "broker.db"
+    state.parent.mkdir()
+    state.write_bytes(b"this is not a database\n" * 100)
+    code, errors = iothub(tmp_path, "run", "--data-dir", "data", *(x for kv in FREE.items() for x in kv))
+    assert code == 1
+    assert errors == [
+        "Error: cannot open the broker state data/broker.db: file is not a database; "
+        "move it aside to start without the saved sessions and retained messages"
+    ]
+    assert state.read_bytes() == b"this is not a database\n" * 100
+
+
 def test_a_broken_config_file_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "broken.toml").write_text('data_dir = "x"\n[http\nport = 1\n')
     code, errors = iothub(tmp_path, "run", "--config", "broken.toml")

@@ -1,4 +1,5 @@
-"""How a start-up failure is told: the setting at fault, found in whatever wraps the OSError."""
+"""How a start-up failure is told: the setting at fault, found in whatever wraps the OSError, or the
+hub's own error found in a group."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import errno
 import socket
 from pathlib import Path
 
+from iothub.hub.errors import StoreError
 from iothub.runner import serve, startup_error
 from tests.conftest import hub_settings
 
@@ -47,3 +49,16 @@ async def test_a_failed_first_start_keeps_the_first_token_for_the_next(tmp_path:
     async with serve(hub_settings(tmp_path / "data")) as running:
         assert running.hub.first_token is not None
         assert [t.name for t in running.hub.registry.tokens()] == ["first-start"]
+
+
+def test_the_hubs_own_error_is_told_as_it_is(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path)
+    unusable = StoreError("cannot open the broker state x/broker.db: file is not a database; move it aside")
+    try:
+        try:
+            raise OSError(errno.ENOTDIR, "Not a directory")
+        except OSError as exc:
+            raise unusable from exc
+    except StoreError:
+        group = ExceptionGroup("unhandled errors in a TaskGroup", [unusable])
+    assert startup_error(group, settings) is unusable

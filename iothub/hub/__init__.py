@@ -4,7 +4,7 @@ Errors::
 
     HubError
     ├── SettingsError     bad settings at start-up; the message names the setting
-    └── StoreError        the store could not be opened or written
+    └── StoreError        the store, or the broker's saved state, could not be opened, read or written
 """
 
 from iothub.hub.errors import HubError, SettingsError, StoreError

@@ -11,27 +11,33 @@ What the hub plugs into the server (:mod:`iothub.mqtt.policy`):
   granted subscription releases the commands queued for that device;
 * counters (:class:`_MqttCounters`) and gauges: :class:`~iothub.hub.metrics.HubMetrics`;
 * persistence: sessions and retained messages saved to ``broker.db`` every ``mqtt.checkpoint_s`` when
-  they changed, and when the broker closes.
+  they changed, and when the broker closes. A ``broker.db`` that cannot be opened or read stops the
+  start with a :class:`~iothub.hub.errors.StoreError` naming the file (see :mod:`iothub.mqtt.persistence`);
+  a save that fails is logged and tried again at the next checkpoint, and the hub serves on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
 from iothub.hub.auth import Authenticator, Principal, PrincipalKind, TopicAcl
+from iothub.hub.errors import StoreError
 from iothub.hub.metrics import HubMetrics
 from iothub.hub.presence import PresenceReason
 from iothub.hub.settings import MqttSettings
 from iothub.mqtt.amqtt_listeners import AMQTT_VERSION, AmqttListeners, ListenerConfig
-from iothub.mqtt.persistence import BrokerState
+from iothub.mqtt.persistence import BrokerState, StateError
 from iothub.mqtt.policy import DisconnectReason, ServerOptions
 from iothub.mqtt.server import MqttServer
 
 __all__ = ["AMQTT_VERSION", "BrokerTap", "EmbeddedBroker"]
+
+log = logging.getLogger(__name__)
 
 SubscribedListener = Callable[[str, str], Awaitable[None]]  # (client id, filter), once its SUBACK went
 
@@ -172,13 +178,16 @@ class EmbeddedBroker:
 
     async def __aenter__(self) -> EmbeddedBroker:
         if self._state is not None:
-            await asyncio.to_thread(self._state.open)
             try:
-                self.server.restore(await asyncio.to_thread(self._state.load))
-                await self._listeners.__aenter__()
-            except BaseException:
-                await asyncio.to_thread(self._state.close)
-                raise
+                await asyncio.to_thread(self._state.open)
+                try:
+                    self.server.restore(await asyncio.to_thread(self._state.load))
+                    await self._listeners.__aenter__()
+                except BaseException:
+                    await asyncio.to_thread(self._state.close)
+                    raise
+            except StateError as exc:
+                raise StoreError(str(exc)) from exc
         else:
             await self._listeners.__aenter__()
         self._running = True
@@ -197,7 +206,7 @@ class EmbeddedBroker:
         if self._tasks is not None:
             await self._tasks.__aexit__(None, None, None)
         if self._state is not None:
-            await self._checkpoint()
+            await self._checkpoint(final=True)
             await asyncio.to_thread(self._state.close)
 
     async def _checkpoints(self) -> None:
@@ -208,12 +217,19 @@ class EmbeddedBroker:
             if not self._stopped.is_set():
                 await self._checkpoint()
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, final: bool = False) -> None:
         if self._state is None or not self.server.dirty:
             return
         self.server.dirty = False
         snapshot = self.server.snapshot()
-        await asyncio.to_thread(self._state.save, snapshot)
+        try:
+            await asyncio.to_thread(self._state.save, snapshot)
+        except StateError as exc:
+            self.server.dirty = True
+            if final:
+                log.error("%s; the next start restores what the last checkpoint saved", exc)
+            else:
+                log.error("%s; trying again in %g s", exc, self.settings.checkpoint_s)
 
     async def disconnect(self, client_id: str, reason: PresenceReason = PresenceReason.DISABLED) -> bool:
         """Close ``client_id``'s connection (e.g. its device was disabled); False if not connected.

@@ -10,4 +10,4 @@ class SettingsError(HubError):
 
 
 class StoreError(HubError):
-    """The store could not be opened, read or written."""
+    """The store, or the broker's saved state (``broker.db``), could not be opened, read or written."""

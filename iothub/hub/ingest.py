@@ -11,8 +11,11 @@ Queue policy: at most ``ingest.queue_size`` device messages wait; past that a me
 reason ``queue_full`` (counted per device and in ``iothub_messages_rejected``). Connection events are
 never refused (one per connection, so bounded by the connection count).
 
-If the store fails, the batch is retried with backoff and ingest holds; the queue then fills and
-overflows as above, so the hub keeps serving and says what it lost.
+If the store fails, the batch is retried with backoff (0.1 s, doubling up to 5 s) and ingest holds; the
+queue then fills and overflows as above, so the hub keeps serving and says what it lost. With durable
+ack the acknowledgements of the messages waiting for the store are held until their batch is
+committed. At shutdown a batch the store still refuses after about 1.5 s of retries is given up
+(logged as an error) so that the hub stops; its QoS 1/2 messages were never acknowledged.
 """
 
 from __future__ import annotations

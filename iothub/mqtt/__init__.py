@@ -15,6 +15,8 @@ Errors::
 
     ProtocolViolation         (codec) a client broke the protocol: its connection is closed
     └── UnacceptableProtocol  a CONNECT of another MQTT version: CONNACK 0x01, then closed
+    StateError                (persistence) the state file cannot be opened, read or written
 
-Neither leaves the server: a client's mistake costs that client its connection and nothing else.
+The first two never leave the server: a client's mistake costs that client its connection and
+nothing else. ``StateError`` is raised to the application, which saves and loads the state.
 """

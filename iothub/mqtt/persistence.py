@@ -12,6 +12,15 @@ changed, and when it stops). A snapshot replaces the previous one in one transac
 acknowledged before the stop is not in it and is not sent again after the restart. After a crash,
 the state is the last checkpoint's: messages acknowledged after it may be delivered again (with
 DUP), and retained messages or subscriptions changed after it are lost.
+
+Errors: a state file that cannot be opened or read (not an SQLite database, damaged, of another
+layout, a directory, no permission) raises :class:`StateError` naming the file, and nothing is
+served. Starting afresh instead would silently drop every persistent session, with the messages
+queued for it, and every retained message (devices' last status, desired twin states); so the
+choice is left to the user, whom the message tells how to make it: move the file aside to start
+without them. A save that fails raises :class:`StateError` too, and leaves the file as the previous
+save made it; the caller decides whether to try again (the hub logs it and retries at its next
+checkpoint).
 """
 
 from __future__ import annotations
@@ -34,7 +43,19 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS awaiting_rel (client_id TEXT NOT NULL, packet_id INTEGER NOT NULL);
 """
 
+_COLUMNS = {  # what load reads from each table; a file whose tables lack these is not ours
+    "retained": "topic, payload, qos",
+    "sessions": "client_id, next_packet_id",
+    "subscriptions": "client_id, filter, qos",
+    "messages": "client_id, position, packet_id, released, topic, payload, qos, retain",
+    "awaiting_rel": "client_id, packet_id",
+}
 _MessageRow = tuple[str, int, int | None, int, str, bytes, int, int]
+_MOVE_ASIDE = "move it aside to start without the saved sessions and retained messages"
+
+
+class StateError(Exception):
+    """The state file cannot be opened, read or written; the message names the file."""
 
 
 @dataclass
@@ -54,10 +75,18 @@ class BrokerState:
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
+        """Open (or create) the file; :class:`StateError` if it is not one this module can use."""
+        db = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            _check_layout(db)  # before anything is written to it
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            if db is not None:
+                db.close()
+            raise StateError(f"cannot open the broker state {self.path}: {exc}; {_MOVE_ASIDE}") from exc
         self._db = db
 
     def close(self) -> None:
@@ -72,7 +101,14 @@ class BrokerState:
         return self._db
 
     def load(self) -> Snapshot:
-        db = self.db
+        """What the last save stored; :class:`StateError` if the file cannot be read."""
+        try:
+            return self._load(self.db)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read the broker state {self.path}: {exc}; {_MOVE_ASIDE}") from exc
+
+    @staticmethod
+    def _load(db: sqlite3.Connection) -> Snapshot:
         return Snapshot(
             retained=[(t, bytes(p), q) for t, p, q in db.execute("SELECT topic, payload, qos FROM retained")],
             sessions=list(db.execute("SELECT client_id, next_packet_id FROM sessions")),
@@ -88,7 +124,14 @@ class BrokerState:
         )
 
     def save(self, snap: Snapshot) -> None:
-        db = self.db
+        """Replace what is saved with ``snap``, in one transaction; :class:`StateError` if it fails."""
+        try:
+            self._save(self.db, snap)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot save the broker state to {self.path}: {exc}") from exc
+
+    @staticmethod
+    def _save(db: sqlite3.Connection, snap: Snapshot) -> None:
         with db:
             db.execute("BEGIN")
             for table in ("retained", "sessions", "subscriptions", "messages", "awaiting_rel"):
@@ -98,6 +141,16 @@ class BrokerState:
             db.executemany("INSERT INTO subscriptions VALUES (?, ?, ?)", snap.subscriptions)
             db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?)", snap.messages)
             db.executemany("INSERT INTO awaiting_rel VALUES (?, ?)", snap.awaiting_rel)
+
+
+def _check_layout(db: sqlite3.Connection) -> None:
+    """Raise :class:`sqlite3.Error` unless the file is new or holds the broker's tables (those missing are
+    created afterwards, so a file saved by an earlier version with fewer tables still opens)."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and not tables & _COLUMNS.keys():
+        raise sqlite3.DatabaseError(f"it holds none of the broker's tables, but {', '.join(sorted(tables))}")
+    for table in tables & _COLUMNS.keys():
+        db.execute(f"SELECT {_COLUMNS[table]} FROM {table} LIMIT 0")  # fixed names
 
 
 def take_snapshot(retained: dict[str, tuple[bytes, int]], sessions: Iterable[Session]) -> Snapshot:

@@ -51,6 +51,20 @@ class SseStream:
                     fields[name] = value
         raise EOFError("the stream ended")
 
+    async def heartbeats(self, count: int, within: float = 10.0) -> None:
+        """Read until ``count`` comments (heartbeats) have come in all; an event meanwhile is an error."""
+        if self._lines is None:
+            self._lines = self.response.aiter_lines()
+        async with asyncio.timeout(within):
+            while self.comments < count:
+                line = await anext(self._lines, None)
+                if line is None:
+                    raise EOFError("the stream ended")
+                if line.startswith(":"):
+                    self.comments += 1
+                elif line.startswith(("data", "event", "id")):
+                    raise AssertionError(f"an event on a stream that should be idle: {line!r}")
+
     async def until(self, match: Any, within: float = 10.0) -> SseEvent:
         async with asyncio.timeout(within):
             while True:

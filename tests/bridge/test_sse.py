@@ -229,9 +229,7 @@ async def test_a_stream_asked_for_while_the_hub_stops_gets_503(tmp_path: Path) -
 async def test_heartbeats_keep_an_idle_stream_alive(tmp_path: Path) -> None:
     settings = hub_settings(tmp_path / "data", sse={"heartbeat_s": 0.2})
     async with serve(settings) as running, http_client(running) as api, open_stream(api) as stream:
-        with pytest.raises(TimeoutError):
-            await stream.next(within=0.7)
-        assert stream.comments >= 2
+        await stream.heartbeats(2)  # and nothing else
         _ = json
 
 

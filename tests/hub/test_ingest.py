@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from iothub.hub.events import EventType, HubEvent
 from iothub.runner import Running, serve
-from tests.conftest import EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
+from tests.conftest import EventWaiter, hub_settings, lock_store, mqtt_client, service_client, telemetry, unique_id
 
 
 def now_ms() -> int:
@@ -279,8 +278,7 @@ async def test_a_locked_store_holds_ingest_and_overflow_is_counted(tmp_path: Pat
         async with mqtt_client(running, device) as client:
             await client.publish(f"devices/{device}/telemetry", telemetry({"n": 0}, seq=0), qos=1)
             await waiter.telemetry_from(device)
-            blocker = sqlite3.connect(settings.data_dir / "iothub.db", timeout=0.1)
-            blocker.execute("BEGIN EXCLUSIVE")  # another process holds the database
+            blocker = await lock_store(settings.data_dir / "iothub.db")  # another process holds the database
             try:
                 for seq in range(1, 301):  # QoS 0: QoS 1 would be held back by durable ack (tested apart)
                     await client.publish(f"devices/{device}/telemetry", telemetry({"n": seq}, seq=seq), qos=0)

@@ -12,7 +12,7 @@ import aiomqtt
 
 from iothub.hub.events import Gap, HubEvent
 from iothub.runner import serve
-from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, unique_id
+from tests.conftest import WAIT_S, EventWaiter, hub_settings, lock_store, mqtt_client, unique_id
 
 
 async def test_events_committed_while_ingest_drains_reach_consumers(tmp_path: Path) -> None:
@@ -40,8 +40,7 @@ async def test_events_committed_while_ingest_drains_reach_consumers(tmp_path: Pa
         client = mqtt_client(running, device)
         await client.__aenter__()
         await waiter.status_of(device, online=True)
-        blocker = sqlite3.connect(settings.data_dir / "iothub.db", timeout=0.1)
-        blocker.execute("BEGIN EXCLUSIVE")
+        blocker = await lock_store(settings.data_dir / "iothub.db")
         consumer = asyncio.create_task(consume(waiter, blocker))
     async with asyncio.timeout(WAIT_S):
         await consumer

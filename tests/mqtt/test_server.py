@@ -123,7 +123,7 @@ async def test_the_hooks_hear_why_each_client_went() -> None:
 
         reader, writer, _ = await raw_connect(port, "quiet", keepalive=1)
         assert await closed_by_server(reader)  # after 1.5 s of silence
-        assert await s.hooks.reason_for("quiet", within=1) is DisconnectReason.KEEPALIVE
+        assert await s.hooks.reason_for("quiet") is DisconnectReason.KEEPALIVE
         writer.close()
 
         reader, first, _ = await raw_connect(port, "twin")
@@ -273,3 +273,21 @@ async def test_a_connection_taken_over_while_closing_is_not_reported_again() -> 
         ]
         pinger.close()
         successor.close()
+
+
+async def test_pingreq_is_answered_and_keeps_a_client_that_only_pings_alive() -> None:
+    """[MQTT-3.12.4-1] PINGRESP for every PINGREQ; a ping is traffic [MQTT-3.1.2-24], so a client that
+    pings more often than its keepalive stays connected well past 1.5x it, and is closed once it stops."""
+    async with mqtt_server() as s:
+        reader, writer, _ = await raw_connect(s.port, "pinger", keepalive=1)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 4.0  # well past 1.5 s, the server's limit for silence
+        while loop.time() < until:  # bounded in time, and by the wait for each answer
+            writer.write(PINGREQ)
+            answer = await read_packet(reader)
+            assert (answer.kind, answer.body) == (PINGRESP, b"")
+            await asyncio.sleep(0.25)  # the client's pace: a ping every quarter of its keepalive
+        assert not [c for c in s.hooks.calls if c[0] == "disconnect"], "a pinging client was closed"
+        assert await closed_by_server(reader)  # silent now: closed after 1.5 s
+        assert await s.hooks.reason_for("pinger") is DisconnectReason.KEEPALIVE
+        writer.close()

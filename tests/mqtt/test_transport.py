@@ -1,5 +1,5 @@
-"""Transports: a WebSocket client that stops reading is congested like a TCP one (its messages queue,
-the oldest drop) instead of piling up in the server's memory."""
+"""Transports: a client that stops reading, over TCP or WebSocket, is congested (its messages queue,
+the oldest drop) instead of piling up in the server's memory, and catches up once it reads again."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import struct
 
 from iothub.mqtt.policy import DisconnectReason, ServerOptions
 from tests.mqtt.stubs import WAIT_S, mqtt_server
-from tests.mqtt_raw import connect_packet, publish_packet, subscribe_packet
+from tests.mqtt_raw import connect_packet, publish_packet, raw_connect, read_packet, subscribe_packet
+
+CONNACK, SUBACK = 2, 9
 
 
 def ws_frame(data: bytes, opcode: int = 0x2) -> bytes:
@@ -70,3 +72,49 @@ async def test_a_websocket_text_frame_closes_the_connection() -> None:
         assert await s.hooks.reason_for("texter") is DisconnectReason.DROPPED
         assert not [c for c in s.hooks.calls if c[0] == "publish"]
         writer.close()
+
+
+async def test_a_tcp_client_that_stops_reading_is_queued_for_and_catches_up_in_order() -> None:
+    """Congestion on TCP: the session queues instead of writing, others are served meanwhile, and once
+    the client reads again it gets every message, in publish order (the queue is big enough: no drop)."""
+    async with mqtt_server(ServerOptions(max_queued=10_000)) as s:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", s.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(connect_packet("stuck") + subscribe_packet(1, "flood/#", 0))
+        await s.hooks.wait_for(lambda c: c == ("subscribed", "stuck", "flood/#"))  # from now on it reads nothing
+        by_reader, bystander, _ = await raw_connect(s.port, "bystander")
+        bystander.write(subscribe_packet(1, "other/#", 0))
+        assert (await read_packet(by_reader)).kind == SUBACK
+        _, publisher = await asyncio.open_connection("127.0.0.1", s.port)
+        publisher.write(connect_packet("flood"))
+        sent = 0
+        async with asyncio.timeout(WAIT_S):
+            while s.server.stats().queued == 0 and sent < 4000:  # bounded: 40 MB, far beyond the kernel buffers
+                publisher.write(b"".join(publish_packet("flood/a", numbered(n)) for n in range(sent, sent + 100)))
+                sent += 100
+                await publisher.drain()
+        assert s.server.stats().queued > 0, f"{sent * 10} kB written to a client that reads nothing, none queued"
+        assert s.server.connections["stuck"].congested
+        publisher.write(publish_packet("other/ping", b"still served"))  # the server serves the others meanwhile
+        served = await read_packet(by_reader)
+        assert (served.topic, served.payload) == ("other/ping", b"still served")
+        publisher.write(publish_packet("flood/end", b""))
+        assert (await read_packet(reader)).kind == CONNACK
+        assert (await read_packet(reader)).kind == SUBACK
+        got = []
+        async with asyncio.timeout(WAIT_S):
+            while (message := await read_packet(reader)).topic != "flood/end":  # the client reads again
+                got.append(int(message.payload[:8]))
+        assert got == list(range(sent))  # all of them, in order
+        assert s.server.stats().queued == 0
+        assert not s.counters.counts["dropped stuck"]
+        for w in (writer, bystander, publisher):
+            w.close()
+
+
+def numbered(n: int) -> bytes:
+    """A 10 kB payload that starts with its number."""
+    return f"{n:08d}".encode().ljust(10_000, b".")
