@@ -50,6 +50,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     commands.CommandTimeout: 504,
     commands.BadCommand: 400,
     twin.VersionConflict: 409,
+    twin.DesiredTooLarge: 413,  # a desired state the device could not report back (ingest.max_payload_bytes)
 }
 """Each error a handler may raise, and its HTTP status; the most specific class wins."""
 ERROR_HEADERS: dict[type[Exception], dict[str, str]] = {
