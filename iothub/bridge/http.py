@@ -38,6 +38,7 @@ from iothub.hub.settings import HttpSettings
 
 ERROR_STATUS: dict[type[Exception], int] = {
     errors.BadRequest: 400,  # a parameter or a request body (``request body: ...``) the bridge refuses
+    errors.TooLarge: 413,  # a request body over http.max_body_bytes
     errors.NotFound: 404,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
