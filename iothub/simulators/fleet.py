@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 from pydantic import ValidationError
 
-from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, topic_for
+from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, is_valid_id, topic_for
 from iothub.simulators.profiles import Profile, make_profile
 from iothub.simulators.stats import FleetStats
 
@@ -58,6 +58,12 @@ class FleetConfig:
             raise ValueError("rate 0 (as fast as possible) needs QoS 1 or 2: QoS 0 has no acks to pace it")
         for kind in self.profiles:
             make_profile(kind, random.Random(0))
+        longest = f"{self.prefix}-{self.first + self.devices - 1:04d}"
+        if not is_valid_id(longest):
+            raise ValueError(
+                f"prefix {self.prefix!r}: device ids PREFIX-NNNN must follow [A-Za-z0-9_.-]{{1,64}}, "
+                f"and {longest!r} does not"
+            )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> FleetConfig:
