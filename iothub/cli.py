@@ -13,8 +13,10 @@ from typing import Any
 import click
 
 from iothub import __version__
-from iothub.hub.errors import HubError, SettingsError
-from iothub.hub.registry import Registry, RegistryError, Role, Scope
+from iothub.hub.errors import HubError
+from iothub.hub.fleet import iso
+from iothub.hub.records import DeviceRecord, TokenRecord
+from iothub.hub.registry import Registry, Role, Scope
 from iothub.hub.settings import Settings, load_settings
 
 
@@ -32,7 +34,18 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("websockets").setLevel(logging.WARNING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The ``iothub`` group: the hub's own errors (settings, registry, store), from any verb, end the
+    command as one line, ``Error: <message>``, and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HubError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="iothub")
 def main() -> None:
     """iothub: an IoT device hub with MQTT at its core.
@@ -71,10 +84,7 @@ def run(
     _setup_logging(settings.log_level)
     from iothub.runner import run_forever
 
-    try:
-        run_forever(settings)
-    except HubError as exc:
-        raise click.ClickException(str(exc)) from None
+    run_forever(settings)
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -83,16 +93,17 @@ def _given(**options: Any) -> dict[str, Any]:
 
 
 def _settings(config_file: Path | None, overrides: dict[str, Any]) -> Settings:
-    try:
-        return load_settings(config_file, **overrides)
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
+    return load_settings(config_file, **overrides)
 
 
-def _registry(config_file: Path | None, data_dir: Path | None) -> Registry:
-    overrides: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}
-    settings = _settings(config_file, overrides)
-    return Registry(settings.data_dir / "registry.db")
+def _registry(config_file: Path | None, data_dir: Path | None, *, create: bool = False) -> Registry:
+    """The registry of the data dir; only verbs that add to it (``create``) may start a new one."""
+    settings = _settings(config_file, {} if data_dir is None else {"data_dir": data_dir})
+    path = settings.data_dir / "registry.db"
+    if not create and not path.is_file():
+        default = Settings.model_fields["data_dir"].default
+        raise click.ClickException(f"no hub data in {settings.data_dir} (--data-dir; the default is ./{default})")
+    return Registry(path)
 
 
 def _registry_options(fn: Any) -> Any:
@@ -100,8 +111,13 @@ def _registry_options(fn: Any) -> Any:
     return click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file.")(fn)
 
 
-def _fail(exc: Exception) -> click.ClickException:
-    return click.ClickException(str(exc))
+def _device(record: DeviceRecord) -> dict[str, Any]:
+    """A device as the REST API shows it: times in ISO 8601."""
+    return {**record.view(), "created": iso(record.created), "secret_rotated": iso(record.secret_rotated)}
+
+
+def _token(record: TokenRecord) -> dict[str, Any]:
+    return {**record.view(), "created": iso(record.created), "revoked": iso(record.revoked)}
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
@@ -131,12 +147,9 @@ def devices_add(
         if not sep:
             raise click.BadParameter(f"{label!r} is not key=value", param_hint="--label")
         parsed[key] = value
-    try:
-        record, secret = _registry(config_file, data_dir).add_device(device_id, name, device_type, parsed)
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    record, secret = _registry(config_file, data_dir, create=True).add_device(device_id, name, device_type, parsed)
     text = f"device {record.id} registered\nsecret: {secret}\n(shown once; connect with username {record.id})"
-    _print({**record.view(), "secret": secret}, as_json, text)
+    _print({**_device(record), "secret": secret}, as_json, text)
 
 
 @devices.command("list")
@@ -149,7 +162,7 @@ def devices_list(as_json: bool, config_file: Path | None, data_dir: Path | None)
         f"{r.id:24} {r.type:14} {'yes' if r.enabled else 'no':8} {' '.join(f'{k}={v}' for k, v in r.labels.items())}"
         for r in records
     ]
-    _print([r.view() for r in records], as_json, "\n".join(lines))
+    _print([_device(r) for r in records], as_json, "\n".join(lines))
 
 
 @devices.command("show")
@@ -157,18 +170,12 @@ def devices_list(as_json: bool, config_file: Path | None, data_dir: Path | None)
 @_registry_options
 def devices_show(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Show one device's registry entry (as JSON)."""
-    try:
-        record = _registry(config_file, data_dir).device(device_id)
-    except RegistryError as exc:
-        raise _fail(exc) from None
-    click.echo(json.dumps(record.view(), indent=2))
+    record = _registry(config_file, data_dir).device(device_id)
+    click.echo(json.dumps(_device(record), indent=2))
 
 
 def _set_enabled(device_id: str, enabled: bool, config_file: Path | None, data_dir: Path | None) -> None:
-    try:
-        _registry(config_file, data_dir).set_enabled(device_id, enabled)
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    _registry(config_file, data_dir).set_enabled(device_id, enabled)
     click.echo(f"device {device_id} {'enabled' if enabled else 'disabled'}")
 
 
@@ -193,10 +200,7 @@ def devices_enable(device_id: str, config_file: Path | None, data_dir: Path | No
 @_registry_options
 def devices_rotate(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Give the device a new secret (the old one stops working) and print it once."""
-    try:
-        _, secret = _registry(config_file, data_dir).rotate_secret(device_id)
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    _, secret = _registry(config_file, data_dir).rotate_secret(device_id)
     click.echo(f"new secret for {device_id}: {secret}")
 
 
@@ -205,10 +209,7 @@ def devices_rotate(device_id: str, config_file: Path | None, data_dir: Path | No
 @_registry_options
 def devices_remove(device_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Remove a device from the registry (its stored telemetry stays)."""
-    try:
-        _registry(config_file, data_dir).remove_device(device_id)
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    _registry(config_file, data_dir).remove_device(device_id)
     click.echo(f"device {device_id} removed")
 
 
@@ -223,7 +224,7 @@ def tokens() -> None:
 @_registry_options
 def tokens_create(scope: str, name: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Create a token and print it (shown this once; stored hashed)."""
-    record, token = _registry(config_file, data_dir).create_token(Scope(scope), name)
+    record, token = _registry(config_file, data_dir, create=True).create_token(Scope(scope), name)
     click.echo(f"token {record.id} ({record.scope}): {token}")
 
 
@@ -236,7 +237,7 @@ def tokens_list(as_json: bool, config_file: Path | None, data_dir: Path | None) 
     lines = [f"{'ID':14} {'SCOPE':8} {'STATE':8} NAME"] + [
         f"{t.id:14} {t.scope.value:8} {'revoked' if t.revoked else 'active':8} {t.name}" for t in records
     ]
-    _print([t.view() for t in records], as_json, "\n".join(lines))
+    _print([_token(t) for t in records], as_json, "\n".join(lines))
 
 
 @tokens.command("revoke")
@@ -244,10 +245,7 @@ def tokens_list(as_json: bool, config_file: Path | None, data_dir: Path | None) 
 @_registry_options
 def tokens_revoke(token_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Revoke a token by its id (from 'tokens list')."""
-    try:
-        _registry(config_file, data_dir).revoke_token(token_id)
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    _registry(config_file, data_dir).revoke_token(token_id)
     click.echo(f"token {token_id} revoked")
 
 
@@ -262,10 +260,7 @@ def accounts() -> None:
 @_registry_options
 def accounts_add(name: str, role: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Create a service account and print its secret (shown this once)."""
-    try:
-        _, secret = _registry(config_file, data_dir).add_account(name, Role(role))
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    _, secret = _registry(config_file, data_dir, create=True).add_account(name, Role(role))
     click.echo(f"account svc:{name} ({role})\nsecret: {secret}")
 
 
@@ -282,10 +277,7 @@ def accounts_list(config_file: Path | None, data_dir: Path | None) -> None:
 @_registry_options
 def accounts_remove(name: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Remove a service account."""
-    try:
-        _registry(config_file, data_dir).remove_account(name)
-    except RegistryError as exc:
-        raise _fail(exc) from None
+    _registry(config_file, data_dir).remove_account(name)
     click.echo(f"account svc:{name} removed")
 
 
@@ -376,16 +368,20 @@ def simulate(
         raise click.ClickException(str(exc)) from None
     if credentials is not None:
         try:
-            config = dataclasses.replace(config, credentials=read_credentials(credentials))
+            secrets = read_credentials(credentials)
         except (ValueError, KeyError, TypeError) as exc:
             raise click.ClickException(
                 f"credentials file {credentials}: expected JSON of id -> secret ({exc})"
             ) from None
+        missing = [d for d in config.device_ids() if d not in secrets]  # it would connect anonymously
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise click.ClickException(f"no secret for {missing[0]}{more} in {credentials}")
+        config = dataclasses.replace(config, credentials=secrets)
     elif not anonymous:
-        settings = _settings(config_file, {} if data_dir is None else {"data_dir": data_dir})
-        registry = Registry(settings.data_dir / "registry.db")
+        registry = _registry(config_file, data_dir, create=True)
         types = {d: config.profiles[i % len(config.profiles)] for i, d in enumerate(config.device_ids())}
-        secrets = provision_fleet(registry, types, settings.data_dir / CREDENTIALS_FILE)
+        secrets = provision_fleet(registry, types, registry.path.parent / CREDENTIALS_FILE)
         registry.close()
         config = dataclasses.replace(config, credentials=secrets)
     try:

@@ -142,3 +142,40 @@ def test_an_address_the_hub_cannot_listen_on_names_the_host_setting(tmp_path: Pa
     assert code == 1
     assert len(errors) == 1
     assert errors[0].startswith(error)
+
+
+def test_a_corrupt_registry_is_named(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "registry.db").write_text("garbage\n")
+    error = "Error: cannot open the registry at data/registry.db: file is not a database"
+    assert iothub(tmp_path, "devices", "list", "--data-dir", "data") == (1, [error])
+    assert iothub(tmp_path, "run", "--data-dir", "data", *(x for kv in FREE.items() for x in kv)) == (1, [error])
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    error = "Error: cannot open the registry at afile/registry.db: afile is not a directory"
+    assert iothub(tmp_path, "tokens", "create", "--scope", "read", "--data-dir", "afile") == (1, [error])
+    assert iothub(tmp_path, "simulate", "--data-dir", "afile", "--devices", "1", "--duration", "1") == (1, [error])
+    no_data = "Error: no hub data in afile (--data-dir; the default is ./iothub-data)"
+    assert iothub(tmp_path, "devices", "list", "--data-dir", "afile") == (1, [no_data])
+
+
+@pytest.mark.parametrize("prefix", ["bad prefix", "p" * 60])
+def test_a_simulator_prefix_that_makes_bad_ids_is_refused_up_front(tmp_path: Path, prefix: str) -> None:
+    code, errors = iothub(tmp_path, "simulate", "--prefix", prefix, "--devices", "10", "--data-dir", "data")
+    assert (code, errors) == (
+        1,
+        [
+            f"Error: prefix {prefix!r}: device ids PREFIX-NNNN must follow [A-Za-z0-9_.-]{{1,64}}, "
+            f"and '{prefix}-0009' does not"
+        ],
+    )
+    assert not (tmp_path / "data").exists()  # nothing registered
+
+
+def test_a_credentials_file_without_a_device_is_refused_before_connecting(tmp_path: Path, refusing_port: int) -> None:
+    (tmp_path / "creds.json").write_text('{"sim-0000": "s0", "sim-0002": "s2"}')
+    broker = f"mqtt://127.0.0.1:{refusing_port}"
+    code, errors = iothub(tmp_path, "simulate", "--credentials", "creds.json", "--devices", "4", "--broker", broker)
+    assert (code, errors) == (1, ["Error: no secret for sim-0001 (and 1 more) in creds.json"])  # no connect attempt

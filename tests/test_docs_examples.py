@@ -55,14 +55,18 @@ async def test_publish_telemetry_stores_a_point(hub: Running, http: httpx.AsyncC
 
 async def test_publish_telemetry_says_in_one_line_why_it_was_refused(hub: Running) -> None:
     device_id = unique_id("example")
-    device_secret(hub, device_id)
+    secret = device_secret(hub, device_id)
     port = str(hub.ports["mqtt"])
     code, out, err = await run_example("--port", port, "--device", device_id, "--secret", "not-the-secret")
     assert (code, out) == (1, "")
     assert err.endswith("\n")
     assert err.count("\n") == 1, err
-    assert f"{device_id} at 127.0.0.1:{port}" in err
-    assert "Bad user name or password" in err  # CONNACK 0x04
+    where = f"publish_telemetry: {device_id} at 127.0.0.1:{port}"
+    assert err == f"{where}: refused (CONNACK 0x04): unknown device or wrong secret\n"
+    hub.hub.registry.set_enabled(device_id, False)
+    code, _, err = await run_example("--port", port, "--device", device_id, "--secret", secret)
+    assert code == 1
+    assert err == f"{where}: refused (CONNACK 0x05): not authorised (is the device disabled?)\n"
     code, _, err = await run_example("--port", port)
     assert code == 2
     assert "a device id and secret are needed" in err

@@ -19,6 +19,13 @@ import time
 
 import aiomqtt
 
+# The hub's refusals (MQTT 3.1.1 CONNACK codes), keyed by the MQTT 5 reason code paho-mqtt reports them as.
+REFUSED = {
+    133: "refused (CONNACK 0x02): the client id must be the device id",
+    134: "refused (CONNACK 0x04): unknown device or wrong secret",
+    135: "refused (CONNACK 0x05): not authorised (is the device disabled?)",
+}
+
 
 def parse_args() -> argparse.Namespace:
     env = os.environ
@@ -47,8 +54,9 @@ def main() -> int:
     args = parse_args()
     try:
         asyncio.run(publish(args))
-    except aiomqtt.MqttError as exc:  # refused (wrong secret: CONNACK 0x04), unreachable, timed out
-        print(f"publish_telemetry: {args.device} at {args.host}:{args.port}: {exc}", file=sys.stderr)
+    except aiomqtt.MqttError as exc:  # refused, unreachable, timed out
+        code = exc.rc.value if isinstance(exc, aiomqtt.MqttCodeError) and hasattr(exc.rc, "value") else None
+        print(f"publish_telemetry: {args.device} at {args.host}:{args.port}: {REFUSED.get(code, exc)}", file=sys.stderr)
         return 1
     print(f"published temperature={args.temperature} for {args.device}")
     return 0

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from iothub.bridge.auth import requires
-from iothub.bridge.errors import BadRequest
+from iothub.bridge.errors import BadRequest, TooLarge
 from iothub.bridge.rest import device_id_of, device_view, hub_of
 from iothub.devices.payloads import describe
 from iothub.devices.topics import ID_PATTERN
@@ -47,12 +47,29 @@ class TokenCreate(_Body):
 
 
 async def body(request: Request, model: type[B]) -> B:
-    """The request body as ``model``; :class:`BadRequest` (``request body: ...``) when it does not fit."""
-    raw = await request.body()
+    """The request body as ``model``; :class:`BadRequest` (``request body: ...``) when it does not fit,
+    :class:`TooLarge` when it is over ``http.max_body_bytes``."""
+    raw = await read_limited(request, hub_of(request).settings.http.max_body_bytes)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise BadRequest(f"request body: {describe(exc)}") from None
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it is known to be over ``limit`` bytes: before reading when
+    its Content-Length says so, else once that much has arrived (a chunked body)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body: {declared} bytes, over the {limit}-byte limit (http.max_body_bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body: over the {limit}-byte limit (http.max_body_bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _token_view(record: TokenRecord) -> dict[str, Any]:

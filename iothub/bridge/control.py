@@ -1,7 +1,8 @@
 """REST API for acting on devices: commands (scope command) and the device twin.
 
-Command errors (:mod:`iothub.hub.commands`) and twin version conflicts reach the HTTP app's exception
-table as they are: 404 unknown device, 409 offline or a stale version, 504 no answer, 400 bad command.
+Command errors (:mod:`iothub.hub.commands`) and twin errors reach the HTTP app's exception table as
+they are: 404 unknown device, 409 offline or a stale version, 504 no answer, 400 bad command, 413 a
+desired state too large for the device to report back (``ingest.max_payload_bytes``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ async def get_twin(request: Request) -> JSONResponse:
 async def patch_twin(request: Request) -> JSONResponse:
     device_id = await _known(request)
     spec = await body(request, TwinPatch)
-    twin = await hub_of(request).twins.patch_desired(device_id, spec.desired, spec.version)
+    hub = hub_of(request)
+    max_bytes = hub.settings.ingest.max_payload_bytes  # what the device's reported echo must fit in
+    twin = await hub.twins.patch_desired(device_id, spec.desired, spec.version, max_bytes=max_bytes)
     return JSONResponse({"device_id": device_id, **twin.view()})
 
 

@@ -9,6 +9,10 @@ class BadRequest(BridgeError):
     """A request parameter or body that cannot be served; the message names it."""
 
 
+class TooLarge(BridgeError):
+    """A request body over ``http.max_body_bytes``."""
+
+
 class NotFound(BridgeError):
     """The request names something that does not exist (a device, say)."""
 

@@ -38,6 +38,7 @@ from iothub.hub.settings import HttpSettings
 
 ERROR_STATUS: dict[type[Exception], int] = {
     errors.BadRequest: 400,  # a parameter or a request body (``request body: ...``) the bridge refuses
+    errors.TooLarge: 413,  # a request body over http.max_body_bytes
     errors.NotFound: 404,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
@@ -50,6 +51,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     commands.CommandTimeout: 504,
     commands.BadCommand: 400,
     twin.VersionConflict: 409,
+    twin.DesiredTooLarge: 413,  # a desired state the device could not report back (ingest.max_payload_bytes)
 }
 """Each error a handler may raise, and its HTTP status; the most specific class wins."""
 ERROR_HEADERS: dict[type[Exception], dict[str, str]] = {

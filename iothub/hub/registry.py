@@ -4,29 +4,34 @@ It is separate from the telemetry store, so it stays put whichever store backend
 the ``iothub devices|accounts|tokens`` commands may use it at the same time (WAL); the hub notices
 another process's changes through ``PRAGMA data_version`` (see :meth:`Registry.changed`). Writes
 made through this object are also told at once to the listeners of :meth:`Registry.on_device_change`.
+The records it stores are values of :mod:`iothub.hub.records`.
 
 Errors::
 
-    RegistryError
+    RegistryError       a bad id, label or name; or a registry file that cannot be opened (named)
     ├── NotFound        no such device, account or token
     └── AlreadyExists   the id or name is taken
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from iothub.devices import is_valid_id
 from iothub.hub.credentials import hash_secret, hash_token, new_secret, new_token
 from iothub.hub.errors import HubError
+from iothub.hub.records import AccountRecord, DeviceRecord, Role, Scope, TokenRecord
+
+__all__ = [
+    "AccountRecord", "AlreadyExists", "DeviceListener", "DeviceRecord", "NotFound", "Registry", "RegistryError", "Role",
+    "Scope", "TokenRecord",
+]  # fmt: skip
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -76,69 +81,6 @@ class AlreadyExists(RegistryError):
     pass
 
 
-class Scope(enum.StrEnum):
-    """API token scopes; each includes the ones before it."""
-
-    READ = "read"
-    COMMAND = "command"
-    ADMIN = "admin"
-
-    def allows(self, needed: Scope) -> bool:
-        order = list(Scope)
-        return order.index(self) >= order.index(needed)
-
-
-class Role(enum.StrEnum):
-    """Service-account roles on the MQTT side."""
-
-    OBSERVER = "observer"  # subscribe to everything, publish nothing
-    SERVICE = "service"  # publish and subscribe everywhere (the hub's own bridges, operators)
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    id: str
-    name: str
-    type: str
-    labels: dict[str, str]
-    enabled: bool
-    created: int
-    secret_hash: str = field(repr=False)
-    secret_rotated: int = 0
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "type": self.type,
-            "labels": self.labels,
-            "enabled": self.enabled,
-            "created": self.created,
-            "secret_rotated": self.secret_rotated,
-        }
-
-
-@dataclass(frozen=True)
-class AccountRecord:
-    name: str
-    role: Role
-    secret_hash: str = field(repr=False)
-    created: int = 0
-
-
-@dataclass(frozen=True)
-class TokenRecord:
-    id: str
-    name: str
-    scope: Scope
-    created: int
-    revoked: int | None
-
-    def view(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "scope": self.scope.value, "created": self.created,
-                "revoked": self.revoked}  # fmt: skip
-
-
 DeviceListener = Callable[[str, "DeviceRecord | None"], None]
 """Called with a device id and its record after it is added or changed (``None``: removed)."""
 
@@ -153,16 +95,33 @@ def _check_labels(labels: dict[str, str]) -> None:
             raise RegistryError(f"label {key!r}: keys follow [A-Za-z0-9_.-]{{1,64}}, values are strings of <= 128")
 
 
+def _open(path: Path) -> sqlite3.Connection:
+    db = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
+        db.execute("PRAGMA journal_mode = WAL")
+        db.executescript(SCHEMA)
+    except (sqlite3.Error, OSError) as exc:
+        if db is not None:
+            db.close()
+        if isinstance(exc, FileExistsError | NotADirectoryError):  # the data dir, or a parent, is a file
+            blocker = next((d for d in path.parents if d.exists() and not d.is_dir()), path.parent)
+            reason = f"{blocker} is not a directory"
+        else:
+            reason = exc.strerror.lower() if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RegistryError(f"cannot open the registry at {path}: {reason}") from None
+    return db
+
+
 class Registry:
     """Thread-safe; every call is a short SQLite transaction (use it off the event loop for hashing)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the registry; :class:`RegistryError` naming the file when that fails."""
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(SCHEMA)
+        self._db = _open(path)
         self._version = -1
         self._listeners: list[DeviceListener] = []
 

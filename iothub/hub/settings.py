@@ -93,6 +93,9 @@ class MqttSettings(_Section):
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger request bodies are refused (413)"
+    )
 
 
 class IngestSettings(_Section):

@@ -7,10 +7,16 @@ broker's retained messages live in memory). The device owns ``reported`` and pub
 ``devices/{id}/state/reported``; a report whose version is not newer than the stored one is refused
 as stale. The delta is every desired key whose value the device has not reported.
 
+A desired document is refused when its published payload would be larger than the caller's
+``max_bytes`` (the hub passes ``ingest.max_payload_bytes``): the device echoes it on
+``state/reported``, and an echo over the limit would be refused, or close the device's connection,
+every time the retained document reached it again.
+
 Errors::
 
     TwinError
-    └── VersionConflict   the caller's expected version is not the current one (HTTP 409)
+    ├── VersionConflict   the caller's expected version is not the current one (HTTP 409)
+    └── DesiredTooLarge   the document would be published over the size limit (HTTP 413)
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ class TwinError(HubError):
 
 
 class VersionConflict(TwinError):
+    pass
+
+
+class DesiredTooLarge(TwinError):
     pass
 
 
@@ -74,7 +84,19 @@ class Twins:
     async def get(self, device_id: str) -> Twin:
         return Twin(*await asyncio.to_thread(self.registry.twin, device_id))
 
-    async def patch_desired(self, device_id: str, patch: dict[str, Any], expected_version: int | None = None) -> Twin:
+    async def patch_desired(
+        self,
+        device_id: str,
+        patch: dict[str, Any],
+        expected_version: int | None = None,
+        *,
+        max_bytes: int | None = None,
+    ) -> Twin:
+        """Merge ``patch`` into the desired state, store it and publish it (retained).
+
+        :class:`DesiredTooLarge` when the published document would be over ``max_bytes``, which is
+        ``ingest.max_payload_bytes``: what the device's report of the same state must fit in.
+        """
         async with self._lock:  # one read-modify-write at a time
             twin = await self.get(device_id)
             if expected_version is not None and expected_version != twin.desired_version:
@@ -83,11 +105,17 @@ class Twins:
                 )
             twin.desired = merge_patch(twin.desired, patch)
             twin.desired_version += 1
+            payload = _document(twin.desired, twin.desired_version)
+            if max_bytes is not None and len(payload) > max_bytes:
+                raise DesiredTooLarge(
+                    f"desired state of {device_id!r} would be published as {len(payload)} bytes, over the "
+                    f"{max_bytes}-byte limit (ingest.max_payload_bytes) that the device's reported state must fit in"
+                )
             await asyncio.to_thread(
                 self.registry.save_twin, device_id, twin.desired, twin.desired_version, twin.reported,
                 twin.reported_version,
             )  # fmt: skip
-        await self._announce(device_id, twin.desired, twin.desired_version)
+        await self._publish(device_id, payload)
         return twin
 
     async def on_reported(self, device_id: str, report: TwinDocument) -> RejectReason | None:
@@ -103,9 +131,13 @@ class Twins:
     async def announce_all(self) -> int:
         twins = await asyncio.to_thread(self.registry.twins)
         for device_id, (desired, version) in twins.items():
-            await self._announce(device_id, desired, version)
+            await self._publish(device_id, _document(desired, version))
         return len(twins)
 
-    async def _announce(self, device_id: str, desired: dict[str, Any], version: int) -> None:
-        payload = json.dumps({"version": version, "state": desired}).encode()
+    async def _publish(self, device_id: str, payload: bytes) -> None:
         await self.publisher.publish(topic_for(device_id, TopicKind.STATE_DESIRED), payload, qos=1, retain=True)
+
+
+def _document(desired: dict[str, Any], version: int) -> bytes:
+    """The desired state as published on ``devices/{id}/state/desired``."""
+    return json.dumps({"version": version, "state": desired}).encode()

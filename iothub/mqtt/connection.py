@@ -19,7 +19,6 @@ itself: routing a publish, granting subscriptions, holding acknowledgements.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from typing import Generic, Protocol, TypeVar
 
@@ -48,7 +47,6 @@ from iothub.mqtt.policy import DisconnectReason
 from iothub.mqtt.sessions import Session
 from iothub.mqtt.transport import Transport
 
-log = logging.getLogger(__name__)
 HIGH_WATER = 256 * 1024
 P = TypeVar("P")
 
@@ -66,7 +64,8 @@ class ConnectionOwner(Protocol[P]):
     def holding(self, conn: Connection[P]) -> None:
         """``conn`` has acknowledgements waiting for a ticket to be committed."""
 
-    def protocol_error(self, conn: Connection[P], problem: str) -> None: ...
+    def protocol_error(self, conn: Connection[P], problem: str) -> None:
+        """``conn`` broke the protocol and is being closed; ``problem`` says how."""
 
 
 async def read_connect(transport: Transport, packets: PacketReader) -> Connect | None:
@@ -224,8 +223,7 @@ class Connection(Generic[P]):
                 self._packets.feed(data)
         except ProtocolViolation as exc:
             self.protocol_error = str(exc)
-            log.warning("closing MQTT client %r: %s", self.client_id, exc)
-            owner.protocol_error(self, str(exc))
+            owner.protocol_error(self, str(exc))  # the owner counts it and logs it
             return False
         finally:
             if self._keepalive is not None:

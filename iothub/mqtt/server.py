@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -73,12 +72,12 @@ from iothub.mqtt.policy import (
 )
 from iothub.mqtt.routing import SubscriptionTrie
 from iothub.mqtt.sessions import Limits, Message, Session
+from iothub.mqtt.throttle import Throttle
 from iothub.mqtt.topics import matches, valid_filter
 from iothub.mqtt.transport import Transport
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
-_LOG_EVERY_S = 60.0
 _CLOSE_WAIT_S = 5.0
 
 
@@ -118,7 +117,8 @@ class MqttServer(Generic[P]):
         self._stopping = False
         self._all_closed = asyncio.Event()
         self._all_closed.set()
-        self._acl_logged: dict[str, float] = {}
+        self._acl_logged = Throttle()
+        self._protocol_logged = Throttle()
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -327,9 +327,7 @@ class MqttServer(Generic[P]):
 
     def _denied(self, conn: Connection[P], action: str, topic: str) -> None:
         self.counters.acl_denied(action)
-        now = time.monotonic()
-        if now - self._acl_logged.get(conn.client_id, -_LOG_EVERY_S) >= _LOG_EVERY_S:
-            self._acl_logged[conn.client_id] = now
+        if self._acl_logged.due(conn.client_id):
             log.warning("MQTT client %r may not %s %r (logged once a minute)", conn.client_id, action, topic)
         if action == "publish" and self.options.disconnect_on_acl_violation:
             conn.close(DisconnectReason.ACL_VIOLATION)
@@ -346,6 +344,8 @@ class MqttServer(Generic[P]):
 
     def protocol_error(self, conn: Connection[P], problem: str) -> None:
         self.counters.protocol_error()
+        if self._protocol_logged.due(conn.client_id):  # a client that reconnects to repeat it logs once a minute
+            log.warning("closing MQTT client %r (logged once a minute): %s", conn.client_id, problem)
 
     # -- subscriptions -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 from pydantic import ValidationError
 
-from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, topic_for
+from iothub.devices import CommandRequest, CommandResponse, TopicKind, TwinDocument, is_valid_id, topic_for
 from iothub.simulators.profiles import Profile, make_profile
 from iothub.simulators.stats import FleetStats
 
@@ -58,6 +58,12 @@ class FleetConfig:
             raise ValueError("rate 0 (as fast as possible) needs QoS 1 or 2: QoS 0 has no acks to pace it")
         for kind in self.profiles:
             make_profile(kind, random.Random(0))
+        longest = f"{self.prefix}-{self.first + self.devices - 1:04d}"
+        if not is_valid_id(longest):
+            raise ValueError(
+                f"prefix {self.prefix!r}: device ids PREFIX-NNNN must follow [A-Za-z0-9_.-]{{1,64}}, "
+                f"and {longest!r} does not"
+            )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> FleetConfig:
@@ -98,7 +104,8 @@ class SimulatedDevice:
         self.response_topic = topic_for(device_id, TopicKind.RESPONSE)
         self.desired_topic = topic_for(device_id, TopicKind.STATE_DESIRED)
         self.reported_topic = topic_for(device_id, TopicKind.STATE_REPORTED)
-        self.settings: dict[str, object] = {}  # desired state applied so far
+        self.settings: dict[str, object] = {}  # the desired state it runs with
+        self._closing = False  # the session is ending: the command listener stops after its message
         self.started = time.monotonic()
         self.secret = (config.credentials or {}).get(device_id)
         self._reboot = False
@@ -153,11 +160,15 @@ class SimulatedDevice:
         await client.publish(self.status_topic, self._status(True, "connected"), qos=1, retain=True)
         await client.subscribe(f"devices/{self.id}/commands/+", qos=1)
         await client.subscribe(self.desired_topic, qos=1)
+        self._closing = False
         async with asyncio.TaskGroup() as tasks:
             listener = tasks.create_task(self._answer_commands(client, stats), name=f"{self.id}-commands")
             try:
                 await self._publish(client, stats, stop)
             finally:
+                # On Python 3.11 a cancel that lands as a publish's PUBACK arrives is lost (asyncio.wait_for
+                # returns the result): the listener then ends at this flag, after that message.
+                self._closing = True
                 listener.cancel()
         # Graceful end: say so, then the caller's __aexit__ sends DISCONNECT (no Will).
         await client.publish(self.status_topic, self._status(False, "shutdown"), qos=1, retain=True)
@@ -206,31 +217,41 @@ class SimulatedDevice:
 
     async def _answer_commands(self, client: aiomqtt.Client, stats: FleetStats) -> None:
         async for message in client.messages:
-            name = str(message.topic).rsplit("/", 1)[-1]
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            if str(message.topic) == self.desired_topic:
-                await self._apply_desired(client, payload)
-                continue
-            try:
-                request = CommandRequest.model_validate_json(payload)
-            except ValidationError:
-                log.warning("%s: ignoring a malformed command on %s", self.id, message.topic)
-                continue
-            try:
-                result = self._execute(name, request.args)
-                response = CommandResponse(id=request.id, ok=True, result=result)
-            except ValueError as exc:
-                response = CommandResponse(id=request.id, ok=False, error=str(exc))
-            stats.commands += 1  # counted once executed: the answer's PUBACK may come after the fleet stops
-            await client.publish(self.response_topic, response.model_dump_json(exclude_none=True), qos=1)
+            await self._answer(client, stats, message)
+            if self._closing:
+                return
+
+    async def _answer(self, client: aiomqtt.Client, stats: FleetStats, message: aiomqtt.Message) -> None:
+        name = str(message.topic).rsplit("/", 1)[-1]
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        if str(message.topic) == self.desired_topic:
+            await self._apply_desired(client, payload)
+            return
+        try:
+            request = CommandRequest.model_validate_json(payload)
+        except ValidationError:
+            log.warning("%s: ignoring a malformed command on %s", self.id, message.topic)
+            return
+        try:
+            result = self._execute(name, request.args)
+            response = CommandResponse(id=request.id, ok=True, result=result)
+        except ValueError as exc:
+            response = CommandResponse(id=request.id, ok=False, error=str(exc))
+        stats.commands += 1  # counted once executed: the answer's PUBACK may come after the fleet stops
+        await client.publish(self.response_topic, response.model_dump_json(exclude_none=True), qos=1)
 
     async def _apply_desired(self, client: aiomqtt.Client, payload: bytes) -> None:
-        """Take what it can of the desired state and report what it runs with, at the same version."""
+        """Take what it can of the desired state and report what it runs with, at the same version.
+
+        The report follows the desired document: a key removed from it is no longer reported, and a
+        value the device refuses is reported as the one it kept (if any).
+        """
         try:
             desired = TwinDocument.model_validate_json(payload)
         except ValidationError:
             log.warning("%s: ignoring a malformed desired state", self.id)
             return
+        applied: dict[str, object] = {}
         for key, value in desired.state.items():
             try:
                 if key == "rate":
@@ -239,8 +260,11 @@ class SimulatedDevice:
                     self._execute("set_setpoint", {"setpoint": value})
             except ValueError as exc:
                 log.warning("%s: desired %s=%r refused: %s", self.id, key, value, exc)
+                if key in self.settings:
+                    applied[key] = self.settings[key]
                 continue
-            self.settings[key] = value
+            applied[key] = value
+        self.settings = applied
         report = {"version": desired.version, "state": self.settings}
         await client.publish(self.reported_topic, json.dumps(report), qos=1)
 

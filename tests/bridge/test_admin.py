@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx
 import pytest
 
 from iothub.hub.registry import Scope
-from iothub.runner import Running
+from iothub.runner import Running, serve
+from tests.conftest import hub_settings
 from tests.mqtt_raw import connack_code
 
 
@@ -112,3 +116,40 @@ async def test_tokens_api(http: httpx.AsyncClient, hub: Running) -> None:
     bad = await http.post("/api/v1/tokens", json={"scope": "root"})
     assert bad.status_code == 400
     assert "scope" in bad.json()["error"]
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(hub: Running, http: httpx.AsyncClient) -> None:
+    limit = hub.hub.settings.http.max_body_bytes
+    labels = {f"k{i}": "v" * 128 for i in range(limit // 128)}  # each label is valid: only the size is wrong
+    response = await http.post("/api/v1/devices", json={"id": "big-1", "labels": labels})
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error.startswith("request body: ")
+    assert error.endswith(f"bytes, over the {limit}-byte limit (http.max_body_bytes)")
+    assert hub.hub.registry.find_device("big-1") is None
+
+
+async def test_a_chunked_body_is_refused_once_it_passes_the_limit(tmp_path: Path) -> None:
+    limit = 4096  # http.max_body_bytes set small
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the size is known only while reading
+        nonlocal sent
+        yield b'{"name": "'
+        while sent <= 4 * limit:
+            sent += 1024
+            yield b"x" * 1024
+        yield b'"}'
+
+    async with serve(hub_settings(tmp_path / "data", http={"max_body_bytes": limit})) as hub:
+        assert hub.hub.first_token is not None
+        device = "chunked-1"
+        hub.hub.registry.add_device(device)
+        async with client_with(hub, hub.hub.first_token) as http:
+            response = await http.patch(f"/api/v1/devices/{device}", content=chunks())
+            assert response.status_code == 413
+            assert response.json() == {"error": f"request body: over the {limit}-byte limit (http.max_body_bytes)"}
+            assert hub.hub.registry.device(device).name == device
+            ok = await http.patch(f"/api/v1/devices/{device}", content=b'{"name": "' + b"y" * 200 + b'"}')
+            assert ok.status_code == 400  # within the limit: read whole and validated (a name is at most 128)
+            assert "name" in ok.json()["error"]

@@ -197,6 +197,60 @@ async def test_simulated_devices_follow_their_desired_state(hub: Running, events
     assert twin.delta() == {}
 
 
+async def test_a_simulated_device_drops_what_desired_no_longer_has(hub: Running) -> None:
+    from iothub.simulators.fleet import run_fleet
+    from tests.conftest import service_client
+    from tests.simulators.test_fleet import config
+
+    cfg = config(hub, devices=1, rate=5, prefix="twin-drop", profiles=("thermostat",))
+    device = cfg.device_ids()[0]
+    await hub.hub.twins.patch_desired(device, {"setpoint": 18.5, "colour": "red"})
+    reports: list[dict[str, Any]] = []
+    stop = asyncio.Event()
+    async with service_client(hub, "twin-reader") as reader:
+        await reader.subscribe(f"devices/{device}/state/reported", qos=1)
+        fleet = asyncio.create_task(run_fleet(cfg, stop))
+        try:
+            async with asyncio.timeout(WAIT_S):
+                async for message in reader.messages:
+                    assert isinstance(message.payload, bytes)
+                    reports.append(json.loads(message.payload))
+                    if len(reports) == 1:
+                        await hub.hub.twins.patch_desired(device, {"colour": None})
+                    else:
+                        break
+        finally:
+            stop.set()
+            async with asyncio.timeout(WAIT_S):
+                await fleet
+    assert reports == [
+        {"version": 1, "state": {"setpoint": 18.5, "colour": "red"}},
+        {"version": 2, "state": {"setpoint": 18.5}},
+    ]
+
+
+async def test_a_desired_state_the_device_could_not_report_back_is_refused(
+    hub: Running, http: httpx.AsyncClient
+) -> None:
+    device = unique_id()
+    device_secret(hub, device)
+    limit = hub.hub.settings.ingest.max_payload_bytes
+    assert (await http.patch(f"/api/v1/devices/{device}/twin", json={"desired": {"mode": "eco"}})).status_code == 200
+    big = await http.patch(f"/api/v1/devices/{device}/twin", json={"desired": {"blob": "x" * limit}})
+    assert big.status_code == 413
+    error = big.json()["error"]
+    size = len(json.dumps({"version": 2, "state": {"mode": "eco", "blob": "x" * limit}}))
+    assert error.startswith(f"desired state of '{device}' would be published as {size} bytes, over the ")
+    assert error.endswith(f"{limit}-byte limit (ingest.max_payload_bytes) that the device's reported state must fit in")
+    twin = (await http.get(f"/api/v1/devices/{device}/twin")).json()
+    assert twin["desired"] == {"version": 1, "state": {"mode": "eco"}}  # neither stored nor published
+    async with mqtt_client(hub, device) as client:
+        await client.subscribe(f"devices/{device}/state/desired", qos=1)
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(client.messages))
+        assert message.payload == b'{"version": 1, "state": {"mode": "eco"}}'
+
+
 async def test_desired_state_is_announced_again_after_a_restart(tmp_path: Any) -> None:
     from iothub.runner import serve
     from tests.conftest import hub_settings, service_client

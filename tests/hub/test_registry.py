@@ -91,3 +91,18 @@ def test_changes_by_another_process_are_noticed(tmp_path: Path) -> None:
     other.add_device("x")
     assert mine.changed()
     assert mine.find_device("x") is not None
+
+
+def test_a_file_that_cannot_be_the_registry_is_named(tmp_path: Path) -> None:
+    corrupt = tmp_path / "registry.db"
+    corrupt.write_text("garbage\n")
+    with pytest.raises(RegistryError, match=f"^cannot open the registry at {corrupt}: file is not a database$"):
+        Registry(corrupt)
+    not_a_dir = tmp_path / "afile"
+    not_a_dir.write_text("")
+    with pytest.raises(
+        RegistryError, match=f"^cannot open the registry at {not_a_dir}/registry.db: {not_a_dir} is not a"
+    ):
+        Registry(not_a_dir / "registry.db")
+    with pytest.raises(RegistryError, match=f"at {not_a_dir}/sub/registry.db: {not_a_dir} is not a directory$"):
+        Registry(not_a_dir / "sub" / "registry.db")

@@ -14,6 +14,7 @@ def test_defaults_bind_loopback_on_the_design_ports(monkeypatch: pytest.MonkeyPa
     assert (s.http.host, s.http.port) == ("127.0.0.1", 8080)
     assert s.data_dir == Path("iothub-data")
     assert s.ingest.max_payload_bytes == 64 * 1024
+    assert s.http.max_body_bytes == 1024 * 1024
 
 
 def test_environment_nested_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -50,6 +51,11 @@ def test_iothub_toml_in_the_working_directory_is_read(monkeypatch: pytest.Monkey
             "IOTHUB_INGEST__MAX_PAYLOAD_BYTES",
             "1",
             r"setting ingest.max_payload_bytes .*greater than or equal to 64",
+        ),
+        (
+            "IOTHUB_HTTP__MAX_BODY_BYTES",
+            "100",
+            r"setting http.max_body_bytes .*greater than or equal to 1024",
         ),
         ("IOTHUB_LOG_LEVEL", "loud", r"setting log_level \[IOTHUB_LOG_LEVEL\]"),
     ],

@@ -75,7 +75,7 @@ async def test_a_publish_is_routed_between_two_clients_and_shown_to_the_hooks() 
     assert ("connect", "pub", "pub") in s.hooks.calls
 
 
-async def test_acl_denials_are_dropped_and_counted() -> None:
+async def test_acl_denials_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     bob = User("bob", publish=("bob/#",), subscribe=("bob/#",))
     async with mqtt_server(authenticator=TableAuthenticator({"bob": (b"pw", bob)})) as s:
         async with client(s.port, "bob", username="bob", password="pw") as c:
@@ -90,6 +90,26 @@ async def test_acl_denials_are_dropped_and_counted() -> None:
     assert s.counters.counts["acl_denied publish"] == 2
     assert s.counters.counts["acl_denied subscribe"] == 1
     assert [c[2] for c in s.hooks.calls if c[0] == "publish"] == ["bob/in"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "iothub.mqtt.server"]
+    assert logged == ["MQTT client 'bob' may not subscribe '+/#' (logged once a minute)"]
+
+
+async def test_a_client_that_repeats_a_protocol_error_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """A device that reconnects to send the same oversized packet again is closed every time, counted
+    every time, and logged once (it could otherwise fill the log at its reconnect rate)."""
+    async with mqtt_server(ServerOptions(max_packet_bytes=1024)) as s:
+        for client_id in ("echo", "echo", "echo", "other"):  # another client's mistake is its own line
+            reader, writer, ack = await raw_connect(s.port, client_id)
+            assert ack.body[1] == 0
+            writer.write(publish_packet("x/state", b"x" * 2048, qos=1, packet_id=1))
+            assert await closed_by_server(reader)
+            writer.close()
+    assert s.counters.counts["protocol_error"] == 4
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("iothub.mqtt")]
+    assert logged == [
+        f"closing MQTT client {client_id!r} (logged once a minute): a packet of 2059 bytes is over the 1024-byte limit"
+        for client_id in ("echo", "other")
+    ]
 
 
 async def test_an_acl_violation_can_cost_the_connection() -> None:
