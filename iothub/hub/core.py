@@ -91,7 +91,7 @@ class Hub:
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
             await self._announce(online=True)
-            await self.twins.announce_all()
+            await self.twins.announce_all(self.settings.ingest.max_payload_bytes)
             stopped = asyncio.Event()
             stack.callback(stopped.set)
             tasks.create_task(self._watch_registry(stopped), name="iothub-registry-watch")

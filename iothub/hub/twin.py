@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ from iothub.devices import RejectReason, TopicKind, TwinDocument, topic_for
 from iothub.hub.commands import Publisher
 from iothub.hub.errors import HubError
 from iothub.hub.registry import Registry
+
+log = logging.getLogger(__name__)
 
 
 class TwinError(HubError):
@@ -128,10 +131,19 @@ class Twins:
             )
         return None
 
-    async def announce_all(self) -> int:
+    async def announce_all(self, max_bytes: int | None = None) -> int:
+        """Publish every stored desired document (retained messages live in memory); one over
+        ``max_bytes`` (stored before that limit existed) is left out, with a warning."""
         twins = await asyncio.to_thread(self.registry.twins)
         for device_id, (desired, version) in twins.items():
-            await self._publish(device_id, _document(desired, version))
+            payload = _document(desired, version)
+            if max_bytes is not None and len(payload) > max_bytes:
+                log.warning(
+                    "not announcing the desired state of %s: %d bytes, over ingest.max_payload_bytes (%d); "
+                    "patch it smaller", device_id, len(payload), max_bytes,
+                )  # fmt: skip
+                continue
+            await self._publish(device_id, payload)
         return len(twins)
 
     async def _publish(self, device_id: str, payload: bytes) -> None:

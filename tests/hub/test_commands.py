@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -13,10 +14,19 @@ import httpx
 import pytest
 
 from iothub.hub.commands import BadCommand, CommandTimeout, DeviceOffline, UnknownDevice
-from iothub.hub.registry import Scope
+from iothub.hub.registry import Role, Scope
 from iothub.hub.twin import merge_patch
-from iothub.runner import Running
-from tests.conftest import WAIT_S, EventWaiter, device_secret, mqtt_client, telemetry, unique_id
+from iothub.runner import Running, serve
+from tests.conftest import (
+    WAIT_S,
+    EventWaiter,
+    device_secret,
+    hub_settings,
+    mqtt_client,
+    service_client,
+    telemetry,
+    unique_id,
+)
 
 
 @asynccontextmanager
@@ -285,3 +295,23 @@ async def test_what_the_hub_sends_a_device_is_not_counted_as_the_devices(hub: Ru
     metrics = hub.hub.metrics.render().decode()
     assert 'iothub_messages_received_total{kind="command"}' not in metrics
     assert 'iothub_messages_received_total{kind="state/desired"}' not in metrics
+
+
+async def test_an_oversized_desired_state_stored_earlier_is_not_announced(tmp_path: Path) -> None:
+    """One stored before the limit existed would trap its device in a reconnect loop: it stays out."""
+    settings = hub_settings(tmp_path / "data", ingest={"max_payload_bytes": 1024})
+    async with serve(settings) as running:
+        running.hub.registry.add_device("big-twin")
+        running.hub.registry.add_device("small-twin")
+        running.hub.registry.save_twin("big-twin", {"blob": "x" * 2000}, 1, {}, 0)
+        running.hub.registry.save_twin("small-twin", {"mode": "eco"}, 1, {}, 0)
+    async with serve(settings) as running, service_client(running, "twin-watch", Role.OBSERVER) as watcher:
+        await watcher.subscribe("devices/+/state/desired", qos=1)
+        async with asyncio.timeout(WAIT_S):
+            first = await anext(aiter(watcher.messages))
+        assert str(first.topic) == "devices/small-twin/state/desired"
+        await watcher.subscribe("probe/twins", qos=1)
+        await running.hub.publish("probe/twins", b"probe")
+        async with asyncio.timeout(WAIT_S):
+            second = await anext(aiter(watcher.messages))
+        assert str(second.topic) == "probe/twins"
