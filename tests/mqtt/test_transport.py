@@ -24,19 +24,24 @@ def ws_frame(data: bytes, opcode: int = 0x2) -> bytes:
     return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
 
 
+async def ws_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Upgrade a raw connection to WebSocket with the ``mqtt`` subprotocol (RFC 6455 4.1)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(WAIT_S):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+
+
 async def test_a_websocket_client_that_stops_reading_is_congested() -> None:
     async with mqtt_server(ServerOptions(max_queued=100), ws=True) as s:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", s.ports["mqtt_ws"]))
         reader, writer = await asyncio.open_connection(sock=sock)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n".encode()
-        )
-        async with asyncio.timeout(WAIT_S):
-            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        await ws_handshake(reader, writer)
         writer.write(ws_frame(connect_packet("stuck")) + ws_frame(subscribe_packet(1, "flood/#", 0)))
         await s.hooks.wait_for(lambda c: c[0] == "subscribed")  # ... and from now on it never reads
         _, publisher = await asyncio.open_connection("127.0.0.1", s.port)
@@ -59,13 +64,7 @@ async def test_a_websocket_text_frame_closes_the_connection() -> None:
     """[MQTT-6.0.0-1] MQTT goes in binary frames; a client sending text loses its connection."""
     async with mqtt_server(ws=True) as s:
         reader, writer = await asyncio.open_connection("127.0.0.1", s.ports["mqtt_ws"])
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n".encode()
-        )
-        async with asyncio.timeout(WAIT_S):
-            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+        await ws_handshake(reader, writer)
         writer.write(ws_frame(connect_packet("texter")))
         assert await s.hooks.wait_for(lambda c: c[0] == "connect")
         writer.write(ws_frame(publish_packet("a", b""), opcode=0x1))  # a QoS 0 PUBLISH (valid UTF-8) as text
