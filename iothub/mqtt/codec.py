@@ -199,9 +199,7 @@ def _decode(first: int, body: bytes) -> Packet:
             raise ProtocolViolation(f"packet type {kind} must carry exactly a packet id")
         return Ack(kind, _U16.unpack(body)[0])
     if kind == SUBSCRIBE:
-        packet_id, filters = _U16.unpack_from(body, 0)[0] if len(body) >= 2 else 0, []
-        if packet_id == 0 and len(body) >= 2:
-            raise ProtocolViolation("SUBSCRIBE with packet id 0 [MQTT-2.3.1-1]")
+        packet_id, filters = _leading_packet_id(body, "SUBSCRIBE"), []
         at = 2
         while at < len(body):
             topic_filter, at = _string(body, at, len(body))
@@ -216,9 +214,7 @@ def _decode(first: int, body: bytes) -> Packet:
             raise ProtocolViolation("SUBSCRIBE without a filter [MQTT-3.8.3-3]")
         return Subscribe(packet_id, filters)
     if kind == UNSUBSCRIBE:
-        packet_id, names = _U16.unpack_from(body, 0)[0] if len(body) >= 2 else 0, []
-        if packet_id == 0 and len(body) >= 2:
-            raise ProtocolViolation("UNSUBSCRIBE with packet id 0 [MQTT-2.3.1-1]")
+        packet_id, names = _leading_packet_id(body, "UNSUBSCRIBE"), []
         at = 2
         while at < len(body):
             name, at = _string(body, at, len(body))
@@ -231,6 +227,17 @@ def _decode(first: int, body: bytes) -> Packet:
             raise ProtocolViolation(f"packet type {kind} with a body of {len(body)} bytes [MQTT-3.12.1, 3.14.1]")
         return Simple(kind)
     raise ProtocolViolation(f"a client may not send packet type {kind}")
+
+
+def _leading_packet_id(body: bytes, name: str) -> int:
+    """The packet id a SUBSCRIBE or UNSUBSCRIBE starts with; 0 when the body is too short to hold one
+    (it holds no filter either, which the caller refuses) [MQTT-2.3.1-1]."""
+    if len(body) < 2:
+        return 0
+    packet_id: int = _U16.unpack_from(body)[0]
+    if packet_id == 0:
+        raise ProtocolViolation(f"{name} with packet id 0 [MQTT-2.3.1-1]")
+    return packet_id
 
 
 def _decode_publish(flags: int, body: bytes) -> Publish:
