@@ -365,6 +365,10 @@ async def refused_when_full(port: int) -> None:
                 answer = await reader.read(4)
         except TimeoutError:
             raise AssertionError("a client over max_connections got no answer in 3 s") from None
+        except ConnectionResetError:
+            # Mosquitto closes a connection over the limit as it accepts it; the CONNECT written into
+            # the closed socket then draws a reset instead of an EOF. Either way the client was refused.
+            answer = b""
         assert answer == b"" or (answer[0] == 0x20 and answer[3] != 0), f"accepted over the limit: {answer!r}"
     finally:
         for writer in held:
