@@ -11,7 +11,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from iothub.bridge.errors import Forbidden, Unauthorized
@@ -21,24 +21,28 @@ from iothub.hub.registry import Scope, TokenRecord
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def presented_token(request: Request, query: bool) -> str | None:
-    header = request.headers.get("authorization")
+def presented_token(connection: HTTPConnection, query: bool) -> str | None:
+    header = connection.headers.get("authorization")
     if header is not None:
         kind, _, value = header.partition(" ")
         return value.strip() if kind.lower() == "bearer" and value.strip() else ""
     if query:
-        return request.query_params.get("access_token")
+        return connection.query_params.get("access_token")
     return None
 
 
-async def check(request: Request, scope: Scope, query: bool = False) -> TokenRecord:
+async def check(connection: HTTPConnection, scope: Scope, query: bool = False) -> TokenRecord:
     """The request's token record if it allows ``scope``; raises :class:`Unauthorized` or :class:`Forbidden`."""
-    token = presented_token(request, query)
+    token = presented_token(connection, query)
     if token is None:
         raise Unauthorized("this needs an API token: send 'Authorization: Bearer <token>'")
     if token == "":
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    hub: Hub = request.app.state.hub
+    return await verify(connection.app.state.hub, token, scope)
+
+
+async def verify(hub: Hub, token: str, scope: Scope) -> TokenRecord:
+    """The record of ``token`` if it is known, not revoked and allows ``scope``."""
     record = await asyncio.to_thread(hub.registry.lookup_token, token)
     if record is None:
         raise Unauthorized("unknown API token")
