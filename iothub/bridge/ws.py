@@ -221,7 +221,7 @@ class _Connection:
             try:
                 if delivery.gap is not None:
                     gap = {"type": "gap", "subscription": subscription, **delivery.gap.view()}
-                    await send({"type": "websocket.send", "text": json.dumps(gap)})
+                    await send({"type": "websocket.send", "text": json.dumps(gap, separators=(",", ":"))})
                 for frame in delivery.frames:
                     await send({"type": "websocket.send", "text": prefix + frame})
             finally:
@@ -230,7 +230,9 @@ class _Connection:
 
     async def reply(self, reply: Reply) -> None:
         async with self._lock:
-            await self.websocket.send({"type": "websocket.send", "text": json.dumps(reply.view())})
+            await self.websocket.send(
+                {"type": "websocket.send", "text": json.dumps(reply.view(), separators=(",", ":"))}
+            )
 
     # -- ending --------------------------------------------------------------------------------
 

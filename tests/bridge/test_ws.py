@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.uri import parse_uri
 
+from iothub.bridge.live import CommandStatus, ErrorCode, parse
 from iothub.hub.registry import Scope
 from iothub.runner import Running, serve
 from iothub.simulators.fleet import run_fleet
@@ -398,3 +399,23 @@ async def test_a_client_that_stops_reading_is_dropped_and_disturbs_nobody(tmp_pa
             assert await asyncio.to_thread(read_to_the_end, stuck) > 0  # the hub hung up on it
         finally:
             stuck.close()
+
+
+def test_the_documented_session_is_the_protocol() -> None:
+    """Every frame of docs/websocket.md's example session is a message of the protocol."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "websocket.md").read_text()
+    session = doc.split("## A session", 1)[1].split("```", 2)[1]
+    sent = [line[2:] for line in session.splitlines() if line.startswith("> ")]
+    got = [line[2:] for line in session.splitlines() if line.startswith("< ")]
+    assert {parse(frame).type for frame in sent} == {"auth", "subscribe", "command", "ping", "unsubscribe"}
+    kinds = set()
+    for frame in got:
+        if "..." in frame:  # an elided event body
+            continue
+        answer = json.loads(frame)
+        kinds.add(answer["type"])
+        if answer["type"] == "error":
+            assert ErrorCode(answer["code"])
+        if answer["type"] == "command_result":
+            assert CommandStatus(answer["status"])
+    assert kinds == {"authenticated", "subscribed", "event", "command_result", "error", "pong", "unsubscribed"}
