@@ -27,12 +27,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope as ASGIScope
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Request as WsRequest
 
 from iothub import __version__
 from iothub.bridge import admin, control, errors, rest, sse, ws
 from iothub.bridge.auth import requires
+from iothub.bridge.uvicorn_ws import HubWebSocketProtocol
 from iothub.hub import commands, registry, twin
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
@@ -123,19 +122,6 @@ def create_app(hub: Hub) -> Starlette:
     return app
 
 
-class _WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol (the ``websockets`` implementation), with one addition: a
-    connection's scope carries ``abort`` (:data:`iothub.bridge.ws.ABORT`), so the hub can cut a
-    client that stopped reading. ASGI's close has to write a close frame, which such a client never
-    lets through, and closing a transport waits for its buffer to drain."""
-
-    def handle_connect(self, event: WsRequest) -> None:
-        super().handle_connect(event)
-        if hasattr(self, "scope"):  # the handshake was accepted
-            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
-            extensions[ws.ABORT] = self.transport.abort
-
-
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -163,7 +149,7 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
-            ws=_WebSocketProtocol,
+            ws=HubWebSocketProtocol,
             ws_max_size=ws_settings.max_message_bytes,
             ws_ping_interval=ws_settings.ping_interval_s,
             ws_ping_timeout=ws_settings.ping_timeout_s,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from starlette.routing import WebSocketRoute
@@ -41,6 +41,7 @@ from iothub.bridge.live import (
     parse,
 )
 from iothub.bridge.streams import Channel, Limits, StreamMetrics
+from iothub.bridge.uvicorn_ws import ABORT, SEND_TEXTS
 from iothub.bridge.watchdog import Ending, Watchdog, Watched
 from iothub.hub.core import Hub
 from iothub.hub.events import HubEvent
@@ -58,12 +59,15 @@ CLOSE_CODES = {
     EndReason.STOPPING: 1001,
 }
 CLOSE_TIMEOUT_S = 1.0  # a close frame that cannot be written in this time: the connection is cut
-ABORT = "iothub.abort"  # scope extension: cuts the connection at once (see iothub.bridge.http)
 
 
-def ws_frame(event: HubEvent, body: bytes) -> str:
+def ws_frame(event: HubEvent, body: bytes) -> bytes:
     """An event frame without its start (``{"type":"event","subscription":...``), once per event."""
-    return f',"id":{event.id},"event":"{event.type.value}","data":{body.decode()}}}'
+    return b',"id":%d,"event":"%s","data":%s}' % (event.id, event.type.value.encode(), body)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _reason(message: str) -> str:
@@ -79,7 +83,7 @@ class WsHub:
         self.hub = hub
         self.settings = settings
         limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
-        self.channel: Channel[str] = Channel("ws", hub.bus, hub.store, hub.labels, ws_frame, limits)
+        self.channel: Channel[bytes] = Channel("ws", hub.bus, hub.store, hub.labels, ws_frame, limits)
         StreamMetrics.of(hub.metrics.registry).add(self.channel)
         self.session_limits = SessionLimits(settings.max_subscriptions, settings.max_pending_commands)
         self.watchdog = Watchdog("WebSocket", hub.registry, settings.send_timeout_s)
@@ -130,10 +134,10 @@ class _Connection:
 
     websocket: WebSocket
     ws: WsHub
-    session: Session[str] | None = None
+    session: Session[bytes] | None = None
     watched: Watched | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _prefixes: dict[str, str] = field(default_factory=dict)
+    _prefixes: dict[str, bytes] = field(default_factory=dict)
     _end: End | None = None
 
     async def serve(self) -> None:
@@ -158,7 +162,7 @@ class _Connection:
         end: End | None = None
         try:
             end = await session.run(self.frames())
-        except* WebSocketDisconnect:
+        except* (WebSocketDisconnect, OSError):
             pass  # the client went while the hub was writing to it
         finally:
             ws.watchdog.watched.discard(self.watched)
@@ -209,30 +213,34 @@ class _Connection:
 
     # -- writes (the session's outbox) ---------------------------------------------------------
 
-    async def deliver(self, subscription: str, delivery: Delivery[str]) -> None:
+    async def deliver(self, subscription: str, delivery: Delivery[bytes]) -> None:
         prefix = self._prefixes.get(subscription)
         if prefix is None:
-            prefix = self._prefixes[subscription] = '{"type":"event","subscription":' + json.dumps(subscription)
-        send = self.websocket.send
-        watched = self.watched
+            prefix = self._prefixes[subscription] = b'{"type":"event","subscription":' + _json(subscription)
+        frames = [prefix + frame for frame in delivery.frames]
+        if delivery.gap is not None:
+            frames.insert(0, _json({"type": "gap", "subscription": subscription, **delivery.gap.view()}))
         async with self._lock:
+            watched = self.watched
             if watched is not None:
                 watched.sending_since = asyncio.get_running_loop().time()
             try:
-                if delivery.gap is not None:
-                    gap = {"type": "gap", "subscription": subscription, **delivery.gap.view()}
-                    await send({"type": "websocket.send", "text": json.dumps(gap, separators=(",", ":"))})
-                for frame in delivery.frames:
-                    await send({"type": "websocket.send", "text": prefix + frame})
+                await self._send_texts(frames)
             finally:
                 if watched is not None:
                     watched.sending_since = None
 
     async def reply(self, reply: Reply) -> None:
         async with self._lock:
-            await self.websocket.send(
-                {"type": "websocket.send", "text": json.dumps(reply.view(), separators=(",", ":"))}
-            )
+            await self._send_texts([_json(reply.view())])
+
+    async def _send_texts(self, frames: list[bytes]) -> None:
+        send_texts: Callable[[list[bytes]], Awaitable[None]] | None = self.websocket.scope["extensions"].get(SEND_TEXTS)
+        if send_texts is not None:  # the hub's own server: one write for all of them
+            await send_texts(frames)
+            return
+        for frame in frames:  # any other ASGI server
+            await self.websocket.send({"type": "websocket.send", "text": frame.decode()})
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -265,7 +273,7 @@ class _Connection:
             pass  # gone already
 
     def abort(self) -> None:
-        abort: Callable[[], None] | None = self.websocket.scope.get("extensions", {}).get(ABORT)
+        abort: Callable[[], None] | None = self.websocket.scope["extensions"].get(ABORT)
         if abort is not None:
             abort()
 
