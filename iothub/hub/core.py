@@ -71,6 +71,10 @@ class Hub:
         """Publish as the hub: what commands, twins and the hub's own status go out through."""
         await self.broker.publish(topic, payload, qos=qos, retain=retain)
 
+    def subscribes(self, client_id: str, topic: str) -> bool:
+        """Whether a client would receive a publish on ``topic`` now (commands wait until it would)."""
+        return self.broker.subscribes(client_id, topic)
+
     def _committed(self, ticket: int) -> None:
         """Ingest committed every message up to ``ticket``: the broker may acknowledge them."""
         self.broker.committed(ticket)
