@@ -71,7 +71,7 @@ class WebhookSender:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-webhooks-db")
         self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
         self._breakers: dict[str, Breaker] = {}
-        self._wakeup = asyncio.Event()
+        self._wakeup = hub.outbox_nudge
         self._stopping = False
         self._tasks = asyncio.TaskGroup()
         self._attempts: set[asyncio.Task[None]] = set()

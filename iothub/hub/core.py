@@ -30,6 +30,7 @@ from iothub.hub.rulebook import Rulebook
 from iothub.hub.settings import Settings
 from iothub.hub.store import SqliteStore, Store
 from iothub.hub.twin import Twins
+from iothub.hub.webhook_admin import WebhookAdmin
 
 log = logging.getLogger(__name__)
 HUB_STATUS_TOPIC = "hub/status"
@@ -58,6 +59,8 @@ class Hub:
             settings.ingest, self.store, self.fleet, self.bus, self.metrics,
             replies=self.commands, reports=self.twins, on_committed=self._committed,
         )  # fmt: skip
+        self.webhooks = WebhookAdmin(settings.data_dir / "iothub.db")
+        self.outbox_nudge = asyncio.Event()  # set when deliveries became due (redeliver, enable)
         self.rulebook = Rulebook(settings.data_dir / "iothub.db", settings.rules)
         self.alerts = AlertEvaluator(
             self.rulebook, self.store, self.bus, self.fleet, self.labels.get, self.publish, self.metrics,
@@ -89,6 +92,7 @@ class Hub:
             await self.store.open()
             stack.push_async_callback(self.store.close)
             stack.callback(self.rulebook.close)
+            stack.callback(self.webhooks.close)
             for stored in await self.store.load_devices():
                 self.fleet.restore(stored)
             # Unwound in reverse: hub/status offline, broker closed (no more input), ingest stopped
