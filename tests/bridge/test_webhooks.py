@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from iothub.runner import Running, serve
-from tests.bridge.receiver import Received, Receiver, Reply, receiver
+from tests.bridge.receiver import Received, Reply, receiver
 from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
 
 FAST = {
@@ -75,6 +75,14 @@ async def wait_delivery(http: httpx.AsyncClient, endpoint_id: str, state: str) -
             await asyncio.sleep(0.05)  # polling the REST API, bounded by the timeout above
 
 
+async def poll(http: httpx.AsyncClient, path: str, check: Any) -> Any:
+    """GET ``path`` until ``check(answer)`` holds; bounded in time."""
+    async with asyncio.timeout(WAIT_S):
+        while not check(answer := (await http.get(path)).json()):  # noqa: ASYNC110 - bounded; no event over REST
+            await asyncio.sleep(0.05)
+    return answer
+
+
 def failing(times: int, reply: Reply) -> Any:
     """An answer that gives ``reply`` to each message's first ``times`` attempts, then 200."""
     seen: Counter[str] = Counter()
@@ -115,10 +123,7 @@ async def test_410_disables_the_endpoint(hub_http: tuple[Running, httpx.AsyncCli
         endpoint = await add_endpoint(http, r.url)
         await go_online(hub, unique_id("wh"))
         await r.wait_for(lambda got: len(got) == 1)
-        async with asyncio.timeout(WAIT_S):
-            while (await http.get(f"/api/v1/webhooks/{endpoint['id']}")).json()["enabled"]:
-                await asyncio.sleep(0.05)  # polling the REST API, bounded by the timeout above
-        shown = (await http.get(f"/api/v1/webhooks/{endpoint['id']}")).json()
+        shown = await poll(http, f"/api/v1/webhooks/{endpoint['id']}", lambda e: not e["enabled"])
         assert shown["disabled_reason"].startswith("410 Gone")
         await go_online(hub, unique_id("wh"))  # a disabled endpoint gets nothing new
         await asyncio.sleep(3 * FAST["poll_s"])  # nothing is expected to happen: give it the chance
