@@ -18,7 +18,7 @@ from iothub.runner import Running, serve
 from tests.bridge.receiver import Received, Reply, receiver
 from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
 
-FAST = {
+FAST: dict[str, Any] = {
     "allow_private_targets": True,
     "retry_schedule_s": [0, 0.2, 0.2, 0.2, 0.2],
     "jitter": 0,
