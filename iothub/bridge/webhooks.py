@@ -77,6 +77,8 @@ class WebhookSender:
         self._attempts: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
         self._attempted = hub.metrics.webhook_attempts
+        self._done: list[tuple[Claimed, Outcome, int]] = []  # attempts made, waiting to be recorded
+        self._done_added = asyncio.Event()
 
     async def _in_db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -87,11 +89,13 @@ class WebhookSender:
         await self._tasks.__aenter__()
         self._tasks.create_task(self._run(), name="iothub-webhooks")
         self._tasks.create_task(self._listen(self._sub), name="iothub-webhooks-nudge")
+        self._tasks.create_task(self._record(), name="iothub-webhooks-log")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stopping = True
         self._wakeup.set()
+        self._done_added.set()
         if self._sub is not None:
             self._sub.close()
         for task in list(self._attempts):
@@ -103,6 +107,17 @@ class WebhookSender:
                 await client.aclose()
             await self._in_db(self._db.close)  # rows still 'sending' are pending again at the next open
             self._pool.shutdown(wait=True)
+
+    async def _record(self) -> None:
+        """Write the outcomes of finished attempts, as many as there are, in one transaction each time."""
+        while not (self._stopping and not self._done):
+            if not self._done:
+                self._done_added.clear()
+                await self._done_added.wait()
+                continue
+            done, self._done = self._done, []
+            await self._in_db(self._db.finish, done)
+            self._wakeup.set()
 
     async def _listen(self, sub: Subscription) -> None:
         async for item in sub:
@@ -189,7 +204,8 @@ class WebhookSender:
         now = now_ms()
         result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
         self._attempted.labels(outcome).inc()
-        await self._in_db(self._db.finish, delivery, result, now)
+        self._done.append((delivery, result, now))
+        self._done_added.set()
         breaker = self._breakers.setdefault(delivery.endpoint_id, Breaker())
         pause_ms = round(self.settings.breaker_pause_s * 1000)
         if breaker.record(outcome == "delivered", now, self.settings.breaker_failures, pause_ms):
@@ -199,7 +215,6 @@ class WebhookSender:
             )  # fmt: skip
         if result.disable is not None:
             log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, result.disable)
-        self._wakeup.set()
 
     def _judge(
         self, delivery: Claimed, status: int | None, headers: httpx.Headers, outcome: str, text: str,

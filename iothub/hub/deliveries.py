@@ -90,17 +90,14 @@ class Deliveries:
         conn.execute("BEGIN IMMEDIATE")
         try:
             ids = [i for (i,) in conn.execute(sql, (now_ms, *sorted(paused), per_endpoint, limit))]
-            rows = []
-            for delivery_id in ids:
-                conn.execute("UPDATE webhook_outbox SET state = 'sending' WHERE id = ?", (delivery_id,))
-                rows.append(
-                    conn.execute(
-                        "SELECT o.id, o.msg_id, o.endpoint_id, e.url, o.body, o.attempts, e.secret,"
-                        " e.previous_secret, e.previous_until"
-                        " FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id WHERE o.id = ?",
-                        (delivery_id,),
-                    ).fetchone()
-                )
+            marks = ",".join("?" * len(ids))
+            conn.execute(f"UPDATE webhook_outbox SET state = 'sending' WHERE id IN ({marks})", ids)
+            rows = conn.execute(
+                "SELECT o.id, o.msg_id, o.endpoint_id, e.url, o.body, o.attempts, e.secret, e.previous_secret,"
+                " e.previous_until FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id"
+                f" WHERE o.id IN ({marks}) ORDER BY o.next_at, o.id",
+                ids,
+            ).fetchall()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -111,26 +108,27 @@ class Deliveries:
             claimed.append(Claimed(i, msg_id, endpoint_id, url, body, attempts, keys))
         return claimed
 
-    def finish(self, delivery: Claimed, result: Outcome, now_ms: int) -> None:
-        """Record the attempt and move the delivery on, in one transaction."""
+    def finish(self, done: list[tuple[Claimed, Outcome, int]]) -> None:
+        """Record attempts (``(delivery, outcome, when)``) and move their deliveries on, in one transaction."""
         conn = self.conn
-        attempt = delivery.attempts + 1
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "INSERT INTO webhook_attempts (delivery_id, attempt, ts, status, latency_ms, outcome, response)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (delivery.id, attempt, now_ms, result.status, result.latency_ms, result.outcome, result.response),
-            )
-            conn.execute(
-                "UPDATE webhook_outbox SET state = ?, attempts = ?, next_at = ?, updated = ? WHERE id = ?",
-                (result.next_state.value, attempt, result.next_at, now_ms, delivery.id),
-            )
-            if result.disable is not None:
+            for delivery, result, now_ms in done:
+                attempt = delivery.attempts + 1
                 conn.execute(
-                    "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ? WHERE id = ?",
-                    (result.disable, delivery.endpoint_id),
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, ts, status, latency_ms, outcome, response)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (delivery.id, attempt, now_ms, result.status, result.latency_ms, result.outcome, result.response),
                 )
+                conn.execute(
+                    "UPDATE webhook_outbox SET state = ?, attempts = ?, next_at = ?, updated = ? WHERE id = ?",
+                    (result.next_state.value, attempt, result.next_at, now_ms, delivery.id),
+                )
+                if result.disable is not None:
+                    conn.execute(
+                        "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ? WHERE id = ?",
+                        (result.disable, delivery.endpoint_id),
+                    )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
