@@ -15,6 +15,7 @@ import pytest
 from iothub.hub.registry import Role
 from iothub.runner import Running, serve
 from tests.bridge.receiver import receiver
+from tests.bridge.sse_client import open_stream
 from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
 
 HOT = {"kind": "metric", "name": "hot", "metric": "temperature", "op": ">", "threshold": 30, "clear": 28}
@@ -49,6 +50,7 @@ async def test_a_crossing_fires_once_and_resolves_past_the_clear_value(
         async with (
             service_client(hub, unique_id("watch"), Role.OBSERVER) as watcher,
             mqtt_client(hub, device_id) as dev,
+            open_stream(http, params={"types": "alert", "devices": device_id, "last_event_id": "0"}) as stream,
         ):
             await watcher.subscribe(f"hub/alerts/+/{device_id}", qos=1)
             for value in (25, 31, 35, 29):  # 35: still firing, no second firing; 29: above clear, still firing
@@ -60,6 +62,11 @@ async def test_a_crossing_fires_once_and_resolves_past_the_clear_value(
             resolved = await alert_of(events, "hot", device_id, "resolved")
             assert resolved.data["value"] == 27.5
             assert resolved.id > fired.id
+            streamed = [await stream.next(), await stream.next()]  # the SSE bridge fans alerts out
+            assert [(e.event, e.id, e.json["state"]) for e in streamed] == [
+                ("alert", str(fired.id), "firing"),
+                ("alert", str(resolved.id), "resolved"),
+            ]
             published = []
             async with asyncio.timeout(WAIT_S):
                 async for message in watcher.messages:
