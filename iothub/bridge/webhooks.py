@@ -105,7 +105,7 @@ class WebhookSender:
         finally:
             for _, client in self._clients.values():
                 await client.aclose()
-            await self._in_db(self._db.close)  # rows still 'sending' are pending again at the next open
+            await self._in_db(self._db.close)  # attempts cancelled in flight: their rows are pending again
             self._pool.shutdown(wait=True)
 
     async def _record(self) -> None:

@@ -72,7 +72,9 @@ class Deliveries:
         self._conn.execute("UPDATE webhook_outbox SET state = 'pending' WHERE state = 'sending'")
 
     def close(self) -> None:
+        """Put deliveries whose attempts were cancelled back to ``pending``, and disconnect."""
         if self._conn is not None:
+            self._conn.execute("UPDATE webhook_outbox SET state = 'pending' WHERE state = 'sending'")
             self._conn.close()
             self._conn = None
 
