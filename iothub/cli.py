@@ -74,7 +74,7 @@ def run(
     http_port: int | None,
     log_level: str | None,
 ) -> None:
-    """Run the hub: embedded broker, ingest, store, presence and HTTP API.
+    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks and HTTP API.
 
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
