@@ -2,10 +2,11 @@
 
 ``serve(settings)`` is an async context manager (what tests and benchmarks use); ``run(settings)`` is
 what ``iothub run`` calls: it prints the bound addresses, waits for SIGINT/SIGTERM, then leaves in
-order: stop accepting HTTP, close the broker, drain and flush ingest, close the store. A listener that
-cannot bind (port in use, address not here) stops ``run`` with a :class:`SettingsError` naming the
-setting, not a traceback; so does a store or saved broker state that cannot be used, with its
-:class:`~iothub.hub.errors.StoreError` naming the file.
+order: stop accepting HTTP, stop webhook delivery (what is unsent stays in the outbox), close the
+broker, drain and flush ingest, close the store. A listener that cannot bind (port in use, address
+not here) stops ``run`` with a :class:`SettingsError` naming the setting, not a traceback; so does a
+store or saved broker state that cannot be used, with its :class:`~iothub.hub.errors.StoreError`
+naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 from iothub.bridge.http import HttpServer, create_app
+from iothub.bridge.webhooks import WebhookSender
 from iothub.hub.core import Hub
 from iothub.hub.errors import HubError, SettingsError
 from iothub.hub.settings import Settings, env_name
@@ -44,7 +46,7 @@ class Running:
 
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[Running]:
-    async with Hub(settings) as hub, HttpServer(create_app(hub), settings.http) as http:
+    async with Hub(settings) as hub, WebhookSender(hub), HttpServer(create_app(hub), settings.http) as http:
         await asyncio.to_thread(hub.make_first_token)
         yield Running(hub, {**hub.ports, "http": http.port})
 

@@ -1,5 +1,6 @@
-"""Outward interfaces of the hub: the HTTP app (REST, SSE, metrics, health), its server, and the
-stream core every live channel shares (:mod:`iothub.bridge.streams`).
+"""Outward interfaces of the hub: the HTTP app (REST, SSE, metrics, health), its server, the
+stream core every live channel shares (:mod:`iothub.bridge.streams`), and webhook delivery
+(:mod:`iothub.bridge.webhooks`, with its address guard in :mod:`iothub.bridge.targets`).
 
 Errors (HTTP status in :mod:`iothub.bridge.http`'s one exception table)::
 
@@ -13,7 +14,8 @@ Errors (HTTP status in :mod:`iothub.bridge.http`'s one exception table)::
     └── Unavailable           503  the hub is shutting down
 
 The hub's own errors raised through a handler are mapped by the same table (registry, commands,
-twin); see :data:`iothub.bridge.http.ERROR_STATUS`.
+twin, alerts: ``AlertsError`` 400, ``UnknownName`` 404, ``NameTaken`` 409); see
+:data:`iothub.bridge.http.ERROR_STATUS`.
 """
 
 from iothub.bridge.errors import BadRequest, BridgeError, Forbidden, NotFound, TooLarge, Unauthorized, Unavailable

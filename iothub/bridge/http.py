@@ -29,10 +29,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Scope as ASGIScope
 
 from iothub import __version__
-from iothub.bridge import admin, control, errors, rest, sse, ws
+from iothub.bridge import admin, alerts_api, control, errors, rest, sse, ws
 from iothub.bridge.auth import requires
 from iothub.bridge.uvicorn_ws import HubWebSocketProtocol
 from iothub.hub import commands, registry, twin
+from iothub.hub import errors as hub_errors
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
 from iothub.hub.settings import HttpSettings
@@ -53,6 +54,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     commands.BadCommand: 400,
     twin.VersionConflict: 409,
     twin.DesiredTooLarge: 413,  # a desired state the device could not report back (ingest.max_payload_bytes)
+    hub_errors.AlertsError: 400,  # a rule, webhook endpoint or delivery request refused
+    hub_errors.UnknownName: 404,
+    hub_errors.NameTaken: 409,
 }
 """Each error a handler may raise, and its HTTP status; the most specific class wins."""
 ERROR_HEADERS: dict[type[Exception], dict[str, str]] = {
@@ -113,6 +117,7 @@ def create_app(hub: Hub) -> Starlette:
             *rest.routes,
             *admin.routes,
             *control.routes,
+            *alerts_api.routes,
         ],
         exception_handlers={HTTPException: http_error, **dict.fromkeys(ERROR_STATUS, api_error)},
     )
