@@ -22,6 +22,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -138,13 +139,15 @@ class _Connection:
     watched: Watched | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _prefixes: dict[str, bytes] = field(default_factory=dict)
-    _end: End | None = None
+    _end: End | None = None  # why the hub ends it before it has a session
+    _authenticating: asyncio.Task[Any] | None = None
 
     async def serve(self) -> None:
         ws = self.ws
         if ws.closing.is_set():
             await self.close(End(EndReason.STOPPING, "the hub is shutting down"))
             return
+        task = self._authenticating = asyncio.current_task()
         try:
             token = await self.authenticate()
         except _Refused as refused:
@@ -152,11 +155,17 @@ class _Connection:
             return
         except WebSocketDisconnect:
             return
+        except asyncio.CancelledError:
+            if self._end is None or task is None:
+                raise
+            task.uncancel()  # ended by the hub while waiting for a token
+            await self.close(self._end)
+            return
+        finally:
+            self._authenticating = None
         if token is None:  # the client went before it sent a token
             return
         session = self.session = Session(ws.channel, ws.hub.commands, self, token, ws.session_limits)
-        if self._end is not None:  # the hub began stopping meanwhile
-            session.end(self._end.reason, self._end.message)
         self.watched = Watched(token.id, self._ended_by_watchdog)
         ws.watchdog.watched.add(self.watched)
         end: End | None = None
@@ -249,6 +258,8 @@ class _Connection:
             self.session.end(reason, message)
         elif self._end is None:
             self._end = End(reason, message)
+            if self._authenticating is not None:
+                self._authenticating.cancel()
 
     def _ended_by_watchdog(self, why: Ending) -> None:
         if why is Ending.REVOKED:

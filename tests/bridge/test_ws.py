@@ -419,3 +419,20 @@ def test_the_documented_session_is_the_protocol() -> None:
         if answer["type"] == "command_result":
             assert CommandStatus(answer["status"])
     assert kinds == {"authenticated", "subscribed", "event", "command_result", "error", "pong", "unsubscribed"}
+
+
+async def test_a_client_still_to_authenticate_hears_1001_when_the_hub_stops(tmp_path: Path) -> None:
+    running_ctx = serve(hub_settings(tmp_path / "data", ws={"auth_timeout_s": 60}))
+    running = await running_ctx.__aenter__()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with ws_client(running, header=False) as waiting:  # it has sent no token
+            stopping = asyncio.create_task(running_ctx.__aexit__(None, None, None))
+            closed = await waiting.closed()  # within WAIT_S, long before the auth timeout
+    finally:
+        if stopping is None:
+            await running_ctx.__aexit__(None, None, None)
+        else:
+            async with asyncio.timeout(WAIT_S):
+                await stopping
+    assert closed == (1001, "the hub is shutting down")
