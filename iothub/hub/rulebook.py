@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,23 +36,10 @@ def parse_rule(data: str | bytes | dict[str, Any]) -> AnyRule:
         raise AlertsError(f"rule: {describe(exc)}") from None
 
 
-class Rulebook:
+class Rulebook(outbox.OutboxDb):
     def __init__(self, path: Path, configured: Sequence[AnyRule] = ()) -> None:
-        self.path = path
+        super().__init__(path)
         self.configured = tuple(configured)
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = outbox.connect(self.path)
-        return self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
     def rules(self) -> list[tuple[AnyRule, str]]:
         """Every rule with where it comes from (``settings`` or ``api``), settings first."""

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
-import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from iothub.hub import outbox
@@ -53,23 +50,7 @@ def check_events(events: Iterable[str]) -> list[str]:
     return chosen
 
 
-class WebhookAdmin:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = outbox.connect(self.path)
-        return self._conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
+class WebhookAdmin(outbox.OutboxDb):
     def add(self, url: str, events: Iterable[str], description: str = "") -> tuple[dict[str, Any], str]:
         """Add an endpoint (its URL checked by the caller); returns it and its ``whsec_`` secret."""
         chosen = check_events(events)

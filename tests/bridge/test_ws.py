@@ -424,7 +424,7 @@ def test_the_documented_session_is_the_protocol() -> None:
 async def test_a_client_still_to_authenticate_hears_1001_when_the_hub_stops(tmp_path: Path) -> None:
     running_ctx = serve(hub_settings(tmp_path / "data", ws={"auth_timeout_s": 60}))
     running = await running_ctx.__aenter__()
-    stopping: asyncio.Task[None] | None = None
+    stopping: asyncio.Task[bool | None] | None = None
     try:
         async with ws_client(running, header=False) as waiting:  # it has sent no token
             stopping = asyncio.create_task(running_ctx.__aexit__(None, None, None))
