@@ -92,6 +92,9 @@ class WsHub:
         self.connections: set[_Connection] = set()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
+        hub.metrics.gauge_callback(
+            "iothub_ws_connections", "Open WebSocket connections", (), lambda: [((), len(self.connections))]
+        )
 
     async def run(self) -> None:
         """Route events to WebSocket clients until the hub's fan-out ends or :meth:`close`."""
@@ -139,6 +142,7 @@ class _Connection:
     watched: Watched | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _prefixes: dict[str, bytes] = field(default_factory=dict)
+    _writers: int = 0  # writes waiting or in progress
     _end: End | None = None  # why the hub ends it before it has a session
     _authenticating: asyncio.Task[Any] | None = None
 
@@ -229,19 +233,26 @@ class _Connection:
         frames = [prefix + frame for frame in delivery.frames]
         if delivery.gap is not None:
             frames.insert(0, _json({"type": "gap", "subscription": subscription, **delivery.gap.view()}))
-        async with self._lock:
-            watched = self.watched
-            if watched is not None:
-                watched.sending_since = asyncio.get_running_loop().time()
-            try:
-                await self._send_texts(frames)
-            finally:
-                if watched is not None:
-                    watched.sending_since = None
+        await self._write(frames)
 
     async def reply(self, reply: Reply) -> None:
-        async with self._lock:
-            await self._send_texts([_json(reply.view())])
+        await self._write([_json(reply.view())])
+
+    async def _write(self, frames: list[bytes]) -> None:
+        """One write at a time. The watchdog sees a write as in progress from the moment one waits
+        for its turn, so a client that stops reading is found whatever was being written."""
+        watched = self.watched
+        loop = asyncio.get_running_loop()
+        self._writers += 1
+        if watched is not None and watched.sending_since is None:
+            watched.sending_since = loop.time()
+        try:
+            async with self._lock:
+                await self._send_texts(frames)
+        finally:
+            self._writers -= 1
+            if watched is not None:  # progress: the next writer's wait starts now
+                watched.sending_since = loop.time() if self._writers else None
 
     async def _send_texts(self, frames: list[bytes]) -> None:
         send_texts: Callable[[list[bytes]], Awaitable[None]] | None = self.websocket.scope["extensions"].get(SEND_TEXTS)

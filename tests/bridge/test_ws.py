@@ -436,3 +436,28 @@ async def test_a_client_still_to_authenticate_hears_1001_when_the_hub_stops(tmp_
             async with asyncio.timeout(WAIT_S):
                 await stopping
     assert closed == (1001, "the hub is shutting down")
+
+
+async def test_a_client_that_stops_reading_replies_is_dropped(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", ws={"send_timeout_s": 1, "max_message_bytes": 1 << 20})
+    async with serve(settings) as running:
+        stuck = await asyncio.to_thread(stuck_client, running, {"type": "ping"})
+        sample = running.hub.metrics.registry.get_sample_value
+        try:
+            protocol = ClientProtocol(parse_uri(ws_url(running)))  # only to build masked frames
+            protocol.state = protocol.state.__class__.OPEN
+            ping = {"type": "ping", "data": "x" * 50_000}
+            stuck.setblocking(False)
+            for _ in range(400):  # until the hub stops reading (it waits to write pongs nobody reads)
+                protocol.send_text(json.dumps(ping).encode())
+                try:
+                    stuck.sendall(b"".join(protocol.data_to_send()))
+                except BlockingIOError:
+                    break
+            for _ in range(200):  # bounded: 10 s
+                if sample("iothub_ws_connections") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert sample("iothub_ws_connections") == 0
+        finally:
+            stuck.close()

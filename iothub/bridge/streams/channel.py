@@ -163,6 +163,8 @@ class Channel(Generic[F]):
             self.close()
 
     def route(self, event: HubEvent) -> None:
+        if not self.consumers:  # a channel nobody uses costs nothing per event
+            return
         # Always looked up (one dict lookup): a consumer in a device slot may filter on labels too.
         labels = self._labels.get(event.device_id)
         # A consumer sits in exactly one slot an event can reach (its devices, its first label, or
