@@ -152,3 +152,14 @@ async def test_the_webhook_receiver_verifies_what_the_hub_signs(tmp_path: Path) 
         "device_id": device_id, "event_id": 0, "kind": "metric", "metric": "temperature", "rule": "hot",
         "state": "firing", "value": 31.5,
     }  # fmt: skip
+
+
+async def test_the_websocket_app_says_what_it_waited_for(hub: Running) -> None:
+    device = unique_id("quiet")
+    hub.hub.registry.add_device(device)
+    url = f"ws://{hub.address('http')}/api/v1/ws"
+    token = hub.hub.first_token or ""
+    args = ("--url", url, "--token", token, "--device", device, "--count", "1", "--within", "0.5")
+    code, out, err = await run_example(*args, script=WS_APP)
+    assert (code, out) == (1, "")
+    assert err == f"ws_app: no 1 readings and command result from {device} within 0.5 s\n"
