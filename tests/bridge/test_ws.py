@@ -461,3 +461,26 @@ async def test_a_client_that_stops_reading_replies_is_dropped(tmp_path: Path) ->
             assert sample("iothub_ws_connections") == 0
         finally:
             stuck.close()
+
+
+async def test_answers_come_in_the_order_of_the_frames(hub: Running, client: WsClient) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device) as mqtt:
+        await client.send("subscribe", id="a", devices=[device])
+        await client.send("ping", data=1)
+        await client.send("unsubscribe", id="a")
+        await client.send("subscribe", id="a", devices=[device], types=["telemetry"])  # the id again
+        await client.send("subscribe", id="a")
+        await client.send("ping", data=2)
+        answers = [await client.next() for _ in range(6)]
+        await mqtt.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
+        event = await client.until(lambda f: f["type"] == "event")
+    assert [(a["type"], a.get("subscription"), a.get("data"), a.get("code")) for a in answers] == [
+        ("subscribed", "a", None, None),
+        ("pong", None, 1, None),
+        ("unsubscribed", "a", None, None),
+        ("subscribed", "a", None, None),
+        ("error", "a", None, "duplicate_subscription"),
+        ("pong", None, 2, None),
+    ]
+    assert (event["subscription"], event["event"]) == ("a", "telemetry")
