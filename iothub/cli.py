@@ -63,7 +63,9 @@ def main() -> None:
 @click.option("--host", help="Address every listener binds [127.0.0.1].")
 @click.option("--mqtt-port", type=int, help="MQTT TCP port; 0 picks a free port [1883].")
 @click.option("--mqtt-ws-port", type=int, help="MQTT over WebSocket port; 0 picks a free port [8083].")
-@click.option("--http-port", type=int, help="HTTP port (REST, /metrics, /healthz); 0 picks a free port [8080].")
+@click.option(
+    "--http-port", type=int, help="HTTP port (REST, SSE, WebSocket, dashboard, /metrics); 0 picks a free port [8080]."
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def run(
     config_file: Path | None,
