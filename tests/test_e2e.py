@@ -26,7 +26,7 @@ def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[st
     """``iothub run`` on free ports; yields it and its addresses, plus the first-start token."""
     env = {**os.environ, "IOTHUB_DATA_DIR": str(tmp_path / "data")}
     with subprocess.Popen(
-        [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0"],
+        [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -144,7 +144,7 @@ def test_a_second_hub_on_the_same_ports_says_which(
     _, addr = hub_process
     taken = addr["mqtt"].rsplit(":", 1)[1]
     result = subprocess.run(
-        [*IOTHUB, "run", "--mqtt-port", taken, "--mqtt-ws-port", "0", "--http-port", "0"],
+        [*IOTHUB, "run", "--mqtt-port", taken, "--mqtt-ws-port", "0", "--http-port", "0", "--grpc-port", "0"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

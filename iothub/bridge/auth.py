@@ -21,11 +21,19 @@ from iothub.hub.registry import Scope, TokenRecord
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization`` value (HTTP header or gRPC metadata): None when absent,
+    ``""`` when it is not ``Bearer <token>``."""
+    if header is None:
+        return None
+    kind, _, value = header.partition(" ")
+    return value.strip() if kind.lower() == "bearer" and value.strip() else ""
+
+
 def presented_token(request: Request, query: bool) -> str | None:
     header = request.headers.get("authorization")
     if header is not None:
-        kind, _, value = header.partition(" ")
-        return value.strip() if kind.lower() == "bearer" and value.strip() else ""
+        return bearer_token(header)
     if query:
         return request.query_params.get("access_token")
     return None
@@ -33,12 +41,19 @@ def presented_token(request: Request, query: bool) -> str | None:
 
 async def check(request: Request, scope: Scope, query: bool = False) -> TokenRecord:
     """The request's token record if it allows ``scope``; raises :class:`Unauthorized` or :class:`Forbidden`."""
-    token = presented_token(request, query)
-    if token is None:
-        raise Unauthorized("this needs an API token: send 'Authorization: Bearer <token>'")
-    if token == "":
-        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
     hub: Hub = request.app.state.hub
+    return await check_token(hub, presented_token(request, query), scope)
+
+
+async def check_token(
+    hub: Hub, token: str | None, scope: Scope, how: str = "'Authorization: Bearer <token>'"
+) -> TokenRecord:
+    """The record of ``token`` (as :func:`bearer_token` gives it) if it allows ``scope``; raises
+    :class:`Unauthorized` or :class:`Forbidden`. ``how`` says how to send a token."""
+    if token is None:
+        raise Unauthorized(f"this needs an API token: send {how}")
+    if token == "":
+        raise Unauthorized(f"malformed Authorization header: expected {how}")
     record = await asyncio.to_thread(hub.registry.lookup_token, token)
     if record is None:
         raise Unauthorized("unknown API token")

@@ -126,6 +126,22 @@ class SseSettings(_Section):
     send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the stream")
 
 
+class GrpcSettings(_Section):
+    host: str = Field(default="127.0.0.1", description="address the gRPC server binds")
+    port: Port | None = Field(default=50051, description="gRPC API; unset to disable")
+    keepalive_s: float = Field(default=30.0, gt=0, description="an idle connection is pinged this often")
+    keepalive_timeout_s: float = Field(
+        default=10.0, gt=0, description="a ping unanswered this long closes the connection (dead client)"
+    )
+    queue_size: int = Field(default=1000, ge=1, description="events buffered per stream before the oldest drop")
+    max_dropped: int = Field(
+        default=10_000, ge=1, description="events a stream may lose before it ends with RESOURCE_EXHAUSTED"
+    )
+    replay_limit: int = Field(default=100_000, ge=1, description="most events replayed on resume")
+    send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the stream")
+    grace_s: float = Field(default=5.0, ge=0, description="how long calls in flight may finish at shutdown")
+
+
 class Settings(BaseSettings):
     """Everything the hub reads at start-up."""
 
@@ -145,6 +161,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     fanout: FanoutSettings = FanoutSettings()
     sse: SseSettings = SseSettings()
+    grpc: GrpcSettings = GrpcSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 """
 
-_AGG_SQL = {Agg.AVG: "AVG(num)", Agg.MIN: "MIN(num)", Agg.MAX: "MAX(num)"}
+_AGG_SQL = {Agg.AVG: "AVG(num)", Agg.MIN: "MIN(num)", Agg.MAX: "MAX(num)", Agg.COUNT: "COUNT(*)"}
 
 
 def _kind(value: Value) -> str:
@@ -270,7 +270,7 @@ class SqliteStore:
                         (*window, limit + 1),
                     )
                     points = [(ts, _decode(kind, num, txt)) for ts, num, txt in rows]
-                elif agg is Agg.LAST or kind == "string":
+                elif agg is Agg.LAST or (kind == "string" and agg is not Agg.COUNT):
                     # SQLite returns the bare columns of the row holding MAX(ts) in each group.
                     rows = conn.execute(
                         "SELECT (ts / ?) * ? AS bucket, num, txt, MAX(ts) FROM points"

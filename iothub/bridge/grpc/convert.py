@@ -1,0 +1,111 @@
+"""The hub's values as ``iothub.v1`` messages: metric values, presence, devices, events and gaps.
+
+:func:`event_frame` is the gRPC channel's encoder: the stream core calls it once per event (and once
+per distinct metrics filter) and every stream writes the same bytes. It serializes a message whose
+field 1 is the :class:`~iothub.v1.events_pb2.Event`: ``SubscribeResponse`` and ``PresenceUpdate`` both
+put their event there, so the bytes are valid for either RPC and are written as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf.struct_pb2 import Struct
+
+from iothub.bridge.streams import StreamGap
+from iothub.hub.events import EventType, HubEvent
+from iothub.hub.fleet import DeviceState
+from iothub.hub.registry import DeviceRecord
+from iothub.hub.store.base import Value
+from iothub.v1 import devices_pb2, events_pb2, telemetry_pb2
+
+
+def value(v: Value | None) -> events_pb2.Value:
+    """A metric value; None (a bucket with no numeric value) is a Value with nothing set."""
+    if v is None:
+        return events_pb2.Value()
+    if isinstance(v, bool):
+        return events_pb2.Value(flag=v)
+    if isinstance(v, str):
+        return events_pb2.Value(text=v)
+    return events_pb2.Value(number=float(v))
+
+
+def reading(ts_ms: int, v: Value) -> events_pb2.Reading:
+    return events_pb2.Reading(value=value(v), ts_ms=ts_ms)
+
+
+def struct(data: dict[str, Any] | None) -> Struct:
+    out = Struct()
+    if data:
+        out.update(data)
+    return out
+
+
+def presence(state: DeviceState | None) -> events_pb2.Presence:
+    if state is None:
+        return events_pb2.Presence(online=False, reason="unknown")
+    return events_pb2.Presence(
+        online=state.online, reason=state.reason.value, detail=state.detail, since_ms=state.since
+    )
+
+
+def device(record: DeviceRecord | None, state: DeviceState | None, device_id: str) -> devices_pb2.Device:
+    """What the registry says of a device merged with what the hub saw of it (as the REST view)."""
+    out = devices_pb2.Device(id=device_id, registered=record is not None, presence=presence(state))
+    if record is not None:
+        out.name, out.type, out.enabled = record.name, record.type, record.enabled
+        out.labels.update(record.labels)
+    if state is not None:
+        out.first_seen_ms, out.last_seen_ms = state.first_seen, state.last_seen
+        for metric, (ts, v) in state.latest.items():
+            out.latest[metric].CopyFrom(reading(ts, v))
+        out.messages, out.duplicates, out.seq_gaps = state.messages, state.duplicates, state.seq_gaps
+        out.rejected.update(state.rejected)
+    return out
+
+
+def event(e: HubEvent, data: dict[str, Any]) -> events_pb2.Event:
+    """An event with ``data`` (its own, or a copy trimmed to some metrics)."""
+    out = events_pb2.Event(id=e.id, type=e.type.value, ts_ms=e.ts, device_id=e.device_id)
+    if e.type is EventType.TELEMETRY:
+        t = out.telemetry
+        for metric, v in data.get("metrics", {}).items():
+            t.metrics[metric].CopyFrom(value(v))
+        if data.get("seq") is not None:
+            t.seq = data["seq"]
+    elif e.type is EventType.STATUS:
+        out.status.CopyFrom(
+            events_pb2.Presence(online=data["online"], reason=data["reason"], detail=data.get("detail"), since_ms=e.ts)
+        )
+    elif e.type is EventType.COMMAND_RESULT:
+        out.command_result.CopyFrom(command_result(data))
+    else:
+        out.alert.CopyFrom(struct(data))
+    return out
+
+
+def command_result(view: dict[str, Any]) -> events_pb2.CommandResult:
+    """A command result from its view (:meth:`iothub.hub.commands.CommandResult.view`)."""
+    return events_pb2.CommandResult(
+        id=view["id"], device_id=view["device_id"], name=view["name"], ok=view["ok"],
+        result=struct(view.get("result")) if view["ok"] else None, error=view.get("error"),
+        latency_ms=view["latency_ms"],
+    )  # fmt: skip
+
+
+def event_frame(e: HubEvent, body: bytes) -> bytes:
+    """The channel's frame: ``SubscribeResponse(event=...)`` serialized, which is also a ``PresenceUpdate``.
+
+    ``body`` is the event's JSON: the event's own (then its data is used as it is) or a copy
+    trimmed to a subscription's metrics (parsed back, once per distinct filter).
+    """
+    data = e.data if body is e.json else json.loads(body)
+    return telemetry_pb2.SubscribeResponse(event=event(e, data)).SerializeToString()
+
+
+def gap_frame(gap: StreamGap) -> bytes:
+    """A gap, as ``SubscribeResponse(gap=...)`` serialized (``PresenceUpdate`` puts it in the same field)."""
+    g = events_pb2.Gap(missed=gap.missed, after_id=gap.after_id, reason=gap.reason)
+    return telemetry_pb2.SubscribeResponse(gap=g).SerializeToString()

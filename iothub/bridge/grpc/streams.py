@@ -1,0 +1,139 @@
+"""The gRPC channel of the stream core, the open server streams, and their watchdog.
+
+``Subscribe`` and ``WatchPresence`` are consumers of one :class:`~iothub.bridge.streams.Channel`
+named ``grpc`` (counters ``iothub_stream_*{channel="grpc"}``). Its frames are serialized once per
+event (:func:`~iothub.bridge.grpc.convert.event_frame`) and written as they are: the RPCs' response
+serializer is the identity. Gaps are explicit messages. A stream ends with:
+
+- RESOURCE_EXHAUSTED when it fell too far behind (past ``grpc.max_dropped`` lost events, the stream
+  core's drop policy) or its writes stayed blocked for ``grpc.send_timeout_s`` (a client that
+  stopped reading); the message says which, and to resume from the last event id received;
+- UNAUTHENTICATED when its API token is revoked (checked once a second, here or by another process);
+- UNAVAILABLE when the hub shuts down (resume from the last event id received).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from iothub.bridge.errors import BridgeError, TooSlow, Unauthorized, Unavailable
+from iothub.bridge.grpc.convert import event_frame, gap_frame
+from iothub.bridge.grpc.status import Context
+from iothub.bridge.streams import Channel, Consumer, Limits, StreamFilter, StreamMetrics
+from iothub.hub.core import Hub
+from iothub.hub.settings import GrpcSettings
+
+log = logging.getLogger(__name__)
+RESUME_HINT = "resume with resume_from = the last event id received"
+
+
+@dataclass(eq=False)
+class _Open:
+    """One open server stream: what the watchdog needs to know of it."""
+
+    token_id: str
+    task: asyncio.Task[object] | None
+    consumer: Consumer[bytes] | None = None
+    sending_since: float | None = None  # a write is in progress since (loop time)
+    ended: BridgeError | None = None  # why the watchdog cancelled it
+
+
+class GrpcStreams:
+    """Runs the channel (:meth:`run`) and the watchdog (:meth:`watch`); :meth:`serve` runs one stream."""
+
+    def __init__(self, hub: Hub, settings: GrpcSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
+        self.channel: Channel[bytes] = Channel("grpc", hub.bus, hub.store, hub.labels, event_frame, limits)
+        StreamMetrics.of(hub.metrics.registry).add(self.channel)
+        self.closing = asyncio.Event()
+        self.open: set[_Open] = set()
+
+    async def run(self) -> None:
+        try:
+            await self.channel.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End every stream (UNAVAILABLE) and stop routing."""
+        self.closing.set()
+        self.channel.close()
+
+    async def serve(
+        self,
+        context: Context,
+        token_id: str,
+        stream_filter: StreamFilter,
+        resume_after: int | None,
+        first: Iterable[bytes] = (),
+    ) -> None:
+        """Write ``first``, then what the core delivers (a replay after ``resume_after``, then live),
+        until the client goes, the stream is ended (see the module), or the hub stops."""
+        if self.closing.is_set():
+            raise Unavailable("the hub is shutting down")
+        if resume_after is not None:
+            await self.channel.check_resume(resume_after, "resume_from")
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        stream = _Open(token_id, task)
+        self.open.add(stream)
+        try:
+            with self.channel.attach(stream_filter, resume_after) as consumer:
+                stream.consumer = consumer
+                stream.sending_since = loop.time()
+                for frame in first:
+                    await context.write(frame)
+                stream.sending_since = None
+                async for delivery in consumer:
+                    stream.sending_since = loop.time()
+                    if delivery.gap is not None:
+                        await context.write(gap_frame(delivery.gap))
+                    for frame in delivery.frames:
+                        await context.write(frame)
+                    stream.sending_since = None
+            if consumer.kicked:
+                raise TooSlow(f"this stream fell too far behind (over {self.settings.max_dropped} events lost); "
+                              + RESUME_HINT)  # fmt: skip
+            raise Unavailable(f"the hub is shutting down; {RESUME_HINT}")
+        except asyncio.CancelledError:
+            if stream.ended is None or task is None:
+                raise
+            task.uncancel()  # the watchdog's doing
+            raise stream.ended from None
+        finally:
+            self.open.discard(stream)
+
+    async def watch(self) -> None:
+        """Once a second: end streams whose write has been blocked for ``grpc.send_timeout_s``, and
+        streams opened with an API token that has been revoked since."""
+        loop = asyncio.get_running_loop()
+        while not self.closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), 1.0)
+            revoked = await asyncio.to_thread(self._revoked_tokens) if self.open else set()
+            now = loop.time()
+            for stream in list(self.open):
+                since = stream.sending_since
+                if stream.token_id in revoked:
+                    log.info("ending a gRPC stream: its API token %s was revoked", stream.token_id)
+                    self._end(stream, Unauthorized(f"API token {stream.token_id!r} has been revoked"))
+                elif since is not None and now - since > self.settings.send_timeout_s:
+                    if stream.consumer is not None:
+                        self.channel.kick(stream.consumer)
+                    self._end(stream, TooSlow(f"this stream's client stopped reading for over "
+                                              f"{self.settings.send_timeout_s:g} s; {RESUME_HINT}"))  # fmt: skip
+
+    def _revoked_tokens(self) -> set[str]:
+        return {token.id for token in self.hub.registry.tokens() if token.revoked is not None}
+
+    @staticmethod
+    def _end(stream: _Open, why: BridgeError) -> None:
+        if stream.task is not None and stream.ended is None:
+            stream.ended = why
+            stream.task.cancel()
