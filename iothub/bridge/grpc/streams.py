@@ -10,6 +10,9 @@ serializer is the identity. Gaps are explicit messages. A stream ends with:
   stopped reading); the message says which, and to resume from the last event id received;
 - UNAUTHENTICATED when its API token is revoked (checked once a second, here or by another process);
 - UNAVAILABLE when the hub shuts down (resume from the last event id received).
+
+A stream sends its initial metadata once it is attached to the channel, so a client that waits for
+it (``call.wait_for_connection()``) knows every event committed from then on will reach it.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class GrpcStreams:
             with self.channel.attach(stream_filter, resume_after) as consumer:
                 stream.consumer = consumer
                 stream.sending_since = loop.time()
+                await context.send_initial_metadata(())  # attached: what is committed from now on reaches it
                 for frame in first:
                     await context.write(frame)
                 stream.sending_since = None
