@@ -43,7 +43,12 @@ def numbers(series: telemetry_pb2.Series) -> list[tuple[int, float]]:
      (AGG.AGGREGATION_COUNT, 2), (AGG.AGGREGATION_UNSPECIFIED, 2)],
 )  # fmt: skip
 async def test_query_downsampled(
-    hub: Running, channel: grpc.aio.Channel, admin: Metadata, events: EventWaiter, aggregation: int, first_bucket: float
+    hub: Running,
+    channel: grpc.aio.Channel,
+    admin: Metadata,
+    events: EventWaiter,
+    aggregation: telemetry_pb2.Aggregation.ValueType,
+    first_bucket: float,
 ) -> None:
     device_id, base = await stored_series(hub, events)
     request = telemetry_pb2.QueryRequest(device_id=device_id, metrics=["t"], step_ms=1000, aggregation=aggregation)
