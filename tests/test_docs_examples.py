@@ -10,14 +10,20 @@ from pathlib import Path
 import httpx
 
 from iothub.runner import Running
-from tests.conftest import WAIT_S, device_secret, unique_id
+from iothub.simulators.fleet import run_fleet
+from tests.conftest import WAIT_S, EventWaiter, device_secret, unique_id
+from tests.simulators.test_fleet import config
 
-PUBLISH_TELEMETRY = Path(__file__).resolve().parents[1] / "docs" / "examples" / "publish_telemetry.py"
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+PUBLISH_TELEMETRY = EXAMPLES / "publish_telemetry.py"
+WS_APP = EXAMPLES / "ws_app.py"
 
 
-async def run_example(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+async def run_example(
+    *args: str, env: dict[str, str] | None = None, script: Path = PUBLISH_TELEMETRY
+) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(PUBLISH_TELEMETRY), *args,
+        sys.executable, str(script), *args,
         env={**os.environ, **(env or {})}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -70,3 +76,40 @@ async def test_publish_telemetry_says_in_one_line_why_it_was_refused(hub: Runnin
     code, _, err = await run_example("--port", port)
     assert code == 2
     assert "a device id and secret are needed" in err
+
+
+async def test_the_websocket_app_follows_and_commands_a_simulated_device(hub: Running, events: EventWaiter) -> None:
+    cfg = config(hub, devices=1, rate=5, prefix=unique_id("wsapp"), profiles=("thermostat",))
+    device = cfg.device_ids()[0]
+    url = f"ws://{hub.address('http')}/api/v1/ws"
+    stop = asyncio.Event()
+    fleet = asyncio.create_task(run_fleet(cfg, stop))
+    try:
+        first = await events.telemetry_from(device)  # subscribed to its commands by now
+        token = hub.hub.first_token or ""
+        code, out, err = await run_example("--url", url, "--token", token, "--device", device, script=WS_APP)
+        resumed = await run_example(
+            "--url", url, "--token", token, "--device", device, "--count", "1", "--resume-from", str(first.id),
+            script=WS_APP,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        async with asyncio.timeout(WAIT_S):
+            await fleet
+    assert (code, err) == (0, ""), err
+    lines = out.splitlines()
+    readings = [line for line in lines if not line.startswith("command ")]
+    assert len(readings) >= 3
+    assert all(line.split()[1].startswith("temperature=") for line in readings)
+    assert [line for line in lines if line.startswith("command ")] == [
+        next(line for line in lines if line.startswith('command ping: ok {"pong": true'))
+    ]
+    assert resumed[0] == 0, resumed[2]
+    assert first.id < int(resumed[1].split()[0]) <= int(lines[0].split()[0])  # replayed from after first
+
+
+async def test_the_websocket_app_says_in_one_line_why_it_was_refused(hub: Running) -> None:
+    url = f"ws://{hub.address('http')}/api/v1/ws"
+    code, out, err = await run_example("--url", url, "--token", "iothub_nope", "--device", "d", script=WS_APP)
+    assert (code, out) == (1, "")
+    assert err == "ws_app: the hub closed the connection (4401): unknown API token\n"

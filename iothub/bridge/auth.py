@@ -11,7 +11,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from iothub.bridge.errors import Forbidden, Unauthorized
@@ -30,30 +30,27 @@ def bearer_token(header: str | None) -> str | None:
     return value.strip() if kind.lower() == "bearer" and value.strip() else ""
 
 
-def presented_token(request: Request, query: bool) -> str | None:
-    header = request.headers.get("authorization")
+def presented_token(connection: HTTPConnection, query: bool) -> str | None:
+    header = connection.headers.get("authorization")
     if header is not None:
         return bearer_token(header)
     if query:
-        return request.query_params.get("access_token")
+        return connection.query_params.get("access_token")
     return None
 
 
-async def check(request: Request, scope: Scope, query: bool = False) -> TokenRecord:
+async def check(connection: HTTPConnection, scope: Scope, query: bool = False) -> TokenRecord:
     """The request's token record if it allows ``scope``; raises :class:`Unauthorized` or :class:`Forbidden`."""
-    hub: Hub = request.app.state.hub
-    return await check_token(hub, presented_token(request, query), scope)
-
-
-async def check_token(
-    hub: Hub, token: str | None, scope: Scope, how: str = "'Authorization: Bearer <token>'"
-) -> TokenRecord:
-    """The record of ``token`` (as :func:`bearer_token` gives it) if it allows ``scope``; raises
-    :class:`Unauthorized` or :class:`Forbidden`. ``how`` says how to send a token."""
+    token = presented_token(connection, query)
     if token is None:
-        raise Unauthorized(f"this needs an API token: send {how}")
+        raise Unauthorized("this needs an API token: send 'Authorization: Bearer <token>'")
     if token == "":
-        raise Unauthorized(f"malformed Authorization header: expected {how}")
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    return await verify(connection.app.state.hub, token, scope)
+
+
+async def verify(hub: Hub, token: str, scope: Scope) -> TokenRecord:
+    """The record of ``token`` if it is known, not revoked and allows ``scope``."""
     record = await asyncio.to_thread(hub.registry.lookup_token, token)
     if record is None:
         raise Unauthorized("unknown API token")

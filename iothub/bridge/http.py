@@ -27,9 +27,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope as ASGIScope
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request as WsRequest
 
 from iothub import __version__
-from iothub.bridge import admin, control, errors, rest, sse
+from iothub.bridge import admin, control, errors, rest, sse, ws
 from iothub.bridge.auth import requires
 from iothub.hub import commands, registry, twin
 from iothub.hub.core import Hub
@@ -108,6 +110,7 @@ def create_app(hub: Hub) -> Starlette:
             Route("/healthz", healthz),
             Route("/metrics", metrics),
             *sse.routes,
+            *ws.routes,
             *rest.routes,
             *admin.routes,
             *control.routes,
@@ -116,7 +119,21 @@ def create_app(hub: Hub) -> Starlette:
     )
     app.state.hub = hub
     app.state.sse = sse.SseHub(hub, hub.settings.sse)
+    app.state.ws = ws.WsHub(hub, hub.settings.ws)
     return app
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (the ``websockets`` implementation), with one addition: a
+    connection's scope carries ``abort`` (:data:`iothub.bridge.ws.ABORT`), so the hub can cut a
+    client that stopped reading. ASGI's close has to write a close frame, which such a client never
+    lets through, and closing a transport waits for its buffer to drain."""
+
+    def handle_connect(self, event: WsRequest) -> None:
+        super().handle_connect(event)
+        if hasattr(self, "scope"):  # the handshake was accepted
+            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
+            extensions[ws.ABORT] = self.transport.abort
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -139,18 +156,33 @@ class HttpServer:
         sock = socket.create_server((self.settings.host, self.settings.port), reuse_port=False)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        ws_settings = self._app.state.ws.settings
         config = uvicorn.Config(
-            self._app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            self._app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            ws=_WebSocketProtocol,
+            ws_max_size=ws_settings.max_message_bytes,
+            ws_ping_interval=ws_settings.ping_interval_s,
+            ws_ping_timeout=ws_settings.ping_timeout_s,
+            ws_per_message_deflate=False,  # per-client compression of every frame: CPU the fan-out needs
         )
         self._server = _EmbeddedServer(config)
         await self._tasks.__aenter__()
         self._tasks.create_task(self._app.state.sse.run(), name="iothub-sse")
         self._tasks.create_task(self._app.state.sse.watch(), name="iothub-sse-watch")
+        self._tasks.create_task(self._app.state.ws.run(), name="iothub-ws")
+        self._tasks.create_task(self._app.state.ws.watch(), name="iothub-ws-watch")
         self._tasks.create_task(self._server.serve(sockets=[sock]), name="iothub-http")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._app.state.sse.close()  # streams end first, or uvicorn would wait for them
+        self._app.state.ws.close()  # WebSocket clients hear 1001 (uvicorn's own shutdown says 1012)
+        with contextlib.suppress(TimeoutError):
+            await self._app.state.ws.wait_closed(2 * ws.CLOSE_TIMEOUT_S)
         if self._server is not None:
             self._server.should_exit = True
         await self._tasks.__aexit__(None, None, None)

@@ -10,16 +10,14 @@ writes: everything queued for it goes out in one chunk.
 
 A client that falls behind loses its oldest frames and gets a ``gap`` event; past ``sse.max_dropped``
 it is disconnected with an ``error`` event. One whose write stays blocked for ``sse.send_timeout_s``
-is disconnected within a second by :meth:`SseHub.watch` (a timeout around every write would cost a
-cancel scope per event per client).
+is disconnected within a second by its watchdog (:mod:`iothub.bridge.watchdog`; a timeout around
+every write would cost a cancel scope per event per client), as is one whose API token is revoked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +32,12 @@ from iothub.bridge.auth import requires
 from iothub.bridge.errors import Unavailable
 from iothub.bridge.params import check_known
 from iothub.bridge.streams import BadSubscription, Channel, Consumer, Limits, StreamFilter, StreamGap, StreamMetrics
+from iothub.bridge.watchdog import Ending, Watchdog, Watched
 from iothub.hub.core import Hub
 from iothub.hub.events import HubEvent
 from iothub.hub.registry import Scope as TokenScope
 from iothub.hub.settings import SseSettings
 
-log = logging.getLogger(__name__)
 KICKED = b'event: error\ndata: {"error":"disconnected: this client fell too far behind"}\n\n'
 
 
@@ -54,17 +52,16 @@ def gap_frame(gap: StreamGap) -> bytes:
 
 @dataclass(eq=False)
 class _Writer:
-    """One SSE response: what the blocked-write watchdog needs to know of it."""
+    """One SSE response, as its watchdog sees it."""
 
-    token_id: str | None = None  # the API token it was opened with: revoking it ends the stream
+    watched: Watched
     consumer: Consumer[bytes] | None = None
-    sending_since: float | None = None  # a write is in progress since (loop time)
     request_task: asyncio.Task[Any] | None = None  # serves this response
     ended_by_watchdog: bool = False
 
 
 class SseHub:
-    """The SSE channel of the stream core, the open responses, and their blocked-write watchdog."""
+    """The SSE channel of the stream core, the open responses, and their watchdog."""
 
     def __init__(self, hub: Hub, settings: SseSettings) -> None:
         self.hub = hub
@@ -74,7 +71,7 @@ class SseHub:
         # iothub_sse_* as well as iothub_stream_*{channel="sse"}
         StreamMetrics.of(hub.metrics.registry).add(self.channel, own_names=True)
         self.closing = asyncio.Event()
-        self.writers: set[_Writer] = set()
+        self.watchdog = Watchdog("SSE", hub.registry, settings.send_timeout_s)
 
     async def run(self) -> None:
         """Route events to SSE clients until the hub's fan-out ends or :meth:`close`."""
@@ -89,56 +86,46 @@ class SseHub:
         self.channel.close()
 
     async def watch(self) -> None:
-        """Once a second: end streams whose write has been blocked for ``sse.send_timeout_s``, and
-        streams opened with an API token that has been revoked since (here or by another process)."""
-        loop = asyncio.get_running_loop()
-        while not self.closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), 1.0)
-            revoked = await asyncio.to_thread(self._revoked_tokens) if self.writers else set()
-            now = loop.time()
-            for writer in list(self.writers):
-                since = writer.sending_since
-                if writer.token_id in revoked:
-                    log.info("ending an SSE stream: its API token %s was revoked", writer.token_id)
-                    self._end(writer)
-                elif since is not None and now - since > self.settings.send_timeout_s:
-                    if writer.consumer is not None:
-                        self.channel.kick(writer.consumer)
-                    self._end(writer)
+        """End streams whose write stays blocked, or whose token is revoked (:mod:`iothub.bridge.watchdog`)."""
+        await self.watchdog.run(self.closing)
 
-    def _revoked_tokens(self) -> set[str]:
-        return {token.id for token in self.hub.registry.tokens() if token.revoked is not None}
+    def writer(self, token_id: str) -> _Writer:
+        writer: _Writer
 
-    @staticmethod
-    def _end(writer: _Writer) -> None:
-        if writer.request_task is not None:
-            writer.ended_by_watchdog = True
-            writer.request_task.cancel()
+        def end(why: Ending) -> None:
+            if why is Ending.BLOCKED and writer.consumer is not None:
+                self.channel.kick(writer.consumer)
+            if writer.request_task is not None:
+                writer.ended_by_watchdog = True
+                writer.request_task.cancel()
+
+        writer = _Writer(Watched(token_id, end))
+        return writer
 
     async def body(
         self, writer: _Writer, stream_filter: StreamFilter, resume_after: int | None
     ) -> AsyncIterator[bytes]:
         """One client's stream: ``retry:``, then what the core delivers, each batch as one chunk."""
         loop = asyncio.get_running_loop()
-        self.writers.add(writer)
+        watched = writer.watched
+        self.watchdog.watched.add(watched)
         try:
             with self.channel.attach(stream_filter, resume_after) as consumer:
                 writer.consumer = consumer
-                writer.sending_since = loop.time()
+                watched.sending_since = loop.time()
                 yield b"retry: %d\n\n" % self.settings.retry_ms
-                writer.sending_since = None
+                watched.sending_since = None
                 async for delivery in consumer:
                     frames = b"".join(delivery.frames)
-                    writer.sending_since = loop.time()
+                    watched.sending_since = loop.time()
                     yield frames if delivery.gap is None else gap_frame(delivery.gap) + frames
-                    writer.sending_since = None
+                    watched.sending_since = None
                 if consumer.kicked:
                     self.channel.stats.sent += 1
-                    writer.sending_since = loop.time()
+                    watched.sending_since = loop.time()
                     yield KICKED
         finally:
-            self.writers.discard(writer)
+            self.watchdog.watched.discard(watched)
 
 
 class _EventStream(EventSourceResponse):
@@ -159,8 +146,7 @@ class _EventStream(EventSourceResponse):
         except asyncio.CancelledError:
             if not self._writer.ended_by_watchdog or task is None:
                 raise
-            task.uncancel()  # our own doing: the client stopped reading
-            log.info("closed an SSE stream whose client stopped reading")
+            task.uncancel()  # our own doing: the watchdog ended it
 
 
 STREAM_PARAMETERS = frozenset({"devices", "label", "metrics", "types", "last_event_id", "access_token"})
@@ -197,7 +183,7 @@ async def stream(request: Request) -> Response:
         await sse.channel.check_resume(resume_after, "Last-Event-ID")
     if sse.closing.is_set():
         raise Unavailable("the hub is shutting down")
-    writer = _Writer(token_id=request.state.token.id)
+    writer = sse.writer(request.state.token.id)
     return _EventStream(sse, writer, sse.body(writer, stream_filter, resume_after))
 
 

@@ -117,28 +117,42 @@ class FanoutSettings(_Section):
     queue_size: int = Field(default=10_000, ge=1, description="events buffered per consumer")
 
 
-class SseSettings(_Section):
-    heartbeat_s: float = Field(default=15.0, gt=0, description="comment line sent on an idle stream")
-    retry_ms: int = Field(default=3000, ge=100, description="reconnect delay suggested to clients")
+class _StreamSection(_Section):
+    """What every live channel (SSE, WebSocket) bounds per client."""
+
     queue_size: int = Field(default=1000, ge=1, description="events buffered per client before the oldest drop")
     max_dropped: int = Field(default=10_000, ge=1, description="events a client may lose before it is disconnected")
     replay_limit: int = Field(default=100_000, ge=1, description="most events replayed on resume")
-    send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the stream")
+    send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the connection")
 
 
-class GrpcSettings(_Section):
+class SseSettings(_StreamSection):
+    heartbeat_s: float = Field(default=15.0, gt=0, description="comment line sent on an idle stream")
+    retry_ms: int = Field(default=3000, ge=100, description="reconnect delay suggested to clients")
+
+
+class WsSettings(_StreamSection):
+    max_message_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="a larger client frame closes with 1009"
+    )
+    ping_interval_s: float = Field(default=20.0, gt=0, description="the hub pings each client this often")
+    ping_timeout_s: float = Field(default=20.0, gt=0, description="a client that does not answer is dropped")
+    auth_timeout_s: float = Field(default=10.0, gt=0, description="time to send 'auth' when no token came")
+    max_subscriptions: int = Field(default=100, ge=1, description="subscriptions per connection")
+    max_pending_commands: int = Field(default=100, ge=1, description="commands awaiting results per connection")
+
+
+class GrpcSettings(_StreamSection):
+    """Stream limits (``queue_size`` ...) apply to each server stream and each Connect subscription."""
+
     host: str = Field(default="127.0.0.1", description="address the gRPC server binds")
     port: Port | None = Field(default=50051, description="gRPC API; unset to disable")
     keepalive_s: float = Field(default=30.0, gt=0, description="an idle connection is pinged this often")
     keepalive_timeout_s: float = Field(
         default=10.0, gt=0, description="a ping unanswered this long closes the connection (dead client)"
     )
-    queue_size: int = Field(default=1000, ge=1, description="events buffered per stream before the oldest drop")
-    max_dropped: int = Field(
-        default=10_000, ge=1, description="events a stream may lose before it ends with RESOURCE_EXHAUSTED"
-    )
-    replay_limit: int = Field(default=100_000, ge=1, description="most events replayed on resume")
-    send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the stream")
+    max_subscriptions: int = Field(default=100, ge=1, description="subscriptions per Connect stream")
+    max_pending_commands: int = Field(default=100, ge=1, description="commands awaiting results per Connect stream")
     grace_s: float = Field(default=5.0, ge=0, description="how long calls in flight may finish at shutdown")
 
 
@@ -161,6 +175,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     fanout: FanoutSettings = FanoutSettings()
     sse: SseSettings = SseSettings()
+    ws: WsSettings = WsSettings()
     grpc: GrpcSettings = GrpcSettings()
 
     @classmethod

@@ -157,9 +157,10 @@ class SimulatedDevice:
                 await self._backoff(attempt, stop)
 
     async def _session(self, client: aiomqtt.Client, stats: FleetStats, stop: asyncio.Event) -> None:
-        await client.publish(self.status_topic, self._status(True, "connected"), qos=1, retain=True)
+        # Subscribe first: once it says it is online, a command sent to it must reach it.
         await client.subscribe(f"devices/{self.id}/commands/+", qos=1)
         await client.subscribe(self.desired_topic, qos=1)
+        await client.publish(self.status_topic, self._status(True, "connected"), qos=1, retain=True)
         self._closing = False
         async with asyncio.TaskGroup() as tasks:
             listener = tasks.create_task(self._answer_commands(client, stats), name=f"{self.id}-commands")

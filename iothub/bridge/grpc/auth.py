@@ -7,7 +7,8 @@ its scope is too small (errors :class:`~iothub.bridge.errors.Unauthorized` and
 
 from __future__ import annotations
 
-from iothub.bridge.auth import bearer_token, check_token
+from iothub.bridge.auth import bearer_token, verify
+from iothub.bridge.errors import Unauthorized
 from iothub.bridge.grpc.status import Context
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope, TokenRecord
@@ -22,4 +23,9 @@ async def authorize(hub: Hub, context: Context, scope: Scope) -> TokenRecord:
         if key == "authorization":
             header = value if isinstance(value, str) else value.decode("utf-8", "replace")
             break
-    return await check_token(hub, bearer_token(header), scope, how=HOW)
+    token = bearer_token(header)
+    if token is None:
+        raise Unauthorized(f"this needs an API token: send {HOW}")
+    if token == "":
+        raise Unauthorized(f"malformed authorization metadata: expected {HOW}")
+    return await verify(hub, token, scope)

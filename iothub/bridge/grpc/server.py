@@ -83,12 +83,15 @@ class GrpcServer:
 
     def _bind(self, server: grpc.aio.Server) -> int:
         host, port = self.settings.host, self.settings.port or 0
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if port:
+            # grpc would log its own line and say only "Failed to bind": binding the address first
+            # fails with the reason (in use, not an address of this host) in the OSError every
+            # listener of the hub fails with, so the runner names the setting.
+            with socket.create_server((host, port)):
+                pass
         try:
-            return server.add_insecure_port(address)
-        except RuntimeError:
-            # grpc says only "Failed to bind"; binding the address ourselves gives the reason (in use,
-            # not an address of this host) in the OSError every listener of the hub fails with.
+            return server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        except RuntimeError:  # taken in between: the same error, from a second look
             with socket.create_server((host, port)):
                 pass
             raise

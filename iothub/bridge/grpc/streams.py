@@ -18,7 +18,7 @@ it (``call.wait_for_connection()``) knows every event committed from then on wil
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from iothub.bridge.errors import BridgeError, TooSlow, Unauthorized, Unavailable
 from iothub.bridge.grpc.convert import event_frame, gap_frame
 from iothub.bridge.grpc.status import Context
 from iothub.bridge.streams import Channel, Consumer, Limits, StreamFilter, StreamMetrics
+from iothub.bridge.watchdog import Ending, Watchdog, Watched
 from iothub.hub.core import Hub
 from iothub.hub.settings import GrpcSettings
 
@@ -36,13 +37,11 @@ RESUME_HINT = "resume with resume_from = the last event id received"
 
 @dataclass(eq=False)
 class _Open:
-    """One open server stream: what the watchdog needs to know of it."""
+    """One open server stream: its task (the watchdog cancels it) and why it was ended."""
 
-    token_id: str
     task: asyncio.Task[object] | None
     consumer: Consumer[bytes] | None = None
-    sending_since: float | None = None  # a write is in progress since (loop time)
-    ended: BridgeError | None = None  # why the watchdog cancelled it
+    ended: BridgeError | None = None
 
 
 class GrpcStreams:
@@ -54,14 +53,17 @@ class GrpcStreams:
         limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
         self.channel: Channel[bytes] = Channel("grpc", hub.bus, hub.store, hub.labels, event_frame, limits)
         StreamMetrics.of(hub.metrics.registry).add(self.channel)
+        self.watchdog = Watchdog("gRPC", hub.registry, settings.send_timeout_s)
         self.closing = asyncio.Event()
-        self.open: set[_Open] = set()
 
     async def run(self) -> None:
         try:
             await self.channel.run()
         finally:
             self.close()
+
+    async def watch(self) -> None:
+        await self.watchdog.run(self.closing)
 
     def close(self) -> None:
         """End every stream (UNAVAILABLE) and stop routing."""
@@ -84,23 +86,24 @@ class GrpcStreams:
             await self.channel.check_resume(resume_after, "resume_from")
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        stream = _Open(token_id, task)
-        self.open.add(stream)
+        stream = _Open(task)
+        watched = Watched(token_id, functools.partial(self._end, stream, token_id))
+        self.watchdog.watched.add(watched)
         try:
             with self.channel.attach(stream_filter, resume_after) as consumer:
                 stream.consumer = consumer
-                stream.sending_since = loop.time()
+                watched.sending_since = loop.time()
                 await context.send_initial_metadata(())  # attached: what is committed from now on reaches it
                 for frame in first:
                     await context.write(frame)
-                stream.sending_since = None
+                watched.sending_since = None
                 async for delivery in consumer:
-                    stream.sending_since = loop.time()
+                    watched.sending_since = loop.time()
                     if delivery.gap is not None:
                         await context.write(gap_frame(delivery.gap))
                     for frame in delivery.frames:
                         await context.write(frame)
-                    stream.sending_since = None
+                    watched.sending_since = None
             if consumer.kicked:
                 raise TooSlow(f"this stream fell too far behind (over {self.settings.max_dropped} events lost); "
                               + RESUME_HINT)  # fmt: skip
@@ -111,33 +114,17 @@ class GrpcStreams:
             task.uncancel()  # the watchdog's doing
             raise stream.ended from None
         finally:
-            self.open.discard(stream)
+            self.watchdog.watched.discard(watched)
 
-    async def watch(self) -> None:
-        """Once a second: end streams whose write has been blocked for ``grpc.send_timeout_s``, and
-        streams opened with an API token that has been revoked since."""
-        loop = asyncio.get_running_loop()
-        while not self.closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.closing.wait(), 1.0)
-            revoked = await asyncio.to_thread(self._revoked_tokens) if self.open else set()
-            now = loop.time()
-            for stream in list(self.open):
-                since = stream.sending_since
-                if stream.token_id in revoked:
-                    log.info("ending a gRPC stream: its API token %s was revoked", stream.token_id)
-                    self._end(stream, Unauthorized(f"API token {stream.token_id!r} has been revoked"))
-                elif since is not None and now - since > self.settings.send_timeout_s:
-                    if stream.consumer is not None:
-                        self.channel.kick(stream.consumer)
-                    self._end(stream, TooSlow(f"this stream's client stopped reading for over "
-                                              f"{self.settings.send_timeout_s:g} s; {RESUME_HINT}"))  # fmt: skip
-
-    def _revoked_tokens(self) -> set[str]:
-        return {token.id for token in self.hub.registry.tokens() if token.revoked is not None}
-
-    @staticmethod
-    def _end(stream: _Open, why: BridgeError) -> None:
-        if stream.task is not None and stream.ended is None:
-            stream.ended = why
+    def _end(self, stream: _Open, token_id: str, why: Ending) -> None:
+        """The watchdog ends a stream: its token was revoked, or its client stopped reading."""
+        if why is Ending.REVOKED:
+            stream.ended = Unauthorized(f"API token {token_id!r} has been revoked")
+        else:
+            if stream.consumer is not None:
+                self.channel.kick(stream.consumer)
+            stream.ended = TooSlow(
+                f"this stream's client stopped reading for over {self.settings.send_timeout_s:g} s; {RESUME_HINT}"
+            )
+        if stream.task is not None:
             stream.task.cancel()
