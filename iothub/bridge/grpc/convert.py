@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Value as JsonValue
 
 from iothub.bridge.streams import StreamGap
 from iothub.hub.events import EventType, HubEvent
@@ -41,6 +42,13 @@ def struct(data: dict[str, Any] | None) -> Struct:
     if data:
         out.update(data)
     return out
+
+
+def json_value(data: Any) -> JsonValue:
+    """Any JSON value (a ping's data, say) as ``google.protobuf.Value``."""
+    holder = Struct()
+    holder.update({"v": data})
+    return holder.fields["v"]
 
 
 def presence(state: DeviceState | None) -> events_pb2.Presence:
@@ -105,7 +113,10 @@ def event_frame(e: HubEvent, body: bytes) -> bytes:
     return telemetry_pb2.SubscribeResponse(event=event(e, data)).SerializeToString()
 
 
-def gap_frame(gap: StreamGap) -> bytes:
+def gap(g: StreamGap) -> events_pb2.Gap:
+    return events_pb2.Gap(missed=g.missed, after_id=g.after_id, reason=g.reason)
+
+
+def gap_frame(g: StreamGap) -> bytes:
     """A gap, as ``SubscribeResponse(gap=...)`` serialized (``PresenceUpdate`` puts it in the same field)."""
-    g = events_pb2.Gap(missed=gap.missed, after_id=gap.after_id, reason=gap.reason)
-    return telemetry_pb2.SubscribeResponse(gap=g).SerializeToString()
+    return telemetry_pb2.SubscribeResponse(gap=gap(g)).SerializeToString()

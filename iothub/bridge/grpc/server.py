@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from iothub.bridge.grpc.commands import CommandService
+from iothub.bridge.grpc.connect import HubService
 from iothub.bridge.grpc.devices import DeviceService
 from iothub.bridge.grpc.handlers import Handlers
 from iothub.bridge.grpc.streams import GrpcStreams
@@ -50,6 +51,7 @@ class GrpcServer:
             DeviceService(hub, self.streams),
             TelemetryService(hub, self.streams),
             CommandService(hub),
+            HubService(hub, self.streams),
         ]
         self._server: grpc.aio.Server | None = None
         self._tasks = asyncio.TaskGroup()

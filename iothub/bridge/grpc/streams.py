@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from iothub.bridge.errors import BridgeError, TooSlow, Unauthorized, Unavailable
@@ -55,6 +55,7 @@ class GrpcStreams:
         StreamMetrics.of(hub.metrics.registry).add(self.channel)
         self.watchdog = Watchdog("gRPC", hub.registry, settings.send_timeout_s)
         self.closing = asyncio.Event()
+        self.on_close: list[Callable[[], None]] = []  # what else ends at close (Connect's sessions)
 
     async def run(self) -> None:
         try:
@@ -68,6 +69,8 @@ class GrpcStreams:
     def close(self) -> None:
         """End every stream (UNAVAILABLE) and stop routing."""
         self.closing.set()
+        for callback in self.on_close:
+            callback()
         self.channel.close()
 
     async def serve(
