@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from iothub.runner import Running, serve
-from iothub.v1 import events_pb2, telemetry_pb2, telemetry_pb2_grpc
+from iothub.v1 import events_pb2, hub_pb2, hub_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
 from tests.bridge.grpc.conftest import Metadata, bearer
 from tests.conftest import WAIT_S, EventWaiter, device_secret, hub_settings, mqtt_client, telemetry, unique_id
 
@@ -204,11 +204,21 @@ async def test_events_no_longer_stored_are_announced_as_a_gap(tmp_path: Path) ->
         await waiter.status_of(device_id, online=False)
         oldest, _ = await running.hub.store.event_bounds()
         assert oldest > 1
-        call = stub(channel).Subscribe(
-            telemetry_pb2.SubscribeRequest(resume_from=0), metadata=bearer(running.hub.first_token)
-        )
+        admin = bearer(running.hub.first_token)
+        call = stub(channel).Subscribe(telemetry_pb2.SubscribeRequest(resume_from=0), metadata=admin)
         gap, first = await read_events(call, 2)
         call.cancel()
+        connect = hub_pb2_grpc.HubServiceStub(channel).Connect(metadata=admin)  # the same on Connect
+        await connect.write(hub_pb2.ClientMessage(subscribe=hub_pb2.SubscribeMessage(id="all", resume_from=0)))
+        async with asyncio.timeout(WAIT_S):
+            subscribed, connect_gap, connect_first = [await connect.read() for _ in range(3)]
+        connect.cancel()
+    assert isinstance(subscribed, hub_pb2.ServerMessage)
+    assert subscribed.subscribed.subscription == "all"
+    assert isinstance(connect_gap, hub_pb2.ServerMessage)
+    assert (connect_gap.gap.subscription, connect_gap.gap.gap) == ("all", gap.gap)
+    assert isinstance(connect_first, hub_pb2.ServerMessage)
+    assert (connect_first.event.subscription, connect_first.event.event) == ("all", first.event)
     assert gap.WhichOneof("kind") == "gap"
     assert (gap.gap.missed, gap.gap.after_id, gap.gap.reason) == (oldest - 1, 0, "no longer stored")
     assert first.event.id == oldest
