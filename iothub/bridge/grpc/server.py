@@ -63,6 +63,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),  # a second hub on the same port must fail, not share it
                 ("grpc.keepalive_time_ms", int(s.keepalive_s * 1000)),
                 ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_s * 1000)),
+                ("grpc.http2.ping_timeout_ms", int(s.keepalive_timeout_s * 1000)),  # bounds a ping with no ack too
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_S * 1000),
                 ("grpc.http2.max_pings_without_data", 0),
