@@ -272,28 +272,28 @@ Global___WatchPresenceRequest: _TypeAlias = WatchPresenceRequest  # noqa: Y015
 
 @_typing.final
 class PresenceUpdate(_message.Message):
-    """A presence change is a status event (Event.status), with the event id to resume from."""
+    """Presence changes are status events (Event.status), with the event id to resume from; as in
+    SubscribeResponse, a batch of them and, when some were lost before them, the gap first.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     GAP_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> _events_pb2.Event: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]: ...
     @_builtins.property
     def gap(self) -> _events_pb2.Gap: ...
     def __init__(
         self,
         *,
-        event: _events_pb2.Event | None = ...,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
         gap: _events_pb2.Gap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "gap", b"gap", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "gap", b"gap", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "gap", b"gap"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "gap"]  # noqa: Y015
-    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PresenceUpdate: _TypeAlias = PresenceUpdate  # noqa: Y015

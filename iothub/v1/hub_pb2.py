@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from iothub.v1 import events_pb2 as iothub_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13iothub/v1/hub.proto\x12\tiothub.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16iothub/v1/events.proto\"\xd5\x01\n\rClientMessage\x12\x30\n\tsubscribe\x18\x01 \x01(\x0b\x32\x1b.iothub.v1.SubscribeMessageH\x00\x12\x34\n\x0bunsubscribe\x18\x02 \x01(\x0b\x32\x1d.iothub.v1.UnsubscribeMessageH\x00\x12,\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x19.iothub.v1.CommandMessageH\x00\x12&\n\x04ping\x18\x04 \x01(\x0b\x32\x16.iothub.v1.PingMessageH\x00\x42\x06\n\x04kind\"q\n\x10SubscribeMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x17.iothub.v1.StreamFilter\x12\x18\n\x0bresume_from\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_resume_from\" \n\x12UnsubscribeMessage\x12\n\n\x02id\x18\x01 \x01(\t\"\x97\x01\n\x0e\x43ommandMessage\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12%\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\ttimeout_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05queue\x18\x06 \x01(\x08\x42\x0c\n\n_timeout_s\"3\n\x0bPingMessage\x12$\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"\xcb\x02\n\rServerMessage\x12-\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1c.iothub.v1.SubscriptionEventH\x00\x12)\n\x03gap\x18\x02 \x01(\x0b\x32\x1a.iothub.v1.SubscriptionGapH\x00\x12+\n\nsubscribed\x18\x03 \x01(\x0b\x32\x15.iothub.v1.SubscribedH\x00\x12/\n\x0cunsubscribed\x18\x04 \x01(\x0b\x32\x17.iothub.v1.UnsubscribedH\x00\x12\x31\n\x0e\x63ommand_result\x18\x05 \x01(\x0b\x32\x17.iothub.v1.CommandReplyH\x00\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x15.iothub.v1.ErrorReplyH\x00\x12\x1f\n\x04pong\x18\x07 \x01(\x0b\x32\x0f.iothub.v1.PongH\x00\x42\x06\n\x04kind\"J\n\x11SubscriptionEvent\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.iothub.v1.Event\x12\x14\n\x0csubscription\x18\x02 \x01(\t\"D\n\x0fSubscriptionGap\x12\x1b\n\x03gap\x18\x01 \x01(\x0b\x32\x0e.iothub.v1.Gap\x12\x14\n\x0csubscription\x18\x02 \x01(\t\"\"\n\nSubscribed\x12\x14\n\x0csubscription\x18\x01 \x01(\t\"$\n\x0cUnsubscribed\x12\x14\n\x0csubscription\x18\x01 \x01(\t\"\xd0\x01\n\x0c\x43ommandReply\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\x05\x65rror\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x02id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x17\n\nlatency_ms\x18\x08 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_errorB\x05\n\x03_idB\r\n\x0b_latency_ms\"q\n\nErrorReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x03ref\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0csubscription\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x06\n\x04_refB\x0f\n\r_subscription\",\n\x04Pong\x12$\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value2O\n\nHubService\x12\x41\n\x07\x43onnect\x12\x18.iothub.v1.ClientMessage\x1a\x18.iothub.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13iothub/v1/hub.proto\x12\tiothub.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x16iothub/v1/events.proto\"\xd5\x01\n\rClientMessage\x12\x30\n\tsubscribe\x18\x01 \x01(\x0b\x32\x1b.iothub.v1.SubscribeMessageH\x00\x12\x34\n\x0bunsubscribe\x18\x02 \x01(\x0b\x32\x1d.iothub.v1.UnsubscribeMessageH\x00\x12,\n\x07\x63ommand\x18\x03 \x01(\x0b\x32\x19.iothub.v1.CommandMessageH\x00\x12&\n\x04ping\x18\x04 \x01(\x0b\x32\x16.iothub.v1.PingMessageH\x00\x42\x06\n\x04kind\"q\n\x10SubscribeMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x17.iothub.v1.StreamFilter\x12\x18\n\x0bresume_from\x18\x03 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_resume_from\" \n\x12UnsubscribeMessage\x12\n\n\x02id\x18\x01 \x01(\t\"\x97\x01\n\x0e\x43ommandMessage\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12%\n\x04\x61rgs\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x16\n\ttimeout_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05queue\x18\x06 \x01(\x08\x42\x0c\n\n_timeout_s\"3\n\x0bPingMessage\x12$\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value\"\xa2\x02\n\rServerMessage\x12/\n\x06\x65vents\x18\x01 \x01(\x0b\x32\x1d.iothub.v1.SubscriptionEventsH\x00\x12+\n\nsubscribed\x18\x02 \x01(\x0b\x32\x15.iothub.v1.SubscribedH\x00\x12/\n\x0cunsubscribed\x18\x03 \x01(\x0b\x32\x17.iothub.v1.UnsubscribedH\x00\x12\x31\n\x0e\x63ommand_result\x18\x04 \x01(\x0b\x32\x17.iothub.v1.CommandReplyH\x00\x12&\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.iothub.v1.ErrorReplyH\x00\x12\x1f\n\x04pong\x18\x06 \x01(\x0b\x32\x0f.iothub.v1.PongH\x00\x42\x06\n\x04kind\"i\n\x12SubscriptionEvents\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.iothub.v1.Event\x12\x14\n\x0csubscription\x18\x02 \x01(\t\x12\x1b\n\x03gap\x18\x03 \x01(\x0b\x32\x0e.iothub.v1.Gap\"\"\n\nSubscribed\x12\x14\n\x0csubscription\x18\x01 \x01(\t\"$\n\x0cUnsubscribed\x12\x14\n\x0csubscription\x18\x01 \x01(\t\"\xd0\x01\n\x0c\x43ommandReply\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\x05\x65rror\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x02id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12\x17\n\nlatency_ms\x18\x08 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_errorB\x05\n\x03_idB\r\n\x0b_latency_ms\"q\n\nErrorReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x03ref\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x19\n\x0csubscription\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x06\n\x04_refB\x0f\n\r_subscription\",\n\x04Pong\x12$\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Value2O\n\nHubService\x12\x41\n\x07\x43onnect\x12\x18.iothub.v1.ClientMessage\x1a\x18.iothub.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,21 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGMESSAGE']._serialized_start=607
   _globals['_PINGMESSAGE']._serialized_end=658
   _globals['_SERVERMESSAGE']._serialized_start=661
-  _globals['_SERVERMESSAGE']._serialized_end=992
-  _globals['_SUBSCRIPTIONEVENT']._serialized_start=994
-  _globals['_SUBSCRIPTIONEVENT']._serialized_end=1068
-  _globals['_SUBSCRIPTIONGAP']._serialized_start=1070
-  _globals['_SUBSCRIPTIONGAP']._serialized_end=1138
-  _globals['_SUBSCRIBED']._serialized_start=1140
-  _globals['_SUBSCRIBED']._serialized_end=1174
-  _globals['_UNSUBSCRIBED']._serialized_start=1176
-  _globals['_UNSUBSCRIBED']._serialized_end=1212
-  _globals['_COMMANDREPLY']._serialized_start=1215
-  _globals['_COMMANDREPLY']._serialized_end=1423
-  _globals['_ERRORREPLY']._serialized_start=1425
-  _globals['_ERRORREPLY']._serialized_end=1538
-  _globals['_PONG']._serialized_start=1540
-  _globals['_PONG']._serialized_end=1584
-  _globals['_HUBSERVICE']._serialized_start=1586
-  _globals['_HUBSERVICE']._serialized_end=1665
+  _globals['_SERVERMESSAGE']._serialized_end=951
+  _globals['_SUBSCRIPTIONEVENTS']._serialized_start=953
+  _globals['_SUBSCRIPTIONEVENTS']._serialized_end=1058
+  _globals['_SUBSCRIBED']._serialized_start=1060
+  _globals['_SUBSCRIBED']._serialized_end=1094
+  _globals['_UNSUBSCRIBED']._serialized_start=1096
+  _globals['_UNSUBSCRIBED']._serialized_end=1132
+  _globals['_COMMANDREPLY']._serialized_start=1135
+  _globals['_COMMANDREPLY']._serialized_end=1343
+  _globals['_ERRORREPLY']._serialized_start=1345
+  _globals['_ERRORREPLY']._serialized_end=1458
+  _globals['_PONG']._serialized_start=1460
+  _globals['_PONG']._serialized_end=1504
+  _globals['_HUBSERVICE']._serialized_start=1506
+  _globals['_HUBSERVICE']._serialized_end=1585
 # @@protoc_insertion_point(module_scope)

@@ -5,9 +5,11 @@ One two-way stream for a backend service: the gRPC twin of the WebSocket protoco
 with the same messages, rules and error codes.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
 from iothub.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
@@ -169,17 +171,14 @@ Global___PingMessage: _TypeAlias = PingMessage  # noqa: Y015
 class ServerMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_FIELD_NUMBER: _builtins.int
-    GAP_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     SUBSCRIBED_FIELD_NUMBER: _builtins.int
     UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
     COMMAND_RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___SubscriptionEvent: ...
-    @_builtins.property
-    def gap(self) -> Global___SubscriptionGap: ...
+    def events(self) -> Global___SubscriptionEvents: ...
     @_builtins.property
     def subscribed(self) -> Global___Subscribed: ...
     @_builtins.property
@@ -193,69 +192,53 @@ class ServerMessage(_message.Message):
     def __init__(
         self,
         *,
-        event: Global___SubscriptionEvent | None = ...,
-        gap: Global___SubscriptionGap | None = ...,
+        events: Global___SubscriptionEvents | None = ...,
         subscribed: Global___Subscribed | None = ...,
         unsubscribed: Global___Unsubscribed | None = ...,
         command_result: Global___CommandReply | None = ...,
         error: Global___ErrorReply | None = ...,
         pong: Global___Pong | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "error", b"error", "event", b"event", "gap", b"gap", "kind", b"kind", "pong", b"pong", "subscribed", b"subscribed", "unsubscribed", b"unsubscribed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "error", b"error", "events", b"events", "kind", b"kind", "pong", b"pong", "subscribed", b"subscribed", "unsubscribed", b"unsubscribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "error", b"error", "event", b"event", "gap", b"gap", "kind", b"kind", "pong", b"pong", "subscribed", b"subscribed", "unsubscribed", b"unsubscribed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command_result", b"command_result", "error", b"error", "events", b"events", "kind", b"kind", "pong", b"pong", "subscribed", b"subscribed", "unsubscribed", b"unsubscribed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["event", "gap", "subscribed", "unsubscribed", "command_result", "error", "pong"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["events", "subscribed", "unsubscribed", "command_result", "error", "pong"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ServerMessage: _TypeAlias = ServerMessage  # noqa: Y015
 
 @_typing.final
-class SubscriptionEvent(_message.Message):
+class SubscriptionEvents(_message.Message):
+    """A subscription's events in id order (a batch of those ready) and, when some were lost before
+    them, the gap first: the WebSocket protocol's "gap" and "event" frames, in one message.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    GAP_FIELD_NUMBER: _builtins.int
     subscription: _builtins.str
     @_builtins.property
-    def event(self) -> _events_pb2.Event: ...
-    def __init__(
-        self,
-        *,
-        event: _events_pb2.Event | None = ...,
-        subscription: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "subscription", b"subscription"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SubscriptionEvent: _TypeAlias = SubscriptionEvent  # noqa: Y015
-
-@_typing.final
-class SubscriptionGap(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    GAP_FIELD_NUMBER: _builtins.int
-    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
-    subscription: _builtins.str
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]: ...
     @_builtins.property
     def gap(self) -> _events_pb2.Gap: ...
     def __init__(
         self,
         *,
-        gap: _events_pb2.Gap | None = ...,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
         subscription: _builtins.str = ...,
+        gap: _events_pb2.Gap | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gap", b"gap", "subscription", b"subscription"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "gap", b"gap", "subscription", b"subscription"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SubscriptionGap: _TypeAlias = SubscriptionGap  # noqa: Y015
+Global___SubscriptionEvents: _TypeAlias = SubscriptionEvents  # noqa: Y015
 
 @_typing.final
 class Subscribed(_message.Message):

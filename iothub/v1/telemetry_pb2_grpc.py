@@ -70,6 +70,7 @@ class TelemetryServiceServicer:
 
     def Subscribe(self, request, context):
         """Every event the hub emits that passes the filter, live; with resume_from, what was missed first.
+        Initial metadata comes once the stream is attached: every event committed from then on reaches it.
         Scope: read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

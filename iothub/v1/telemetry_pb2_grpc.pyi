@@ -37,6 +37,7 @@ class TelemetryServiceStub:
     """A device's latest value of each metric. Scope: read."""
     Subscribe: _grpc.UnaryStreamMultiCallable[_telemetry_pb2.SubscribeRequest, _telemetry_pb2.SubscribeResponse]
     """Every event the hub emits that passes the filter, live; with resume_from, what was missed first.
+    Initial metadata comes once the stream is attached: every event committed from then on reaches it.
     Scope: read.
     """
 
@@ -49,6 +50,7 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     """A device's latest value of each metric. Scope: read."""
     Subscribe: _aio.UnaryStreamMultiCallable[_telemetry_pb2.SubscribeRequest, _telemetry_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Every event the hub emits that passes the filter, live; with resume_from, what was missed first.
+    Initial metadata comes once the stream is attached: every event committed from then on reaches it.
     Scope: read.
     """
 
@@ -76,6 +78,7 @@ class TelemetryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_telemetry_pb2.SubscribeResponse], _abc.AsyncIterator[_telemetry_pb2.SubscribeResponse]]:
         """Every event the hub emits that passes the filter, live; with resume_from, what was missed first.
+        Initial metadata comes once the stream is attached: every event committed from then on reaches it.
         Scope: read.
         """
 

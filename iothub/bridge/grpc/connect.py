@@ -5,11 +5,11 @@ stream, so messages, rules and error codes are the same. Each ``ClientMessage`` 
 object a WebSocket client would send, parsed by the session's own :func:`~iothub.bridge.live.parse`
 (one set of validation rules); each reply becomes its ``ServerMessage``.
 
-Event frames come from the ``grpc`` channel as they are (serialized once per event, ``Event`` in
-field 1); a subscription's ``SubscriptionEvent`` is that frame followed by its ``subscription``
-field, so each write costs two byte concatenations, no encoding. How a stream ends: the client
-half-closes (OK), or the session's :class:`~iothub.bridge.live.End` maps to a status through the
-bridge's errors (:data:`END_ERRORS`), then :mod:`iothub.bridge.grpc.status`'s one table.
+Event frames come from the ``grpc`` channel as they are (serialized once per event, each an element
+of ``repeated Event events = 1``); a subscription's ``SubscriptionEvents`` is a batch of them joined,
+with its ``subscription`` field (and the gap, if any) in front: byte concatenations, no encoding.
+How a stream ends: the client half-closes (OK), or the session's :class:`~iothub.bridge.live.End`
+maps to a status through the bridge's errors (:data:`END_ERRORS`), then :mod:`iothub.bridge.grpc.status`'s one table.
 """
 
 from __future__ import annotations
@@ -52,20 +52,6 @@ END_ERRORS: dict[EndReason, type[BridgeError]] = {
     EndReason.UNAUTHORIZED: Unauthorized,  # UNAUTHENTICATED
     EndReason.STOPPING: Unavailable,  # UNAVAILABLE
 }
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def as_json(message: hub_pb2.ClientMessage) -> str:
@@ -132,18 +118,18 @@ class _Stream:
     async def deliver(self, subscription: str, delivery: Delivery[bytes]) -> None:
         suffix = self._suffixes.get(subscription)
         if suffix is None:
-            suffix = self._suffixes[subscription] = _field(2, subscription.encode())
+            suffix = self._suffixes[subscription] = convert.field(2, subscription.encode())
+        head = (
+            suffix if delivery.gap is None else suffix + convert.field(3, convert.gap(delivery.gap).SerializeToString())
+        )
         write = self.context.write
         watched = self.watched
         async with self._lock:
             if watched is not None:
                 watched.sending_since = asyncio.get_running_loop().time()
             try:
-                if delivery.gap is not None:
-                    gap = hub_pb2.SubscriptionGap(gap=convert.gap(delivery.gap), subscription=subscription)
-                    await write(hub_pb2.ServerMessage(gap=gap).SerializeToString())
-                for frame in delivery.frames:  # the frame is field 1 (the Event) of a SubscriptionEvent
-                    await write(_field(1, frame + suffix))
+                for batch in convert.batches(head, delivery.frames):  # a SubscriptionEvents message
+                    await write(convert.field(1, batch))  # ServerMessage.events
             finally:
                 if watched is not None:
                     watched.sending_since = None

@@ -1,14 +1,17 @@
 """The hub's values as ``iothub.v1`` messages: metric values, presence, devices, events and gaps.
 
 :func:`event_frame` is the gRPC channel's encoder: the stream core calls it once per event (and once
-per distinct metrics filter) and every stream writes the same bytes. It serializes a message whose
-field 1 is the :class:`~iothub.v1.events_pb2.Event`: ``SubscribeResponse`` and ``PresenceUpdate`` both
-put their event there, so the bytes are valid for either RPC and are written as they are.
+per distinct metrics filter) and every stream writes the same bytes. A frame is one element of
+``repeated Event events = 1``, the field ``SubscribeResponse``, ``PresenceUpdate`` and Connect's
+``SubscriptionEvents`` all have; a repeated field's encoding is its elements' encodings one after
+another, so a batch of events is the frames joined (:func:`batches`), with the gap's field in front
+when there is one. No event is encoded twice, and a stream writes one message per batch, not per event.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
@@ -19,7 +22,9 @@ from iothub.hub.events import EventType, HubEvent
 from iothub.hub.fleet import DeviceState
 from iothub.hub.registry import DeviceRecord
 from iothub.hub.store.base import Value
-from iothub.v1 import devices_pb2, events_pb2, telemetry_pb2
+from iothub.v1 import devices_pb2, events_pb2
+
+MAX_MESSAGE_BYTES = 1 << 20  # a batch is split past this (clients accept 4 MiB messages by default)
 
 
 def value(v: Value | None) -> events_pb2.Value:
@@ -104,19 +109,43 @@ def command_result(view: dict[str, Any]) -> events_pb2.CommandResult:
 
 
 def event_frame(e: HubEvent, body: bytes) -> bytes:
-    """The channel's frame: ``SubscribeResponse(event=...)`` serialized, which is also a ``PresenceUpdate``.
+    """The channel's frame: the event as field 1 (``repeated Event events``) of a stream message.
 
     ``body`` is the event's JSON: the event's own (then its data is used as it is) or a copy
     trimmed to a subscription's metrics (parsed back, once per distinct filter).
     """
     data = e.data if body is e.json else json.loads(body)
-    return telemetry_pb2.SubscribeResponse(event=event(e, data)).SerializeToString()
+    return field(1, event(e, data).SerializeToString())
 
 
 def gap(g: StreamGap) -> events_pb2.Gap:
     return events_pb2.Gap(missed=g.missed, after_id=g.after_id, reason=g.reason)
 
 
-def gap_frame(g: StreamGap) -> bytes:
-    """A gap, as ``SubscribeResponse(gap=...)`` serialized (``PresenceUpdate`` puts it in the same field)."""
-    return telemetry_pb2.SubscribeResponse(gap=gap(g)).SerializeToString()
+def batches(head: bytes, frames: list[bytes]) -> Iterator[bytes]:
+    """One delivery as stream messages: ``head`` (a gap's field, or nothing) and the frames, joined,
+    split so that no message is much over :data:`MAX_MESSAGE_BYTES` (one frame may be on its own)."""
+    chunk = [head] if head else []
+    size = len(head)
+    for frame in frames:
+        if chunk and size + len(frame) > MAX_MESSAGE_BYTES:
+            yield b"".join(chunk)
+            chunk, size = [], 0
+        chunk.append(frame)
+        size += len(frame)
+    if chunk:
+        yield b"".join(chunk)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (a message, bytes or a string)."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload

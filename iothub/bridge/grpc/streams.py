@@ -3,7 +3,8 @@
 ``Subscribe`` and ``WatchPresence`` are consumers of one :class:`~iothub.bridge.streams.Channel`
 named ``grpc`` (counters ``iothub_stream_*{channel="grpc"}``). Its frames are serialized once per
 event (:func:`~iothub.bridge.grpc.convert.event_frame`) and written as they are: the RPCs' response
-serializer is the identity. Gaps are explicit messages. A stream ends with:
+serializer is the identity. What the core delivers at once goes out as one message: a batch of
+events, with the gap first when some were lost before them (gaps are explicit). A stream ends with:
 
 - RESOURCE_EXHAUSTED when it fell too far behind (past ``grpc.max_dropped`` lost events, the stream
   core's drop policy) or its writes stayed blocked for ``grpc.send_timeout_s`` (a client that
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from iothub.bridge.errors import BridgeError, TooSlow, Unauthorized, Unavailable
-from iothub.bridge.grpc.convert import event_frame, gap_frame
+from iothub.bridge.grpc.convert import batches, event_frame, field, gap
 from iothub.bridge.grpc.status import Context
 from iothub.bridge.streams import Channel, Consumer, Limits, StreamFilter, StreamMetrics
 from iothub.bridge.watchdog import Ending, Watchdog, Watched
@@ -33,6 +34,7 @@ from iothub.hub.settings import GrpcSettings
 
 log = logging.getLogger(__name__)
 RESUME_HINT = "resume with resume_from = the last event id received"
+GAP = 2  # the gap's field in SubscribeResponse and PresenceUpdate
 
 
 @dataclass(eq=False)
@@ -97,15 +99,14 @@ class GrpcStreams:
                 stream.consumer = consumer
                 watched.sending_since = loop.time()
                 await context.send_initial_metadata(())  # attached: what is committed from now on reaches it
-                for frame in first:
-                    await context.write(frame)
+                for message in batches(b"", list(first)):
+                    await context.write(message)
                 watched.sending_since = None
                 async for delivery in consumer:
                     watched.sending_since = loop.time()
-                    if delivery.gap is not None:
-                        await context.write(gap_frame(delivery.gap))
-                    for frame in delivery.frames:
-                        await context.write(frame)
+                    head = b"" if delivery.gap is None else field(GAP, gap(delivery.gap).SerializeToString())
+                    for message in batches(head, delivery.frames):
+                        await context.write(message)
                     watched.sending_since = None
             if consumer.kicked:
                 raise TooSlow(f"this stream fell too far behind (over {self.settings.max_dropped} events lost); "

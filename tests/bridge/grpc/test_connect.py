@@ -60,15 +60,17 @@ async def test_two_subscriptions_and_a_command_on_one_stream(
         command = hub_pb2.CommandMessage(ref="c1", device=b, name="blink", args=args)
         await call.write(hub_pb2.ClientMessage(command=command))
         while not (got["temps"] and got["presence"] and got["command"]):
-            message = await until(call, lambda m: m.WhichOneof("kind") in ("event", "command_result"))
-            got[message.event.subscription if message.HasField("event") else "command"].append(message)
+            message = await until(call, lambda m: m.WhichOneof("kind") in ("events", "command_result"))
+            got[message.events.subscription if message.HasField("events") else "command"].append(message)
     await call.done_writing()
     async with asyncio.timeout(WAIT_S):  # what is still on its way, then the end of the stream
         while await call.read() is not grpc.aio.EOF:
             pass
-    temps, presence, result = got["temps"][0].event, got["presence"][0].event, got["command"][0].command_result
-    assert (temps.event.device_id, dict(temps.event.telemetry.metrics)) == (a, {"t": events_pb2.Value(number=21.5)})
-    assert (presence.event.device_id, presence.event.status.online) == (b, True)
+    (temps,) = got["temps"][0].events.events
+    (presence,) = got["presence"][0].events.events
+    result = got["command"][0].command_result
+    assert (temps.device_id, dict(temps.telemetry.metrics)) == (a, {"t": events_pb2.Value(number=21.5)})
+    assert (presence.device_id, presence.status.online) == (b, True)
     assert (result.ref, result.status, result.device, result.name) == ("c1", "ok", b, "blink")
     assert dict(result.result) == {"echo": {"times": 2.0}}
     assert result.id

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
 from iothub.runner import Running
 from iothub.v1 import devices_pb2, devices_pb2_grpc, events_pb2
-from tests.bridge.grpc.conftest import Metadata
-from tests.conftest import WAIT_S, EventWaiter, mqtt_client, unique_id
+from tests.bridge.grpc.conftest import Metadata, events_of, read_items
+from tests.conftest import EventWaiter, mqtt_client, unique_id
 
 
 def stub(channel: grpc.aio.Channel) -> devices_pb2_grpc.DeviceServiceAsyncStub:
@@ -107,18 +105,15 @@ async def test_watch_presence(hub: Running, channel: grpc.aio.Channel, admin: Me
         call = stub(channel).WatchPresence(
             devices_pb2.WatchPresenceRequest(devices=[before, watched], current=True), metadata=admin
         )
-        async with asyncio.timeout(WAIT_S):
-            current = await call.read()
-            assert isinstance(current, devices_pb2.PresenceUpdate)
-            async with mqtt_client(hub, other), mqtt_client(hub, watched):
-                online = await call.read()
-            offline = await call.read()
+        (current,) = events_of(await read_items(call, 1))
+        async with mqtt_client(hub, other), mqtt_client(hub, watched):
+            (online,) = events_of(await read_items(call, 1))
+        (offline,) = events_of(await read_items(call, 1))
         call.cancel()
-    assert (current.event.id, current.event.device_id, current.event.status.online) == (0, before, True)
-    assert current.event.status.reason == "connected"
+    assert (current.id, current.device_id, current.status.online) == (0, before, True)
+    assert current.status.reason == "connected"
     for update, is_online, reason in ((online, True, "connected"), (offline, False, "clean_disconnect")):
-        assert isinstance(update, devices_pb2.PresenceUpdate)
-        assert update.event.type == "status"
-        assert update.event.device_id == watched
-        assert (update.event.status.online, update.event.status.reason) == (is_online, reason)
-        assert update.event.id > 0
+        assert update.type == "status"
+        assert update.device_id == watched
+        assert (update.status.online, update.status.reason) == (is_online, reason)
+        assert update.id > 0

@@ -12,7 +12,7 @@ import pytest
 
 from iothub.runner import Running, serve
 from iothub.v1 import events_pb2, hub_pb2, hub_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
-from tests.bridge.grpc.conftest import Metadata, bearer
+from tests.bridge.grpc.conftest import Metadata, bearer, events_of, read_items
 from tests.conftest import WAIT_S, EventWaiter, device_secret, hub_settings, mqtt_client, telemetry, unique_id
 
 AGG = telemetry_pb2
@@ -114,17 +114,6 @@ async def test_latest(hub: Running, channel: grpc.aio.Channel, admin: Metadata, 
     assert failed.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def read_events(call: object, count: int) -> list[telemetry_pb2.SubscribeResponse]:
-    assert isinstance(call, grpc.aio.UnaryStreamCall)
-    out = []
-    async with asyncio.timeout(WAIT_S):
-        for _ in range(count):
-            message = await call.read()
-            assert isinstance(message, telemetry_pb2.SubscribeResponse)
-            out.append(message)
-    return out
-
-
 async def read_to_the_end(call: object) -> None:
     """Read until the stream ends (a status other than OK raises AioRpcError); bounded in time."""
     assert isinstance(call, grpc.aio.UnaryStreamCall)
@@ -151,12 +140,12 @@ async def test_subscribe_with_filters(hub: Running, channel: grpc.aio.Channel, a
     async with mqtt_client(hub, a) as dev_a, mqtt_client(hub, b) as dev_b:
         await dev_a.publish(f"devices/{a}/telemetry", telemetry({"t": 1, "h": 50}), qos=1)
         await dev_b.publish(f"devices/{b}/telemetry", telemetry({"t": 2}), qos=1)
-        (first_a,) = await read_events(only_a, 1)
-        berlin_events = await read_events(berlin, 2)  # its status (connected), then its telemetry
+        (first_a,) = events_of(await read_items(only_a, 1))
+        berlin_events = events_of(await read_items(berlin, 2))  # its status (connected), then its telemetry
     only_a.cancel()
     berlin.cancel()
-    assert (first_a.event.device_id, dict(first_a.event.telemetry.metrics)) == (a, {"t": events_pb2.Value(number=1)})
-    assert [(m.event.type, m.event.device_id) for m in berlin_events] == [("status", b), ("telemetry", b)]
+    assert (first_a.device_id, dict(first_a.telemetry.metrics)) == (a, {"t": events_pb2.Value(number=1)})
+    assert [(e.type, e.device_id) for e in berlin_events] == [("status", b), ("telemetry", b)]
 
 
 async def test_resume_after_a_dropped_stream_gets_exactly_the_missed_events(
@@ -175,20 +164,20 @@ async def test_resume_after_a_dropped_stream_gets_exactly_the_missed_events(
             await first.wait_for_connection()
         await send(0)
         await send(1)
-        received = await read_events(first, 2)
+        received = events_of(await read_items(first, 2))
         first.cancel()  # the stream drops; meanwhile three more events
         for seq in (2, 3, 4):
             await send(seq)
-        request.resume_from = received[-1].event.id
+        request.resume_from = received[-1].id
         second = stub(channel).Subscribe(request, metadata=admin)
-        replayed = await read_events(second, 3)
+        replayed = events_of(await read_items(second, 3))
         await send(5)
-        (live,) = await read_events(second, 1)
+        (live,) = events_of(await read_items(second, 1))
         second.cancel()
-    assert [m.event.telemetry.seq for m in received] == [0, 1]
-    assert [m.event.telemetry.seq for m in replayed] == [2, 3, 4]
-    assert live.event.telemetry.seq == 5
-    ids = [m.event.id for m in [*received, *replayed, live]]
+    assert [e.telemetry.seq for e in received] == [0, 1]
+    assert [e.telemetry.seq for e in replayed] == [2, 3, 4]
+    assert live.telemetry.seq == 5
+    ids = [e.id for e in [*received, *replayed, live]]
     assert ids == sorted(set(ids))
 
 
@@ -206,22 +195,21 @@ async def test_events_no_longer_stored_are_announced_as_a_gap(tmp_path: Path) ->
         assert oldest > 1
         admin = bearer(running.hub.first_token)
         call = stub(channel).Subscribe(telemetry_pb2.SubscribeRequest(resume_from=0), metadata=admin)
-        gap, first = await read_events(call, 2)
+        gap, first = (await read_items(call, 2))[:2]
         call.cancel()
         connect = hub_pb2_grpc.HubServiceStub(channel).Connect(metadata=admin)  # the same on Connect
         await connect.write(hub_pb2.ClientMessage(subscribe=hub_pb2.SubscribeMessage(id="all", resume_from=0)))
         async with asyncio.timeout(WAIT_S):
-            subscribed, connect_gap, connect_first = [await connect.read() for _ in range(3)]
+            subscribed, replayed = [await connect.read() for _ in range(2)]
         connect.cancel()
     assert isinstance(subscribed, hub_pb2.ServerMessage)
     assert subscribed.subscribed.subscription == "all"
-    assert isinstance(connect_gap, hub_pb2.ServerMessage)
-    assert (connect_gap.gap.subscription, connect_gap.gap.gap) == ("all", gap.gap)
-    assert isinstance(connect_first, hub_pb2.ServerMessage)
-    assert (connect_first.event.subscription, connect_first.event.event) == ("all", first.event)
-    assert gap.WhichOneof("kind") == "gap"
-    assert (gap.gap.missed, gap.gap.after_id, gap.gap.reason) == (oldest - 1, 0, "no longer stored")
-    assert first.event.id == oldest
+    assert isinstance(replayed, hub_pb2.ServerMessage)
+    assert (replayed.events.subscription, replayed.events.gap, replayed.events.events[0]) == ("all", gap, first)
+    assert isinstance(gap, events_pb2.Gap)
+    assert (gap.missed, gap.after_id, gap.reason) == (oldest - 1, 0, "no longer stored")
+    assert isinstance(first, events_pb2.Event)
+    assert first.id == oldest
 
 
 async def test_a_stream_too_slow_for_its_queue_ends_with_resource_exhausted(tmp_path: Path) -> None:
@@ -232,14 +220,14 @@ async def test_a_stream_too_slow_for_its_queue_ends_with_resource_exhausted(tmp_
         async with asyncio.timeout(WAIT_S):
             await call.wait_for_connection()
         async with mqtt_client(running, device_id) as client:
-            (connected,) = await read_events(call, 1)  # attached: the device's status event reached it
+            (connected,) = events_of(await read_items(call, 1))  # attached: the device's status event reached it
             payload = json.dumps({"metrics": {"n": 1}}).encode()
             for _ in range(500):  # more than one ingest batch's worth, never read in between
                 await client.publish(f"devices/{device_id}/telemetry", payload, qos=0)
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await read_to_the_end(call)
         metrics = running.hub.metrics.render().decode()
-    assert connected.event.type == "status"
+    assert connected.type == "status"
     assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "fell too far behind" in (ended.value.details() or "")
     assert 'iothub_stream_disconnected_slow_total{channel="grpc"} 1.0' in metrics
