@@ -85,6 +85,7 @@ async def freezable_proxy(target_port: int) -> AsyncIterator[tuple[int, asyncio.
     as a dead host or a dropped link would (the sockets stay open)."""
     frozen = asyncio.Event()
     tasks: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -96,6 +97,7 @@ async def freezable_proxy(target_port: int) -> AsyncIterator[tuple[int, asyncio.
 
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        writers.extend((writer, upstream_writer))
         for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
             task = asyncio.create_task(pipe(source, sink))
             tasks.add(task)
@@ -108,6 +110,10 @@ async def freezable_proxy(target_port: int) -> AsyncIterator[tuple[int, asyncio.
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
+        await server.wait_closed()
 
 
 async def test_keepalive_ends_the_streams_of_a_client_that_vanished(tmp_path: Path) -> None:
