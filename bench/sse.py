@@ -170,7 +170,7 @@ async def run_clients(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     await asyncio.sleep(args.seconds)
     elapsed = time.monotonic() - started
-    await asyncio.sleep(DRAIN_S * 0.8)  # late deliveries count toward the total, not the rate window
+    await asyncio.sleep(args.tail)  # late deliveries count toward the total, not the rate window
     stop.set()
     for transport in readers:
         transport.close()
@@ -259,6 +259,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=20.0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", default="-", help=argparse.SUPPRESS)
+    parser.add_argument("--tail", type=float, default=DRAIN_S * 0.8, help=argparse.SUPPRESS)  # 0: source runs on
     args = parser.parse_args()
 
     if args.serve or args.clients is not None:

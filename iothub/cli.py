@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from iothub import __version__
+from iothub.cli_alerts import rules, webhooks
 from iothub.hub.errors import HubError
 from iothub.hub.fleet import iso
 from iothub.hub.records import DeviceRecord, TokenRecord
@@ -75,7 +76,7 @@ def run(
     grpc_port: int | None,
     log_level: str | None,
 ) -> None:
-    """Run the hub: embedded broker, ingest, store, presence, HTTP API and gRPC API.
+    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks, HTTP API and gRPC API.
 
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
@@ -125,6 +126,10 @@ def _token(record: TokenRecord) -> dict[str, Any]:
 
 def _print(data: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+main.add_command(rules)
+main.add_command(webhooks)
 
 
 @main.group()

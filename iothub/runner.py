@@ -2,10 +2,10 @@
 
 ``serve(settings)`` is an async context manager (what tests and benchmarks use); ``run(settings)`` is
 what ``iothub run`` calls: it prints the bound addresses, waits for SIGINT/SIGTERM, then leaves in
-order: drain gRPC (health NOT_SERVING, streams end), stop accepting HTTP, close the broker, drain and
-flush ingest, close the store. A listener that
-cannot bind (port in use, address not here) stops ``run`` with a :class:`SettingsError` naming the
-setting, not a traceback; so does a store or saved broker state that cannot be used, with its
+order: drain gRPC (health NOT_SERVING, streams end), stop accepting HTTP, stop webhook delivery (what
+is unsent stays in the outbox), close the broker, drain and flush ingest, close the store. A listener
+that cannot bind (port in use, address not here) stops ``run`` with a :class:`SettingsError` naming
+the setting, not a traceback; so does a store or saved broker state that cannot be used, with its
 :class:`~iothub.hub.errors.StoreError` naming the file.
 """
 
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from iothub.bridge.grpc import GrpcServer
 from iothub.bridge.http import HttpServer, create_app
+from iothub.bridge.webhooks import WebhookSender
 from iothub.hub.core import Hub
 from iothub.hub.errors import HubError, SettingsError
 from iothub.hub.settings import Settings, env_name
@@ -49,6 +50,7 @@ class Running:
 async def serve(settings: Settings) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
         hub = await stack.enter_async_context(Hub(settings))
+        await stack.enter_async_context(WebhookSender(hub))
         http = await stack.enter_async_context(HttpServer(create_app(hub), settings.http))
         ports = {**hub.ports, "http": http.port}
         if settings.grpc.port is not None:

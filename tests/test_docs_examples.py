@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
 
 import httpx
 
-from iothub.runner import Running
+from iothub.runner import Running, serve
 from iothub.simulators.fleet import run_fleet
-from tests.conftest import WAIT_S, EventWaiter, device_secret, unique_id
+from tests.conftest import WAIT_S, EventWaiter, device_secret, hub_settings, mqtt_client, telemetry, unique_id
 from tests.simulators.test_fleet import config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
@@ -113,3 +114,52 @@ async def test_the_websocket_app_says_in_one_line_why_it_was_refused(hub: Runnin
     code, out, err = await run_example("--url", url, "--token", "iothub_nope", "--device", "d", script=WS_APP)
     assert (code, out) == (1, "")
     assert err == "ws_app: the hub closed the connection (4401): unknown API token\n"
+
+
+WEBHOOK_RECEIVER = PUBLISH_TELEMETRY.parent / "webhook_receiver.py"
+
+
+async def test_the_webhook_receiver_verifies_what_the_hub_signs(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", webhooks={"allow_private_targets": True})
+    secret_file = tmp_path / "webhook-secret.txt"
+    secret_file.write_text("whsec_" + "A" * 44)  # a placeholder until the endpoint exists
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(WEBHOOK_RECEIVER), "--port", "0", "--secret-file", str(secret_file),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(WAIT_S * 2), serve(settings) as hub:
+            url = (await process.stdout.readline()).decode().removeprefix("listening on ").strip()
+            headers = {"Authorization": f"Bearer {hub.hub.first_token}"}
+            async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", headers=headers) as http:
+                rule = {"kind": "metric", "name": "hot", "metric": "temperature", "op": ">", "threshold": 30}
+                assert (await http.post("/api/v1/rules", json=rule)).status_code == 201
+                added = await http.post("/api/v1/webhooks", json={"url": url, "events": ["alert.firing"]})
+                secret_file.write_text(added.json()["secret"])
+                forged = await http.post(url, content=b"{}", headers={"webhook-id": "msg_x", "webhook-timestamp": "1"})
+                assert forged.status_code == 400
+            device_id = unique_id("example")
+            async with mqtt_client(hub, device_id) as device:
+                await device.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": 31.5}), qos=1)
+            msg_id, kind, data = (await process.stdout.readline()).decode().split(" ", 2)
+    finally:
+        process.kill()
+        await process.wait()
+    assert msg_id.startswith("msg_")
+    assert kind == "alert.firing"
+    assert json.loads(data) | {"event_id": 0} == {
+        "device_id": device_id, "event_id": 0, "kind": "metric", "metric": "temperature", "rule": "hot",
+        "state": "firing", "value": 31.5,
+    }  # fmt: skip
+
+
+async def test_the_websocket_app_says_what_it_waited_for(hub: Running) -> None:
+    device = unique_id("quiet")
+    hub.hub.registry.add_device(device)
+    url = f"ws://{hub.address('http')}/api/v1/ws"
+    token = hub.hub.first_token or ""
+    args = ("--url", url, "--token", token, "--device", device, "--count", "1", "--within", "0.5")
+    code, out, err = await run_example(*args, script=WS_APP)
+    assert (code, out) == (1, "")
+    assert err == f"ws_app: no 1 readings and command result from {device} within 0.5 s\n"

@@ -31,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--command", default="ping", help="command to send once the first reading is in")
     parser.add_argument("--count", type=int, default=3, help="readings to print before exiting")
     parser.add_argument("--resume-from", type=int, default=None, help="replay readings after this event id")
+    parser.add_argument("--within", type=float, default=60.0, help="give up after this many seconds")
     args = parser.parse_args()
     if not args.token:
         parser.error("an API token is needed: --token or IOTHUB_TOKEN")
@@ -46,7 +47,7 @@ async def follow(args: argparse.Namespace) -> None:
             subscribe["resume_from"] = args.resume_from
         await ws.send(json.dumps(subscribe))
         readings, commanded, answered = 0, False, False
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(args.within):
             async for text in ws:
                 frame = json.loads(text)
                 kind = frame["type"]
@@ -78,10 +79,10 @@ def main() -> None:
         reason = closed.rcvd.reason if closed.rcvd is not None else "connection lost"
         code = closed.rcvd.code if closed.rcvd is not None else "-"
         sys.exit(f"ws_app: the hub closed the connection ({code}): {reason}")
+    except TimeoutError:  # before OSError, which it is a kind of
+        sys.exit(f"ws_app: no {args.count} readings and command result from {args.device} within {args.within:g} s")
     except (OSError, InvalidURI) as exc:
         sys.exit(f"ws_app: cannot reach {args.url}: {exc}")
-    except TimeoutError:
-        sys.exit(f"ws_app: no {args.count} readings and command result from {args.device} within 60 s")
 
 
 if __name__ == "__main__":

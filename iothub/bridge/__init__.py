@@ -1,6 +1,7 @@
 """Outward interfaces of the hub: the HTTP app (REST, SSE, metrics, health), its server, the gRPC
-server (:mod:`iothub.bridge.grpc`), and the stream core every live channel shares
-(:mod:`iothub.bridge.streams`).
+server (:mod:`iothub.bridge.grpc`), the stream core every live channel shares
+(:mod:`iothub.bridge.streams`), and webhook delivery (:mod:`iothub.bridge.webhooks`, with its
+address guard in :mod:`iothub.bridge.targets`).
 
 Errors (HTTP status in :mod:`iothub.bridge.http`'s one exception table, gRPC status code in
 :mod:`iothub.bridge.grpc.status`'s)::
@@ -16,7 +17,8 @@ Errors (HTTP status in :mod:`iothub.bridge.http`'s one exception table, gRPC sta
     └── TooSlow               -    RESOURCE_EXHAUSTED  a gRPC stream that fell too far behind
 
 The hub's own errors raised through a handler are mapped by the same tables (registry, commands,
-twin); see :data:`iothub.bridge.http.ERROR_STATUS` and :data:`iothub.bridge.grpc.status.GRPC_STATUS`.
+twin, alerts: ``AlertsError`` 400, ``UnknownName`` 404, ``NameTaken`` 409); see
+:data:`iothub.bridge.http.ERROR_STATUS` and :data:`iothub.bridge.grpc.status.GRPC_STATUS`.
 """
 
 from iothub.bridge.errors import (

@@ -27,13 +27,13 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope as ASGIScope
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Request as WsRequest
 
 from iothub import __version__
-from iothub.bridge import admin, control, errors, rest, sse, ws
+from iothub.bridge import admin, alerts_api, control, errors, rest, sse, ws
 from iothub.bridge.auth import requires
+from iothub.bridge.uvicorn_ws import HubWebSocketProtocol
 from iothub.hub import commands, registry, twin
+from iothub.hub import errors as hub_errors
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
 from iothub.hub.settings import HttpSettings
@@ -54,6 +54,9 @@ ERROR_STATUS: dict[type[Exception], int] = {
     commands.BadCommand: 400,
     twin.VersionConflict: 409,
     twin.DesiredTooLarge: 413,  # a desired state the device could not report back (ingest.max_payload_bytes)
+    hub_errors.AlertsError: 400,  # a rule, webhook endpoint or delivery request refused
+    hub_errors.UnknownName: 404,
+    hub_errors.NameTaken: 409,
 }
 """Each error a handler may raise, and its HTTP status; the most specific class wins."""
 ERROR_HEADERS: dict[type[Exception], dict[str, str]] = {
@@ -114,6 +117,7 @@ def create_app(hub: Hub) -> Starlette:
             *rest.routes,
             *admin.routes,
             *control.routes,
+            *alerts_api.routes,
         ],
         exception_handlers={HTTPException: http_error, **dict.fromkeys(ERROR_STATUS, api_error)},
     )
@@ -121,19 +125,6 @@ def create_app(hub: Hub) -> Starlette:
     app.state.sse = sse.SseHub(hub, hub.settings.sse)
     app.state.ws = ws.WsHub(hub, hub.settings.ws)
     return app
-
-
-class _WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol (the ``websockets`` implementation), with one addition: a
-    connection's scope carries ``abort`` (:data:`iothub.bridge.ws.ABORT`), so the hub can cut a
-    client that stopped reading. ASGI's close has to write a close frame, which such a client never
-    lets through, and closing a transport waits for its buffer to drain."""
-
-    def handle_connect(self, event: WsRequest) -> None:
-        super().handle_connect(event)
-        if hasattr(self, "scope"):  # the handshake was accepted
-            extensions: dict[str, object] = self.scope["extensions"]  # type: ignore[assignment]
-            extensions[ws.ABORT] = self.transport.abort
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -163,7 +154,7 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
-            ws=_WebSocketProtocol,
+            ws=HubWebSocketProtocol,
             ws_max_size=ws_settings.max_message_bytes,
             ws_ping_interval=ws_settings.ping_interval_s,
             ws_ping_timeout=ws_settings.ping_timeout_s,

@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -41,6 +42,7 @@ from iothub.bridge.live import (
     parse,
 )
 from iothub.bridge.streams import Channel, Limits, StreamMetrics
+from iothub.bridge.uvicorn_ws import ABORT, SEND_TEXTS
 from iothub.bridge.watchdog import Ending, Watchdog, Watched
 from iothub.hub.core import Hub
 from iothub.hub.events import HubEvent
@@ -58,12 +60,15 @@ CLOSE_CODES = {
     EndReason.STOPPING: 1001,
 }
 CLOSE_TIMEOUT_S = 1.0  # a close frame that cannot be written in this time: the connection is cut
-ABORT = "iothub.abort"  # scope extension: cuts the connection at once (see iothub.bridge.http)
 
 
-def ws_frame(event: HubEvent, body: bytes) -> str:
+def ws_frame(event: HubEvent, body: bytes) -> bytes:
     """An event frame without its start (``{"type":"event","subscription":...``), once per event."""
-    return f',"id":{event.id},"event":"{event.type.value}","data":{body.decode()}}}'
+    return b',"id":%d,"event":"%s","data":%s}' % (event.id, event.type.value.encode(), body)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _reason(message: str) -> str:
@@ -79,7 +84,7 @@ class WsHub:
         self.hub = hub
         self.settings = settings
         limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
-        self.channel: Channel[str] = Channel("ws", hub.bus, hub.store, hub.labels, ws_frame, limits)
+        self.channel: Channel[bytes] = Channel("ws", hub.bus, hub.store, hub.labels, ws_frame, limits)
         StreamMetrics.of(hub.metrics.registry).add(self.channel)
         self.session_limits = SessionLimits(settings.max_subscriptions, settings.max_pending_commands)
         self.watchdog = Watchdog("WebSocket", hub.registry, settings.send_timeout_s)
@@ -87,6 +92,9 @@ class WsHub:
         self.connections: set[_Connection] = set()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
+        hub.metrics.gauge_callback(
+            "iothub_ws_connections", "Open WebSocket connections", (), lambda: [((), len(self.connections))]
+        )
 
     async def run(self) -> None:
         """Route events to WebSocket clients until the hub's fan-out ends or :meth:`close`."""
@@ -130,17 +138,20 @@ class _Connection:
 
     websocket: WebSocket
     ws: WsHub
-    session: Session[str] | None = None
+    session: Session[bytes] | None = None
     watched: Watched | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _prefixes: dict[str, str] = field(default_factory=dict)
-    _end: End | None = None
+    _prefixes: dict[str, bytes] = field(default_factory=dict)
+    _writers: int = 0  # writes waiting or in progress
+    _end: End | None = None  # why the hub ends it before it has a session
+    _authenticating: asyncio.Task[Any] | None = None
 
     async def serve(self) -> None:
         ws = self.ws
         if ws.closing.is_set():
             await self.close(End(EndReason.STOPPING, "the hub is shutting down"))
             return
+        task = self._authenticating = asyncio.current_task()
         try:
             token = await self.authenticate()
         except _Refused as refused:
@@ -148,17 +159,23 @@ class _Connection:
             return
         except WebSocketDisconnect:
             return
+        except asyncio.CancelledError:
+            if self._end is None or task is None:
+                raise
+            task.uncancel()  # ended by the hub while waiting for a token
+            await self.close(self._end)
+            return
+        finally:
+            self._authenticating = None
         if token is None:  # the client went before it sent a token
             return
         session = self.session = Session(ws.channel, ws.hub.commands, self, token, ws.session_limits)
-        if self._end is not None:  # the hub began stopping meanwhile
-            session.end(self._end.reason, self._end.message)
         self.watched = Watched(token.id, self._ended_by_watchdog)
         ws.watchdog.watched.add(self.watched)
         end: End | None = None
         try:
             end = await session.run(self.frames())
-        except* WebSocketDisconnect:
+        except* (WebSocketDisconnect, OSError):
             pass  # the client went while the hub was writing to it
         finally:
             ws.watchdog.watched.discard(self.watched)
@@ -209,30 +226,41 @@ class _Connection:
 
     # -- writes (the session's outbox) ---------------------------------------------------------
 
-    async def deliver(self, subscription: str, delivery: Delivery[str]) -> None:
+    async def deliver(self, subscription: str, delivery: Delivery[bytes]) -> None:
         prefix = self._prefixes.get(subscription)
         if prefix is None:
-            prefix = self._prefixes[subscription] = '{"type":"event","subscription":' + json.dumps(subscription)
-        send = self.websocket.send
-        watched = self.watched
-        async with self._lock:
-            if watched is not None:
-                watched.sending_since = asyncio.get_running_loop().time()
-            try:
-                if delivery.gap is not None:
-                    gap = {"type": "gap", "subscription": subscription, **delivery.gap.view()}
-                    await send({"type": "websocket.send", "text": json.dumps(gap, separators=(",", ":"))})
-                for frame in delivery.frames:
-                    await send({"type": "websocket.send", "text": prefix + frame})
-            finally:
-                if watched is not None:
-                    watched.sending_since = None
+            prefix = self._prefixes[subscription] = b'{"type":"event","subscription":' + _json(subscription)
+        frames = [prefix + frame for frame in delivery.frames]
+        if delivery.gap is not None:
+            frames.insert(0, _json({"type": "gap", "subscription": subscription, **delivery.gap.view()}))
+        await self._write(frames)
 
     async def reply(self, reply: Reply) -> None:
-        async with self._lock:
-            await self.websocket.send(
-                {"type": "websocket.send", "text": json.dumps(reply.view(), separators=(",", ":"))}
-            )
+        await self._write([_json(reply.view())])
+
+    async def _write(self, frames: list[bytes]) -> None:
+        """One write at a time. The watchdog sees a write as in progress from the moment one waits
+        for its turn, so a client that stops reading is found whatever was being written."""
+        watched = self.watched
+        loop = asyncio.get_running_loop()
+        self._writers += 1
+        if watched is not None and watched.sending_since is None:
+            watched.sending_since = loop.time()
+        try:
+            async with self._lock:
+                await self._send_texts(frames)
+        finally:
+            self._writers -= 1
+            if watched is not None:  # progress: the next writer's wait starts now
+                watched.sending_since = loop.time() if self._writers else None
+
+    async def _send_texts(self, frames: list[bytes]) -> None:
+        send_texts: Callable[[list[bytes]], Awaitable[None]] | None = self.websocket.scope["extensions"].get(SEND_TEXTS)
+        if send_texts is not None:  # the hub's own server: one write for all of them
+            await send_texts(frames)
+            return
+        for frame in frames:  # any other ASGI server
+            await self.websocket.send({"type": "websocket.send", "text": frame.decode()})
 
     # -- ending --------------------------------------------------------------------------------
 
@@ -241,6 +269,8 @@ class _Connection:
             self.session.end(reason, message)
         elif self._end is None:
             self._end = End(reason, message)
+            if self._authenticating is not None:
+                self._authenticating.cancel()
 
     def _ended_by_watchdog(self, why: Ending) -> None:
         if why is Ending.REVOKED:
@@ -265,7 +295,7 @@ class _Connection:
             pass  # gone already
 
     def abort(self) -> None:
-        abort: Callable[[], None] | None = self.websocket.scope.get("extensions", {}).get(ABORT)
+        abort: Callable[[], None] | None = self.websocket.scope["extensions"].get(ABORT)
         if abort is not None:
             abort()
 

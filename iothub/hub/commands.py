@@ -6,8 +6,11 @@ are refused and counted like any bad device message.
 
 A command for an offline device fails at once (:class:`DeviceOffline`) unless the caller asks to
 queue it: then it is published when the device subscribes to its commands again (not merely when it
-connects: it would miss what comes before its SUBSCRIBE), within the same timeout. At most
-``MAX_QUEUED`` commands wait per device; more are refused.
+connects: it would miss what comes before its SUBSCRIBE), within the same timeout; a device with a
+persistent session that subscribes to it gets it from the broker's session queue as it reconnects. A command for an
+online device that has no subscription to it yet (it has just connected, say) waits the same way
+rather than being published to nobody. At most ``MAX_QUEUED`` commands wait per device; more are
+refused.
 
 Errors::
 
@@ -65,6 +68,9 @@ class Publisher(Protocol):
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None: ...
 
+    def subscribes(self, client_id: str, topic: str) -> bool:
+        """Whether ``client_id`` has a subscription that ``topic`` reaches."""
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -121,21 +127,26 @@ class Commands:
         if not online and not queue:
             since = f" since {state.presence_view()['since']} ({state.reason.value})" if state else ""
             raise DeviceOffline(f"device {device_id!r} is offline{since}; queue=true delivers it when it reconnects")
-        if not online and len(self._queued[device_id]) >= MAX_QUEUED:
+        # Published when a session of the device subscribes to it: a persistent session holds it for
+        # an offline device (QoS 1) and delivers it when the device is back, SUBSCRIBE or not.
+        reachable = self.publisher.subscribes(device_id, topic_for(device_id, TopicKind.COMMAND, name))
+        if not reachable and len(self._queued[device_id]) >= MAX_QUEUED:
             raise BadCommand(f"device {device_id!r} already has {MAX_QUEUED} queued commands")
         request_id = secrets.token_hex(8)
         payload = json.dumps({"id": request_id, "args": args}).encode()
         pending = _Pending(request_id, device_id, name, payload, asyncio.get_running_loop().create_future())
         self._pending[request_id] = pending
         try:
-            if online:
+            if reachable:
                 await self._publish(pending)
             else:
                 self._queued[device_id].append(pending)
             async with asyncio.timeout(timeout_s):
                 return await pending.future
         except TimeoutError:
-            where = "queued for an offline device" if pending in self._queued.get(device_id, ()) else "sent"
+            where = "sent"
+            if pending in self._queued.get(device_id, ()):
+                where = "queued: the device is not subscribed to it" if online else "queued for an offline device"
             raise CommandTimeout(
                 f"device {device_id!r} did not answer {name!r} within {timeout_s:g} s ({where})"
             ) from None

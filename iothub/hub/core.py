@@ -1,8 +1,9 @@
 """The hub core: store, fleet, ingest, fan-out and the embedded broker, as one async context manager.
 
-Entering opens the store, restores the fleet, starts ingest and binds the broker. Leaving stops in the
-order that loses nothing: announce ``hub/status`` offline, close the broker (no more input), let ingest
-drain and commit what is queued, end the fan-out, close the store.
+Entering opens the store, restores the fleet, starts the alert evaluator and ingest and binds the
+broker. Leaving stops in the order that loses nothing: announce ``hub/status`` offline, close the
+broker (no more input), let ingest drain and commit what is queued, let the evaluator judge it, end
+the fan-out, close the store.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from contextlib import AsyncExitStack
 from types import TracebackType
 
+from iothub.hub.alerts import AlertEvaluator
 from iothub.hub.auth import Authenticator
 from iothub.hub.commands import Commands
 from iothub.hub.embedded import EmbeddedBroker
@@ -24,9 +26,11 @@ from iothub.hub.labels import LabelDirectory
 from iothub.hub.metrics import HubMetrics
 from iothub.hub.presence import PresenceReason
 from iothub.hub.registry import Registry, Scope
+from iothub.hub.rulebook import Rulebook
 from iothub.hub.settings import Settings
 from iothub.hub.store import SqliteStore, Store
 from iothub.hub.twin import Twins
+from iothub.hub.webhook_admin import WebhookAdmin
 
 log = logging.getLogger(__name__)
 HUB_STATUS_TOPIC = "hub/status"
@@ -55,6 +59,13 @@ class Hub:
             settings.ingest, self.store, self.fleet, self.bus, self.metrics,
             replies=self.commands, reports=self.twins, on_committed=self._committed,
         )  # fmt: skip
+        self.webhooks = WebhookAdmin(settings.data_dir / "iothub.db")
+        self.outbox_nudge = asyncio.Event()  # set when deliveries became due (redeliver, enable)
+        self.rulebook = Rulebook(settings.data_dir / "iothub.db", settings.rules)
+        self.alerts = AlertEvaluator(
+            self.rulebook, self.store, self.bus, self.fleet, self.labels.get, self.publish, self.metrics,
+            settings.alerts.queue_size,
+        )  # fmt: skip
         self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)
         self.broker = EmbeddedBroker(
             settings.mqtt, self.auth, self.ingest, self.commands.on_subscribed, self.metrics,
@@ -71,6 +82,10 @@ class Hub:
         """Publish as the hub: what commands, twins and the hub's own status go out through."""
         await self.broker.publish(topic, payload, qos=qos, retain=retain)
 
+    def subscribes(self, client_id: str, topic: str) -> bool:
+        """Whether a client would receive a publish on ``topic`` now (commands wait until it would)."""
+        return self.broker.subscribes(client_id, topic)
+
     def _committed(self, ticket: int) -> None:
         """Ingest committed every message up to ``ticket``: the broker may acknowledge them."""
         self.broker.committed(ticket)
@@ -80,13 +95,16 @@ class Hub:
             stack.callback(self.registry.close)
             await self.store.open()
             stack.push_async_callback(self.store.close)
+            stack.callback(self.rulebook.close)
+            stack.callback(self.webhooks.close)
             for stored in await self.store.load_devices():
                 self.fleet.restore(stored)
             # Unwound in reverse: hub/status offline, broker closed (no more input), ingest stopped
             # and drained (the task group waits for it), and only then the fan-out closed.
             stack.callback(self.bus.close)
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
-            tasks.create_task(self.ingest.run(), name="iothub-ingest")
+            tasks.create_task(self.alerts.run(), name="iothub-alerts")
+            tasks.create_task(self._ingest_then_alerts(), name="iothub-ingest")
             stack.callback(self.ingest.stop)
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
@@ -98,6 +116,13 @@ class Hub:
             self._stack = stack.pop_all()
         log.info("hub started with %d known devices; data in %s", len(self.fleet), self.settings.data_dir)
         return self
+
+    async def _ingest_then_alerts(self) -> None:
+        """Run ingest; once it has drained, the evaluator judges what is left and stops."""
+        try:
+            await self.ingest.run()
+        finally:
+            self.alerts.stop()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -249,6 +249,11 @@ class EmbeddedBroker:
         """Ids of the devices (authenticated as devices) with a live connection."""
         return [cid for cid, principal in self.server.connected() if principal.kind is PrincipalKind.DEVICE]
 
+    def subscribes(self, client_id: str, topic: str) -> bool:
+        """Whether the session of ``client_id`` (connected or persistent) has a subscription to ``topic``."""
+        session = self.server.sessions.get(client_id)
+        return session is not None and session.subscribes(topic)
+
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish as the hub itself (not a client): routed to subscribers, retained if asked."""
         if not self._running:

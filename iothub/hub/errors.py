@@ -11,3 +11,15 @@ class SettingsError(HubError):
 
 class StoreError(HubError):
     """The store, or the broker's saved state (``broker.db``), could not be opened, read or written."""
+
+
+class AlertsError(HubError):
+    """A rule, webhook endpoint or delivery request that cannot be done; the message says why."""
+
+
+class UnknownName(AlertsError):
+    """No rule, endpoint or delivery by that name or id."""
+
+
+class NameTaken(AlertsError):
+    """A rule name already in use (in the settings file or added before)."""

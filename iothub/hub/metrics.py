@@ -83,6 +83,15 @@ class HubMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
             registry=r,
         )
+        self.alert_transitions = Counter(
+            "iothub_alert_transitions", "Alert transitions, by state (firing, resolved)", ["state"], registry=r
+        )
+        self.webhook_attempts = Counter(
+            "iothub_webhook_attempts",
+            "Webhook delivery attempts, by outcome (delivered, failed, timeout, error, refused)",
+            ["outcome"],
+            registry=r,
+        )
         self._callbacks = _CallbackCollector()
         r.register(self._callbacks)
 

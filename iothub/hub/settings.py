@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from iothub.hub.errors import SettingsError
+from iothub.hub.rules import Rule
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,37 @@ class GrpcSettings(_StreamSection):
     grace_s: float = Field(default=5.0, ge=0, description="how long calls in flight may finish at shutdown")
 
 
+class AlertSettings(_Section):
+    queue_size: int = Field(
+        default=100_000, ge=100, description="events waiting for rule evaluation; the oldest drop when full"
+    )
+
+
+DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0, 36_000.0)
+
+
+class WebhookSettings(_Section):
+    allow_private_targets: bool = Field(
+        default=False, description="let endpoints resolve to loopback, private or link-local addresses"
+    )
+    retry_schedule_s: tuple[Annotated[float, Field(ge=0)], ...] = Field(
+        default=DEFAULT_RETRY_SCHEDULE_S,
+        min_length=1,
+        max_length=50,
+        description="delay before each attempt (the first is usually 0); after the last one, a dead letter",
+    )
+    jitter: float = Field(default=0.1, ge=0, le=1, description="each retry delay varies by up to this fraction")
+    timeout_s: float = Field(default=15.0, gt=0, le=300, description="an attempt with no answer by then fails")
+    max_in_flight: int = Field(default=4, ge=1, le=256, description="attempts at once per endpoint")
+    breaker_failures: int = Field(default=5, ge=1, description="failures in a row that pause an endpoint")
+    breaker_pause_s: float = Field(default=30.0, gt=0, description="how long a tripped endpoint is left alone")
+    max_retry_after_s: float = Field(default=86_400.0, gt=0, description="the longest Retry-After honoured")
+    secret_overlap_s: float = Field(
+        default=86_400.0, ge=0, description="how long the previous secret still signs after a rotation"
+    )
+    poll_s: float = Field(default=1.0, gt=0, le=60, description="how often the outbox is checked without a nudge")
+
+
 class Settings(BaseSettings):
     """Everything the hub reads at start-up."""
 
@@ -177,6 +209,17 @@ class Settings(BaseSettings):
     sse: SseSettings = SseSettings()
     ws: WsSettings = WsSettings()
     grpc: GrpcSettings = GrpcSettings()
+    alerts: AlertSettings = AlertSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    rules: tuple[Rule, ...] = Field(default=(), description="alert rules; more come over REST or the CLI")
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Self:
+        names = [r.name for r in self.rules]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"rules: the name {twice[0]!r} is used twice")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from iothub.mqtt.codec import PUBACK, PUBCOMP, PUBREC, PUBREL, encode_ack, encode_publish
+from iothub.mqtt.topics import matches
 
 
 class Message:
@@ -83,6 +84,10 @@ class Session:
         self._next_id = 0
 
     # -- delivery ----------------------------------------------------------------------------------
+
+    def subscribes(self, topic: str) -> bool:
+        """Whether one of its subscriptions matches ``topic``."""
+        return any(matches(topic_filter, topic) for topic_filter in self.subscriptions)
 
     def deliver(self, message: Message, qos: int) -> None:
         link = self.link

@@ -419,3 +419,68 @@ def test_the_documented_session_is_the_protocol() -> None:
         if answer["type"] == "command_result":
             assert CommandStatus(answer["status"])
     assert kinds == {"authenticated", "subscribed", "event", "command_result", "error", "pong", "unsubscribed"}
+
+
+async def test_a_client_still_to_authenticate_hears_1001_when_the_hub_stops(tmp_path: Path) -> None:
+    running_ctx = serve(hub_settings(tmp_path / "data", ws={"auth_timeout_s": 60}))
+    running = await running_ctx.__aenter__()
+    stopping: asyncio.Task[bool | None] | None = None
+    try:
+        async with ws_client(running, header=False) as waiting:  # it has sent no token
+            stopping = asyncio.create_task(running_ctx.__aexit__(None, None, None))
+            closed = await waiting.closed()  # within WAIT_S, long before the auth timeout
+    finally:
+        if stopping is None:
+            await running_ctx.__aexit__(None, None, None)
+        else:
+            async with asyncio.timeout(WAIT_S):
+                await stopping
+    assert closed == (1001, "the hub is shutting down")
+
+
+async def test_a_client_that_stops_reading_replies_is_dropped(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", ws={"send_timeout_s": 1, "max_message_bytes": 1 << 20})
+    async with serve(settings) as running:
+        stuck = await asyncio.to_thread(stuck_client, running, {"type": "ping"})
+        sample = running.hub.metrics.registry.get_sample_value
+        try:
+            protocol = ClientProtocol(parse_uri(ws_url(running)))  # only to build masked frames
+            protocol.state = protocol.state.__class__.OPEN
+            ping = {"type": "ping", "data": "x" * 50_000}
+            stuck.setblocking(False)
+            for _ in range(400):  # until the hub stops reading (it waits to write pongs nobody reads)
+                protocol.send_text(json.dumps(ping).encode())
+                try:
+                    stuck.sendall(b"".join(protocol.data_to_send()))
+                except BlockingIOError:
+                    break
+            for _ in range(200):  # bounded: 10 s
+                if sample("iothub_ws_connections") == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert sample("iothub_ws_connections") == 0
+        finally:
+            stuck.close()
+
+
+async def test_answers_come_in_the_order_of_the_frames(hub: Running, client: WsClient) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device) as mqtt:
+        await client.send("subscribe", id="a", devices=[device])
+        await client.send("ping", data=1)
+        await client.send("unsubscribe", id="a")
+        await client.send("subscribe", id="a", devices=[device], types=["telemetry"])  # the id again
+        await client.send("subscribe", id="a")
+        await client.send("ping", data=2)
+        answers = [await client.next() for _ in range(6)]
+        await mqtt.publish(f"devices/{device}/telemetry", telemetry({"t": 1}), qos=1)
+        event = await client.until(lambda f: f["type"] == "event")
+    assert [(a["type"], a.get("subscription"), a.get("data"), a.get("code")) for a in answers] == [
+        ("subscribed", "a", None, None),
+        ("pong", None, 1, None),
+        ("unsubscribed", "a", None, None),
+        ("subscribed", "a", None, None),
+        ("error", "a", None, "duplicate_subscription"),
+        ("pong", None, 2, None),
+    ]
+    assert (event["subscription"], event["event"]) == ("a", "telemetry")

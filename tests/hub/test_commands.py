@@ -315,3 +315,59 @@ async def test_an_oversized_desired_state_stored_earlier_is_not_announced(tmp_pa
         async with asyncio.timeout(WAIT_S):
             second = await anext(aiter(watcher.messages))
         assert str(second.topic) == "probe/twins"
+
+
+async def test_a_command_waits_for_a_connected_device_to_subscribe(hub: Running, events: EventWaiter) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device) as client:
+        await events.status_of(device, online=True)  # online from its CONNECT, not yet subscribed
+        with pytest.raises(CommandTimeout, match=r"within 0.2 s \(queued: the device is not subscribed to it\)"):
+            await hub.hub.commands.send(device, "x", {}, timeout_s=0.2)
+        pending = asyncio.create_task(hub.hub.commands.send(device, "blink", {"n": 1}, timeout_s=WAIT_S))
+        await client.subscribe(f"devices/{device}/commands/+", qos=1)
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(client.messages))
+        assert isinstance(message.payload, bytes)
+        request = json.loads(message.payload)
+        assert (str(message.topic), request["args"]) == (f"devices/{device}/commands/blink", {"n": 1})
+        await client.publish(f"devices/{device}/responses", json.dumps({"id": request["id"], "ok": True}), qos=1)
+        result = await pending
+    assert result.ok
+
+
+async def test_a_persistent_session_keeps_a_device_reachable(hub: Running, events: EventWaiter) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device, clean_session=False) as client:
+        await client.subscribe(f"devices/{device}/commands/+", qos=1)
+    await events.status_of(device, online=False)
+    async with mqtt_client(hub, device, clean_session=False) as again:  # no SUBSCRIBE: its session has one
+        await events.status_of(device, online=True)
+        pending = asyncio.create_task(hub.hub.commands.send(device, "x", {}, timeout_s=WAIT_S))
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(again.messages))
+        assert isinstance(message.payload, bytes)
+        request_id = json.loads(message.payload)["id"]
+        await again.publish(f"devices/{device}/responses", json.dumps({"id": request_id, "ok": True}), qos=1)
+        assert (await pending).ok
+
+
+async def test_a_queued_command_waits_in_a_persistent_session(hub: Running, events: EventWaiter) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device, clean_session=False) as client:
+        await client.subscribe(f"devices/{device}/commands/+", qos=1)
+    await events.status_of(device, online=False)
+    pending = asyncio.create_task(hub.hub.commands.send(device, "x", {"n": 2}, timeout_s=WAIT_S, queue=True))
+    sample = hub.hub.metrics.registry.get_sample_value
+    for _ in range(200):  # bounded: 10 s; the broker holds it for the device
+        if sample("iothub_mqtt_queued", {"state": "queued"}) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert sample("iothub_mqtt_queued", {"state": "queued"}) == 1
+    async with mqtt_client(hub, device, clean_session=False) as again:  # back, without a SUBSCRIBE
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(again.messages))
+        assert isinstance(message.payload, bytes)
+        request = json.loads(message.payload)
+        assert request["args"] == {"n": 2}
+        await again.publish(f"devices/{device}/responses", json.dumps({"id": request["id"], "ok": True}), qos=1)
+        assert (await pending).ok

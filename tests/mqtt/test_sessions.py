@@ -182,3 +182,13 @@ def test_a_persistent_session_keeps_its_qos1_queue_when_the_client_goes() -> Non
 def test_a_message_keeps_its_topic_as_text_and_as_bytes() -> None:
     message = Message("caf\u00e9/1", b"p")
     assert (message.topic, message.topic_bytes, message.retain) == ("caf\u00e9/1", b"caf\xc3\xa9/1", False)
+
+
+def test_whether_a_session_subscribes_to_a_topic() -> None:
+    session = Session("c", clean=False, limits=Limits(1, 1))
+    assert not session.subscribes("devices/c/commands/x")
+    session.subscriptions["devices/c/state/desired"] = 1
+    assert not session.subscribes("devices/c/commands/x")
+    session.subscriptions["devices/c/commands/+"] = 1
+    assert session.subscribes("devices/c/commands/x")
+    assert not session.subscribes("devices/d/commands/x")

@@ -114,29 +114,37 @@ class _Stream:
     watched: Watched | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _suffixes: dict[str, bytes] = field(default_factory=dict)
+    _writers: int = 0  # writes waiting or in progress
 
     async def deliver(self, subscription: str, delivery: Delivery[bytes]) -> None:
         suffix = self._suffixes.get(subscription)
         if suffix is None:
             suffix = self._suffixes[subscription] = convert.field(2, subscription.encode())
-        head = (
-            suffix if delivery.gap is None else suffix + convert.field(3, convert.gap(delivery.gap).SerializeToString())
-        )
-        write = self.context.write
-        watched = self.watched
-        async with self._lock:
-            if watched is not None:
-                watched.sending_since = asyncio.get_running_loop().time()
-            try:
-                for batch in convert.batches(head, delivery.frames):  # a SubscriptionEvents message
-                    await write(convert.field(1, batch))  # ServerMessage.events
-            finally:
-                if watched is not None:
-                    watched.sending_since = None
+        head = suffix
+        if delivery.gap is not None:
+            head += convert.field(3, convert.gap(delivery.gap).SerializeToString())
+        # Each batch is a SubscriptionEvents message, sent as ServerMessage.events (field 1).
+        await self._write([convert.field(1, batch) for batch in convert.batches(head, delivery.frames)])
 
     async def reply(self, reply: Reply) -> None:
-        async with self._lock:
-            await self.context.write(reply_message(reply).SerializeToString())
+        await self._write([reply_message(reply).SerializeToString()])
+
+    async def _write(self, messages: list[bytes]) -> None:
+        """One write at a time. The watchdog sees a write as in progress from the moment one waits
+        for its turn, so a client that stops reading is found whatever was being written."""
+        watched = self.watched
+        loop = asyncio.get_running_loop()
+        self._writers += 1
+        if watched is not None and watched.sending_since is None:
+            watched.sending_since = loop.time()
+        try:
+            async with self._lock:
+                for message in messages:
+                    await self.context.write(message)
+        finally:
+            self._writers -= 1
+            if watched is not None:  # progress: the next writer's wait starts now
+                watched.sending_since = loop.time() if self._writers else None
 
 
 class HubService:

@@ -84,7 +84,8 @@ class SessionLimits:
 @dataclass(eq=False)
 class _Subscription(Generic[F]):
     id: str
-    consumer: Consumer[F] | None = None
+    consumer: Consumer[F]
+    task: asyncio.Task[None] | None = None  # delivers its events
     unsubscribed: bool = False
 
 
@@ -126,8 +127,7 @@ class Session(Generic[F]):
         """End a session whose client is too slow (its writes stay blocked), counting its consumers
         as kicked, like those the stream core drops for falling behind."""
         for subscription in self.subscriptions.values():
-            if subscription.consumer is not None:
-                self.channel.kick(subscription.consumer)
+            self.channel.kick(subscription.consumer)
         self.end(EndReason.SLOW_CLIENT, message)
 
     async def _wait_for_end(self) -> None:
@@ -148,7 +148,7 @@ class Session(Generic[F]):
             case Subscribe():
                 await self._subscribe(message)
             case Unsubscribe():
-                self._unsubscribe(message)
+                await self._unsubscribe(message)
             case Command():
                 self._command(message)
             case Ping():
@@ -182,41 +182,46 @@ class Session(Generic[F]):
                 await self.channel.check_resume(message.resume_from, "resume_from")
             except BadSubscription as exc:
                 raise ProtocolError(ErrorCode.BAD_RESUME, str(exc), None, sub_id) from None
-        subscription: _Subscription[F] = _Subscription(sub_id)
-        self.subscriptions[sub_id] = subscription
-        assert self._tasks is not None
-        self._tasks.create_task(self._stream(subscription, stream_filter, message.resume_from), name="live-sub")
-
-    async def _stream(self, subscription: _Subscription[F], stream_filter: StreamFilter, after: int | None) -> None:
+        consumer = self.channel.open(stream_filter, message.resume_from)  # routed to from here on
+        subscription = self.subscriptions[sub_id] = _Subscription(sub_id, consumer)
         try:
-            with self.channel.attach(stream_filter, after) as consumer:
-                subscription.consumer = consumer
-                if subscription.unsubscribed:
-                    self.channel.detach(consumer)
-                await self.outbox.reply(Subscribed(subscription.id))
-                async for delivery in consumer:
-                    await self.outbox.deliver(subscription.id, delivery)
+            await self.outbox.reply(Subscribed(sub_id))
+        except BaseException:
+            self.channel.detach(consumer)
+            del self.subscriptions[sub_id]
+            raise
+        assert self._tasks is not None
+        subscription.task = self._tasks.create_task(self._stream(subscription), name="live-sub")
+
+    async def _stream(self, subscription: _Subscription[F]) -> None:
+        consumer = subscription.consumer
+        try:
+            async for delivery in consumer:
+                await self.outbox.deliver(subscription.id, delivery)
         finally:
-            del self.subscriptions[subscription.id]
+            self.channel.detach(consumer)
         if consumer.kicked:
             self.end(
                 EndReason.SLOW_CLIENT,
                 f"subscription {subscription.id!r} fell too far behind ({consumer.dropped} events dropped)",
             )
-        elif subscription.unsubscribed:
-            await self.outbox.reply(Unsubscribed(subscription.id))
-        else:
+        elif not subscription.unsubscribed:
             self.end(EndReason.STOPPING, "the hub is shutting down")
 
-    def _unsubscribe(self, message: Unsubscribe) -> None:
+    async def _unsubscribe(self, message: Unsubscribe) -> None:
+        """Stop the subscription and answer once its last frame is out: nothing follows ``unsubscribed``,
+        and the id can be used again at once."""
         subscription = self.subscriptions.get(message.id)
         if subscription is None:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_SUBSCRIPTION, f"no subscription {message.id!r} on this connection", None, message.id
             )
         subscription.unsubscribed = True
-        if subscription.consumer is not None:
-            self.channel.detach(subscription.consumer)
+        self.channel.detach(subscription.consumer)
+        if subscription.task is not None:
+            await asyncio.wait([subscription.task])  # it ends after the write in progress, if any
+        del self.subscriptions[message.id]
+        await self.outbox.reply(Unsubscribed(message.id))
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -95,16 +95,21 @@ class Channel(Generic[F]):
     @contextlib.contextmanager
     def attach(self, stream_filter: StreamFilter, resume_after: int | None = None) -> Iterator[Consumer[F]]:
         """A consumer routed to from now on (so nothing committed during its replay is missed)."""
+        consumer = self.open(stream_filter, resume_after)
+        try:
+            yield consumer
+        finally:
+            self.detach(consumer)
+
+    def open(self, stream_filter: StreamFilter, resume_after: int | None = None) -> Consumer[F]:
+        """:meth:`attach` without the context: the caller must :meth:`detach` it."""
         consumer = Consumer(self, stream_filter, self.limits.queue_size, resume_after)
         if self.closed:
             consumer.closed = True
         else:
             self.consumers.add(consumer)
             self._index(consumer, add=True)
-        try:
-            yield consumer
-        finally:
-            self.detach(consumer)
+        return consumer
 
     def detach(self, consumer: Consumer[F]) -> None:
         """Stop routing to ``consumer``; its iteration ends."""
@@ -163,6 +168,8 @@ class Channel(Generic[F]):
             self.close()
 
     def route(self, event: HubEvent) -> None:
+        if not self.consumers:  # a channel nobody uses costs nothing per event
+            return
         # Always looked up (one dict lookup): a consumer in a device slot may filter on labels too.
         labels = self._labels.get(event.device_id)
         # A consumer sits in exactly one slot an event can reach (its devices, its first label, or

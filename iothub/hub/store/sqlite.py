@@ -9,6 +9,8 @@ on a small pool, so queries never wait behind a write. Layout:
 * ``events(id, ts, type, device_id, data)``: every event the hub emitted, for resume; pruned to
   ``retention`` rows
 * ``devices(id, state)``: the per-device counters and presence, as JSON
+* the webhook outbox and alert history (:mod:`iothub.hub.outbox`), written in the same transaction
+  as the presence change or alert transition they come from
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from iothub.hub import outbox
 from iothub.hub.errors import StoreError
 from iothub.hub.events import EventType, HubEvent
 from iothub.hub.store.base import Agg, Batch, Series, StoredDevice, Value
@@ -137,6 +141,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(SCHEMA)
+            conn.executescript(outbox.SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
         self._writer = conn
@@ -187,6 +192,7 @@ class SqliteStore:
                 "INSERT INTO events (id, ts, type, device_id, data) VALUES (?, ?, ?, ?, ?)",
                 [(e.id, e.ts, e.type.value, e.device_id, json.dumps(e.data)) for e in events],
             )
+            outbox.record(conn, events, time.time_ns() // 1_000_000)
             conn.executemany(
                 "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
                 [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],

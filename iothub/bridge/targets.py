@@ -1,0 +1,94 @@
+"""The address guard of webhook delivery (server-side request forgery): an endpoint may not reach
+the hub's own host or network unless ``webhooks.allow_private_targets`` is set.
+
+A target is checked after DNS resolution, and the request then goes to the address that was
+checked (the name is kept in ``Host`` and in TLS's server name), so a name that resolves
+differently the second time cannot slip through. Redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import httpx
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class TargetRefused(Exception):
+    """A webhook URL whose host is, or resolves to, an address the guard refuses."""
+
+
+def refused_because(address: Address) -> str | None:
+    """Why ``address`` may not be a webhook target, or None when it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    for reason, hit in (
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("private", address.is_private),
+        ("unspecified", address.is_unspecified),
+        ("multicast", address.is_multicast),
+        ("reserved", address.is_reserved),
+    ):
+        if hit:
+            return reason
+    return None
+
+
+def check_url(url: str, allow_private: bool) -> httpx.URL:
+    """A URL an endpoint may have: http(s) with a host; a literal address or ``localhost`` is checked
+    at once (names are checked again when they resolve). :class:`ValueError` says what is wrong."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"url {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"url {url!r}: an endpoint URL is http:// or https:// with a host")
+    if parsed.userinfo:
+        raise ValueError(f"url {url!r}: credentials in the URL are not allowed (sign with the secret instead)")
+    if not allow_private:
+        host = parsed.host
+        if host == "localhost" or host.endswith(".localhost"):
+            raise ValueError(f"url {url!r}: {host} is loopback ({_SETTING})")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return parsed
+        reason = refused_because(address)
+        if reason is not None:
+            raise ValueError(f"url {url!r}: {host} is a {reason} address ({_SETTING})")
+    return parsed
+
+
+_SETTING = "set webhooks.allow_private_targets [IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS] to allow it"
+
+
+async def resolve(url: httpx.URL, allow_private: bool) -> str:
+    """The address to connect to for ``url``: the first that DNS gives, once every address it gives
+    has passed the guard; :class:`TargetRefused` otherwise."""
+    host = url.host
+    try:
+        literal: Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, url.port or 443, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            )
+        except OSError as exc:
+            raise TargetRefused(f"{host} does not resolve: {exc}") from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if not addresses:
+            raise TargetRefused(f"{host} does not resolve")
+    if not allow_private:
+        for address in addresses:
+            reason = refused_because(address)
+            if reason is not None:
+                raise TargetRefused(f"{host} resolves to {address}, a {reason} address ({_SETTING})")
+    return str(addresses[0])

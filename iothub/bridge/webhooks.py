@@ -1,0 +1,252 @@
+"""Webhook delivery: takes due rows from the outbox and POSTs them, signed, to their endpoints.
+
+``async with WebhookSender(hub) as sender``: one task claims due deliveries (at most
+``webhooks.max_in_flight`` at once per endpoint) and starts an attempt task for each; the hub's
+event bus nudges it when a presence change or an alert was committed, and it looks anyway every
+``webhooks.poll_s``. Nothing here runs on ingest's path: the outbox rows are already on disk.
+
+Each attempt: the address guard (:mod:`iothub.bridge.targets`) resolves and checks the host, then
+one POST over the endpoint's own pooled ``httpx.AsyncClient`` (redirects not followed), bounded by
+``webhooks.timeout_s`` in total. A 2xx delivers; 410 disables the endpoint; anything else (another
+status, a timeout, a refused connection, a refused address) is retried after the next delay of
+``webhooks.retry_schedule_s`` (with jitter), or after ``Retry-After`` on 429 and 503, until the
+schedule runs out: then the delivery is dead (``redeliver`` revives it). ``breaker_failures``
+failures in a row pause an endpoint for ``breaker_pause_s``; the others go on as before.
+
+Leaving cancels attempts in flight; their rows are pending again and are sent after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from iothub import __version__
+from iothub.bridge.targets import TargetRefused, resolve
+from iothub.hub.core import Hub
+from iothub.hub.deliveries import Claimed, Deliveries, Outcome, State
+from iothub.hub.events import EventType, HubEvent, Subscription
+from iothub.hub.ingest import now_ms
+from iothub.hub.signing import signature_headers
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CLAIM_LIMIT = 512
+SNIPPET_BYTES = 512
+_NUDGES = frozenset({EventType.STATUS, EventType.ALERT})
+
+
+@dataclass(slots=True)
+class Breaker:
+    """Failures in a row of one endpoint; past the threshold it is paused until ``paused_until``."""
+
+    failures: int = 0
+    paused_until: int = 0
+
+    def record(self, ok: bool, now: int, threshold: int, pause_ms: int) -> bool:
+        """Count an attempt; True when this failure tripped the breaker."""
+        if ok:
+            self.failures = 0
+            return False
+        self.failures += 1
+        if self.failures >= threshold:
+            self.paused_until = now + pause_ms
+            return True
+        return False
+
+
+class WebhookSender:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.settings = hub.settings.webhooks
+        self._db = Deliveries(hub.settings.data_dir / "iothub.db")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-webhooks-db")
+        self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._wakeup = hub.outbox_nudge
+        self._stopping = False
+        self._tasks = asyncio.TaskGroup()
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._sub: Subscription | None = None
+        self._attempted = hub.metrics.webhook_attempts
+        self._done: list[tuple[Claimed, Outcome, int]] = []  # attempts made, waiting to be recorded
+        self._done_added = asyncio.Event()
+
+    async def _in_db(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def __aenter__(self) -> WebhookSender:
+        await self._in_db(self._db.open)
+        self._sub = self.hub.bus.subscribe("webhooks", maxsize=1024)
+        await self._tasks.__aenter__()
+        self._tasks.create_task(self._run(), name="iothub-webhooks")
+        self._tasks.create_task(self._listen(self._sub), name="iothub-webhooks-nudge")
+        self._tasks.create_task(self._record(), name="iothub-webhooks-log")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        self._done_added.set()
+        if self._sub is not None:
+            self._sub.close()
+        for task in list(self._attempts):
+            task.cancel()
+        try:
+            await self._tasks.__aexit__(None, None, None)
+        finally:
+            for _, client in self._clients.values():
+                await client.aclose()
+            await self._in_db(self._db.close)  # attempts cancelled in flight: their rows are pending again
+            self._pool.shutdown(wait=True)
+
+    async def _record(self) -> None:
+        """Write the outcomes of finished attempts, as many as there are, in one transaction each time."""
+        while not (self._stopping and not self._done):
+            if not self._done:
+                self._done_added.clear()
+                await self._done_added.wait()
+                continue
+            done, self._done = self._done, []
+            await self._in_db(self._db.finish, done)
+            self._wakeup.set()
+
+    async def _listen(self, sub: Subscription) -> None:
+        async for item in sub:
+            if isinstance(item, HubEvent) and item.type in _NUDGES:
+                self._wakeup.set()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            now = now_ms()
+            paused = frozenset(e for e, b in self._breakers.items() if b.paused_until > now)
+            claimed: list[Claimed] = await self._in_db(
+                self._db.claim, now, self.settings.max_in_flight, CLAIM_LIMIT, paused
+            )
+            for delivery in claimed:
+                task = self._tasks.create_task(self._attempt(delivery), name=f"iothub-webhook-{delivery.id}")
+                self._attempts.add(task)
+                task.add_done_callback(self._attempts.discard)
+            if len(claimed) == CLAIM_LIMIT:
+                continue
+            due: int | None = await self._in_db(self._db.next_due)
+            wait_s = self.settings.poll_s
+            if due is not None and due > now:
+                wait_s = min(wait_s, (due - now) / 1000)
+            if paused:
+                wait_s = min(wait_s, max(0.0, (min(self._breakers[e].paused_until for e in paused) - now) / 1000))
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _client(self, delivery: Claimed) -> httpx.AsyncClient:
+        """The endpoint's own client (its connections are reused by its deliveries only)."""
+        known = self._clients.get(delivery.endpoint_id)
+        if known is not None and known[0] == delivery.url:
+            return known[1]
+        if known is not None:
+            self._tasks.create_task(known[1].aclose())
+        limits = httpx.Limits(max_connections=self.settings.max_in_flight, max_keepalive_connections=4)
+        client = httpx.AsyncClient(
+            timeout=self.settings.timeout_s, follow_redirects=False, trust_env=False, limits=limits
+        )
+        self._clients[delivery.endpoint_id] = (delivery.url, client)
+        return client
+
+    async def _post(self, delivery: Claimed) -> tuple[int, httpx.Headers, str]:
+        url = httpx.URL(delivery.url)
+        address = await resolve(url, self.settings.allow_private_targets)
+        body = delivery.body.encode()
+        headers = {
+            "content-type": "application/json",
+            "user-agent": f"iothub-webhooks/{__version__}",
+            "host": url.netloc.decode("ascii"),
+            **signature_headers(delivery.msg_id, int(time.time()), body, delivery.secrets),
+        }
+        extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+        request_url = url.copy_with(host=address)
+        async with self._client(delivery).stream(
+            "POST", request_url, content=body, headers=headers, extensions=extensions
+        ) as response:
+            snippet = b""
+            async for chunk in response.aiter_raw():
+                snippet += chunk
+                if len(snippet) >= SNIPPET_BYTES:
+                    break
+            return response.status_code, response.headers, snippet[:SNIPPET_BYTES].decode(errors="replace")
+
+    async def _attempt(self, delivery: Claimed) -> None:
+        started = time.perf_counter()
+        status: int | None = None
+        headers = httpx.Headers()
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                status, headers, text = await self._post(delivery)
+            outcome = "delivered" if 200 <= status < 300 else "failed"
+        except TargetRefused as exc:
+            outcome, text = "refused", str(exc)
+        except (TimeoutError, httpx.TimeoutException):
+            outcome, text = "timeout", f"no answer within {self.settings.timeout_s:g} s"
+        except (httpx.HTTPError, OSError) as exc:
+            outcome, text = "error", f"{type(exc).__name__}: {exc}"
+        latency_ms = (time.perf_counter() - started) * 1000
+        now = now_ms()
+        result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
+        self._attempted.labels(outcome).inc()
+        self._done.append((delivery, result, now))
+        self._done_added.set()
+        breaker = self._breakers.setdefault(delivery.endpoint_id, Breaker())
+        pause_ms = round(self.settings.breaker_pause_s * 1000)
+        if breaker.record(outcome == "delivered", now, self.settings.breaker_failures, pause_ms):
+            log.warning(
+                "webhook endpoint %s: %d failures in a row, paused for %g s",
+                delivery.endpoint_id, breaker.failures, self.settings.breaker_pause_s,
+            )  # fmt: skip
+        if result.disable is not None:
+            log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, result.disable)
+
+    def _judge(
+        self, delivery: Claimed, status: int | None, headers: httpx.Headers, outcome: str, text: str,
+        latency_ms: float, now: int,
+    ) -> Outcome:  # fmt: skip
+        if outcome == "delivered":
+            return Outcome(status, latency_ms, outcome, text, State.DELIVERED, now)
+        if status == 410:
+            reason = f"410 Gone from {delivery.url}"
+            return Outcome(status, latency_ms, outcome, text, State.PENDING, now, disable=reason)
+        made = delivery.attempts + 1
+        schedule = self.settings.retry_schedule_s
+        if made >= len(schedule):
+            return Outcome(status, latency_ms, outcome, text, State.DEAD, now)
+        jitter = self.settings.jitter
+        delay_s = schedule[made] * random.uniform(1 - jitter, 1 + jitter)
+        if status in (429, 503):
+            asked = retry_after_s(headers.get("retry-after"), time.time())
+            if asked is not None:
+                delay_s = min(asked, self.settings.max_retry_after_s)
+        return Outcome(status, latency_ms, outcome, text, State.PENDING, now + round(delay_s * 1000))
+
+
+def retry_after_s(value: str | None, now_s: float) -> float | None:
+    """``Retry-After`` as seconds from now: delay-seconds or an HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_s)

@@ -1,0 +1,182 @@
+"""The alert evaluator: judges committed telemetry and presence changes against the rules, off
+ingest's path, and commits each transition (event, history row and webhook outbox rows together).
+
+It reads the hub's event bus like any bridge: a subscription of ``alerts.queue_size`` events with
+the bus's policy (when evaluation falls behind, the oldest events drop, counted in
+``iothub_fanout_dropped{consumer="alerts"}``), so ingest never waits for it. Timers (``for_s``,
+``offline_for_s``) are checked whenever an event arrives and when the earliest one is due.
+
+A transition is an ``alert`` event on the bus (SSE and every live bridge fan it out), a row of the
+alert history, webhook outbox rows, and an MQTT publish on ``hub/alerts/{rule}/{device}`` (QoS 1).
+Firing alerts are restored from the history at start, so a restart never fires them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from iothub.hub.errors import StoreError
+from iothub.hub.events import EventBus, EventType, HubEvent, Subscription
+from iothub.hub.fleet import Fleet, iso
+from iothub.hub.ingest import now_ms
+from iothub.hub.metrics import HubMetrics
+from iothub.hub.rulebook import AnyRule, Rulebook
+from iothub.hub.rules import AlertState, MetricRule, OfflineRule, Transition, due_at, on_presence, on_tick, on_value
+from iothub.hub.store.base import Batch, PendingEvent, Store
+
+log = logging.getLogger(__name__)
+RELOAD_S = 1.0  # rules added by another process (the CLI) apply within this
+Key = tuple[str, str]  # (rule, device)
+
+
+class AlertEvaluator:
+    def __init__(
+        self, rulebook: Rulebook, store: Store, bus: EventBus, fleet: Fleet, labels: Callable[[str], Mapping[str, str]],
+        publish: Callable[[str, bytes], Awaitable[None]], metrics: HubMetrics, queue_size: int,
+    ) -> None:  # fmt: skip
+        self.rulebook = rulebook
+        self.store = store
+        self.bus = bus
+        self.fleet = fleet
+        self.labels = labels
+        self.publish = publish
+        self.metrics = metrics
+        self.queue_size = queue_size
+        self.rules: dict[str, AnyRule] = {}
+        self._by_metric: dict[str, list[MetricRule]] = {}
+        self._offline: list[OfflineRule] = []
+        self.states: dict[Key, AlertState] = {}
+        self._timers: dict[Key, int] = {}
+        self._sub: Subscription | None = None
+        self._out: list[tuple[AnyRule, str, Transition, AlertState]] = []
+
+    def stop(self) -> None:
+        """Evaluate what is buffered, then let :meth:`run` return."""
+        if self._sub is not None:
+            self._sub.close()
+
+    async def reload(self) -> None:
+        """Read the rules again (in a thread) and apply the difference."""
+        rules = {rule.name: rule for rule, _ in await asyncio.to_thread(self.rulebook.rules)}
+        if rules == self.rules:
+            return
+        for key in [k for k in self.states if self.rules.get(k[0]) != rules.get(k[0])]:
+            del self.states[key]  # a removed or changed rule starts afresh
+            self._timers.pop(key, None)
+        added = [r for name, r in rules.items() if self.rules.get(name) != r]
+        self.rules = rules
+        self._by_metric = {}
+        for rule in rules.values():
+            if isinstance(rule, MetricRule):
+                self._by_metric.setdefault(rule.metric, []).append(rule)
+        self._offline = [r for r in rules.values() if isinstance(r, OfflineRule)]
+        for rule in added:
+            if isinstance(rule, OfflineRule):
+                for device in self.fleet.devices.values():
+                    if not device.online and device.since is not None and self._selects(rule, device.id):
+                        self._step(rule, device.id, on_presence(self._state(rule, device.id), False, device.since))
+
+    async def run(self) -> None:
+        self._sub = sub = self.bus.subscribe("alerts", self.queue_size)
+        await self.reload()
+        for rule, device_id, data in await asyncio.to_thread(self.rulebook.firing):
+            if rule in self.rules:
+                state = self._state(self.rules[rule], device_id)
+                state.firing, state.value = True, data.get("value")
+                self._timers.pop((rule, device_id), None)
+        last_reload = asyncio.get_running_loop().time()
+        while True:
+            now = now_ms()
+            wait_s = RELOAD_S
+            if self._timers:
+                wait_s = min(wait_s, max(0.0, (min(self._timers.values()) - now) / 1000))
+            try:
+                async with asyncio.timeout(wait_s):
+                    batch = await sub.next_batch()
+                if not batch:
+                    return
+            except TimeoutError:
+                batch = []
+            if asyncio.get_running_loop().time() - last_reload >= RELOAD_S:
+                last_reload = asyncio.get_running_loop().time()
+                await self.reload()
+            transitions = self._judge([e for e in batch if isinstance(e, HubEvent)], now_ms())
+            if transitions:
+                await self._emit(transitions)
+
+    def _judge(self, events: list[HubEvent], now: int) -> list[tuple[AnyRule, str, Transition, AlertState]]:
+        self._out = []
+        for event in events:
+            if event.type is EventType.TELEMETRY:
+                for metric, value in event.data["metrics"].items():
+                    for rule in self._by_metric.get(metric, ()):
+                        if self._selects(rule, event.device_id):
+                            state = self._state(rule, event.device_id)
+                            self._step(rule, event.device_id, on_value(rule, state, value, now))
+            elif event.type is EventType.STATUS:
+                online = bool(event.data["online"])
+                for offline_rule in self._offline:
+                    if self._selects(offline_rule, event.device_id):
+                        state = self._state(offline_rule, event.device_id)
+                        self._step(offline_rule, event.device_id, on_presence(state, online, event.ts))
+        for key, due in list(self._timers.items()):
+            if due <= now:
+                timed = self.rules[key[0]]
+                self._step(timed, key[1], on_tick(timed, self.states[key], now))
+        return self._out
+
+    def _selects(self, rule: AnyRule, device_id: str) -> bool:
+        return rule.select.matches(device_id, self.labels(device_id))
+
+    def _state(self, rule: AnyRule, device_id: str) -> AlertState:
+        return self.states.setdefault((rule.name, device_id), AlertState())
+
+    def _step(self, rule: AnyRule, device_id: str, transition: Transition | None) -> None:
+        key = (rule.name, device_id)
+        state = self.states[key]
+        due = due_at(rule, state)
+        if due is None:
+            self._timers.pop(key, None)
+        else:
+            self._timers[key] = due
+        if transition is not None:
+            self._out.append((rule, device_id, transition, state))
+
+    async def _emit(self, transitions: list[tuple[AnyRule, str, Transition, AlertState]]) -> None:
+        now = now_ms()
+        batch = Batch()
+        for rule, device_id, transition, state in transitions:
+            data: dict[str, Any] = {"rule": rule.name, "state": transition.value, "kind": rule.kind}
+            if isinstance(rule, MetricRule):
+                data |= {"metric": rule.metric, "value": state.value}
+            else:
+                device = self.fleet.get(device_id)
+                data |= {"value": None, "offline_since": iso(device.since) if device else None}
+            batch.events.append(PendingEvent(EventType.ALERT.value, now, device_id, data))
+            self.metrics.alert_transitions.labels(transition.value).inc()
+        events = await self._write(batch)
+        self.bus.publish(events)
+        for event in events:
+            payload = {"rule": event.data["rule"], "device_id": event.device_id, "state": event.data["state"],
+                       "value": event.data["value"], "ts": event.ts}  # fmt: skip
+            try:
+                await self.publish(f"hub/alerts/{event.data['rule']}/{event.device_id}", json.dumps(payload).encode())
+            except Exception as exc:  # the broker may be closing; the transition is stored and fanned out
+                log.warning("could not publish alert %s for %s: %s", event.data["rule"], event.device_id, exc)
+
+    async def _write(self, batch: Batch) -> list[HubEvent]:
+        delay = 0.1
+        while True:
+            try:
+                return await self.store.write(batch)
+            except StoreError as exc:
+                if self._sub is not None and self._sub.closed and delay > 1:
+                    log.error("giving up on %d alert transitions at shutdown: %s", len(batch.events), exc)
+                    return []
+                log.error("store write of alert transitions failed, retrying in %.1f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,57 @@
+"""Standard Webhooks signing: pure functions, no I/O.
+
+A message is signed as ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with the key that
+the endpoint's secret ``whsec_<base64 key>`` carries. While a secret is being rotated, the message
+carries one signature per valid secret, separated by spaces; a receiver accepts any that verifies.
+See https://www.standardwebhooks.com/ (the ``webhook-id``, ``webhook-timestamp`` and
+``webhook-signature`` headers).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+
+SECRET_PREFIX = "whsec_"
+KEY_BYTES = 32
+
+
+class SecretError(ValueError):
+    """A secret that is not ``whsec_`` followed by a base64 key."""
+
+
+def new_secret() -> str:
+    """A fresh endpoint secret: ``whsec_`` + base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+
+
+def secret_key(secret: str) -> bytes:
+    if not secret.startswith(SECRET_PREFIX):
+        raise SecretError(f"a webhook secret starts with {SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise SecretError("a webhook secret is whsec_ followed by base64") from None
+    if not key:
+        raise SecretError("a webhook secret needs a key after whsec_")
+    return key
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One signature, ``v1,<base64>``, of ``body`` sent as message ``msg_id`` at ``timestamp`` (epoch s)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signature_headers(msg_id: str, timestamp: int, body: bytes, secrets_: Iterable[str]) -> dict[str, str]:
+    """The three Standard Webhooks headers, signed with every secret given (newest first)."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets_),
+    }

@@ -1,0 +1,210 @@
+"""Webhook delivery against real receivers on loopback: retries, 410, timeouts, Retry-After,
+signatures (verified with the ``standardwebhooks`` package), many endpoints, the address guard."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from iothub.runner import Running, serve
+from tests.bridge.receiver import Received, Reply, receiver
+from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
+
+FAST: dict[str, Any] = {
+    "allow_private_targets": True,
+    "retry_schedule_s": [0, 0.2, 0.2, 0.2, 0.2],
+    "jitter": 0,
+    "timeout_s": 2,
+    "poll_s": 0.2,
+    "breaker_failures": 1000,
+}
+
+
+async def start(tmp_path: Path, **webhooks: Any) -> AsyncIterator[tuple[Running, httpx.AsyncClient]]:
+    async with serve(hub_settings(tmp_path / "data", webhooks={**FAST, **webhooks})) as running:
+        headers = {"Authorization": f"Bearer {running.hub.first_token}"}
+        base = f"http://{running.address('http')}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT_S, headers=headers) as http:
+            yield running, http
+
+
+@pytest.fixture
+async def hub_http(tmp_path: Path) -> AsyncIterator[tuple[Running, httpx.AsyncClient]]:
+    async for pair in start(tmp_path):
+        yield pair
+
+
+async def add_endpoint(http: httpx.AsyncClient, url: str, events: list[str] | None = None) -> dict[str, Any]:
+    answer = await http.post("/api/v1/webhooks", json={"url": url, "events": events or ["device.online"]})
+    assert answer.status_code == 201, answer.text
+    endpoint: dict[str, Any] = answer.json()
+    assert endpoint["secret"].startswith("whsec_")
+    return endpoint
+
+
+async def go_online(hub: Running, device_id: str) -> None:
+    """Connect as the device and leave: a device.online (and a device.offline) event."""
+    async with mqtt_client(hub, device_id):
+        pass
+
+
+async def deliveries(http: httpx.AsyncClient, endpoint_id: str) -> list[dict[str, Any]]:
+    answer = await http.get("/api/v1/webhooks/deliveries", params={"endpoint": endpoint_id})
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()["deliveries"]
+    return found
+
+
+async def wait_delivery(http: httpx.AsyncClient, endpoint_id: str, state: str) -> dict[str, Any]:
+    """The endpoint's first delivery once it reaches ``state``, with its attempt log."""
+    async with asyncio.timeout(WAIT_S):
+        while True:
+            found = await deliveries(http, endpoint_id)
+            if found and found[-1]["state"] == state:
+                detail = await http.get(f"/api/v1/webhooks/deliveries/{found[-1]['id']}")
+                result: dict[str, Any] = detail.json()
+                return result
+            await asyncio.sleep(0.05)  # polling the REST API, bounded by the timeout above
+
+
+async def poll(http: httpx.AsyncClient, path: str, check: Any) -> Any:
+    """GET ``path`` until ``check(answer)`` holds; bounded in time."""
+    async with asyncio.timeout(WAIT_S):
+        while not check(answer := (await http.get(path)).json()):  # noqa: ASYNC110 - bounded; no event over REST
+            await asyncio.sleep(0.05)
+    return answer
+
+
+def failing(times: int, reply: Reply) -> Any:
+    """An answer that gives ``reply`` to each message's first ``times`` attempts, then 200."""
+    seen: Counter[str] = Counter()
+
+    def answer(got: Received) -> Reply:
+        seen[got.msg_id] += 1
+        return reply if seen[got.msg_id] <= times else Reply(200)
+
+    return answer
+
+
+async def test_a_receiver_failing_twice_gets_the_event_once_by_webhook_id(
+    hub_http: tuple[Running, httpx.AsyncClient],
+) -> None:
+    hub, http = hub_http
+    async with receiver(failing(2, Reply(500))) as r:
+        endpoint = await add_endpoint(http, r.url)
+        device_id = unique_id("wh")
+        await go_online(hub, device_id)
+        await r.wait_for(lambda got: len(got) >= 3)
+        accepted = r.accepted()
+        assert len(accepted) == 1
+        assert [g.msg_id for g in r.received] == [accepted[0].msg_id] * 3  # one webhook-id across retries
+        body = accepted[0].json()
+        assert body["type"] == "device.online"
+        assert body["data"]["device_id"] == device_id
+        assert body["data"]["online"] is True
+        delivery = await wait_delivery(http, endpoint["id"], "delivered")
+        assert [a["status"] for a in delivery["attempts_log"]] == [500, 500, 200]
+        assert delivery["msg_id"] == accepted[0].msg_id
+        assert delivery["attempts_log"][0]["response"] == "status 500"
+        assert r.connections == 1  # the endpoint's connection was reused
+
+
+async def test_410_disables_the_endpoint(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
+    hub, http = hub_http
+    async with receiver(lambda _: Reply(410)) as gone, receiver() as witness:
+        endpoint = await add_endpoint(http, gone.url)
+        await go_online(hub, unique_id("wh"))
+        await gone.wait_for(lambda got: len(got) == 1)
+        shown = await poll(http, f"/api/v1/webhooks/{endpoint['id']}", lambda e: not e["enabled"])
+        assert shown["disabled_reason"].startswith("410 Gone")
+        await add_endpoint(http, witness.url)
+        await go_online(hub, unique_id("wh"))  # a disabled endpoint gets nothing new
+        await witness.wait_for(lambda got: len(got) == 1)
+        assert len(gone.received) == 1
+
+
+async def test_a_timeout_is_retried(tmp_path: Path) -> None:
+    async for hub, http in start(tmp_path, timeout_s=0.5):
+        async with receiver(failing(1, Reply(200, delay_s=2))) as r:
+            endpoint = await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            delivery = await wait_delivery(http, endpoint["id"], "delivered")
+            outcomes = [(a["outcome"], a["status"]) for a in delivery["attempts_log"]]
+            assert outcomes == [("timeout", None), ("delivered", 200)]
+
+
+async def test_retry_after_is_honoured_on_429_and_503(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
+    hub, http = hub_http
+    for status in (429, 503):
+        async with receiver(failing(1, Reply(status, headers={"Retry-After": "1"}))) as r:
+            await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            await r.wait_for(lambda got: len(got) >= 2)
+            gap = r.received[1].at - r.received[0].at
+            assert gap >= 0.95, f"retried {gap:.2f} s after a {status} with Retry-After: 1"
+
+
+async def test_signatures_verify_also_across_a_secret_rotation(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
+    hub, http = hub_http
+    async with receiver() as r:
+        endpoint = await add_endpoint(http, r.url)
+        await go_online(hub, unique_id("wh"))
+        await r.wait_for(lambda got: len(got) == 1)
+        old = Webhook(endpoint["secret"])
+        first = r.received[0]
+        assert old.verify(first.body, first.headers)["type"] == "device.online"
+        with pytest.raises(WebhookVerificationError):
+            old.verify(first.body.replace(b"online", b"offline", 1), first.headers)  # a changed body fails
+
+        rotated = (await http.post(f"/api/v1/webhooks/{endpoint['id']}/secret")).json()
+        assert rotated["secret"] != endpoint["secret"]
+        assert rotated["previous_secret_until"] is not None
+        await go_online(hub, unique_id("wh"))
+        await r.wait_for(lambda got: len(got) == 2)
+        second = r.received[1]
+        assert len(second.headers["webhook-signature"].split(" ")) == 2  # both signatures during the rotation
+        Webhook(rotated["secret"]).verify(second.body, second.headers)
+        old.verify(second.body, second.headers)  # receivers still on the old secret keep working
+
+
+async def test_one_dead_endpoint_among_100_leaves_the_others_unaffected(tmp_path: Path) -> None:
+    async for hub, http in start(tmp_path, timeout_s=30):
+        async with receiver() as alive, receiver(lambda _: Reply(200, delay_s=60)) as dead:
+            for _ in range(99):
+                await add_endpoint(http, alive.url)
+            await add_endpoint(http, dead.url)
+            started = time.monotonic()
+            for _ in range(3):
+                await go_online(hub, unique_id("wh"))
+            await alive.wait_for(lambda got: len(got) == 99 * 3)
+            assert time.monotonic() - started < WAIT_S
+            assert len({g.msg_id for g in alive.received}) == 3  # one webhook-id per message, on every endpoint
+            assert dead.received == []  # still waiting for its answers
+
+
+async def test_a_private_target_is_refused_without_the_setting(tmp_path: Path) -> None:
+    async for hub, http in start(tmp_path, allow_private_targets=False):
+        async with receiver() as r:
+            answer = await http.post("/api/v1/webhooks", json={"url": r.url, "events": ["device.online"]})
+            assert answer.status_code == 400
+            assert "127.0.0.1 is a loopback address" in answer.json()["error"]
+            assert "IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS" in answer.json()["error"]
+            # A name is checked once resolved: localhost (added while the setting was on, say).
+            endpoint, _ = hub.hub.webhooks.add(f"http://localhost:{r.port}/hook", ["device.online"])
+            await go_online(hub, unique_id("wh"))
+            delivery = await wait_delivery(http, endpoint["id"], "pending")
+            async with asyncio.timeout(WAIT_S):
+                while not delivery["attempts_log"]:
+                    delivery = await wait_delivery(http, endpoint["id"], "pending")
+            attempt = delivery["attempts_log"][0]
+            assert attempt["outcome"] == "refused"
+            assert "resolves to 127.0.0.1, a loopback address" in attempt["response"]
+            assert r.received == []

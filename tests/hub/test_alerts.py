@@ -1,0 +1,161 @@
+"""Alert rules on a real hub: transitions as events, MQTT publishes, history and webhooks; rules
+over REST; no second firing across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from iothub.hub.registry import Role
+from iothub.runner import Running, serve
+from tests.bridge.receiver import receiver
+from tests.bridge.sse_client import open_stream
+from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
+
+HOT = {"kind": "metric", "name": "hot", "metric": "temperature", "op": ">", "threshold": 30, "clear": 28}
+WEBHOOKS = {"allow_private_targets": True, "retry_schedule_s": [0, 0.2], "poll_s": 0.2}
+
+
+@pytest.fixture
+async def alerting(tmp_path: Path) -> AsyncIterator[tuple[Running, httpx.AsyncClient, EventWaiter]]:
+    async with serve(hub_settings(tmp_path / "data", rules=[HOT], webhooks=WEBHOOKS)) as running:
+        headers = {"Authorization": f"Bearer {running.hub.first_token}"}
+        base = f"http://{running.address('http')}"
+        async with httpx.AsyncClient(base_url=base, timeout=WAIT_S, headers=headers) as http:
+            yield running, http, EventWaiter(running.hub.bus.subscribe("test"))
+
+
+def alert_of(events: EventWaiter, rule: str, device_id: str, state: str) -> Any:
+    return events.until(
+        lambda e: e.type == "alert" and e.device_id == device_id and e.data["rule"] == rule and e.data["state"] == state
+    )
+
+
+async def test_a_crossing_fires_once_and_resolves_past_the_clear_value(
+    alerting: tuple[Running, httpx.AsyncClient, EventWaiter],
+) -> None:
+    hub, http, events = alerting
+    device_id = unique_id("alert")
+    async with receiver() as hook:
+        answer = await http.post(
+            "/api/v1/webhooks", json={"url": hook.url, "events": ["alert.firing", "alert.resolved"]}
+        )
+        assert answer.status_code == 201, answer.text
+        async with (
+            service_client(hub, unique_id("watch"), Role.OBSERVER) as watcher,
+            mqtt_client(hub, device_id) as dev,
+            open_stream(http, params={"types": "alert", "devices": device_id, "last_event_id": "0"}) as stream,
+        ):
+            await watcher.subscribe(f"hub/alerts/+/{device_id}", qos=1)
+            for value in (25, 31, 35, 29):  # 35: still firing, no second firing; 29: above clear, still firing
+                await dev.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": value}), qos=1)
+            fired = await alert_of(events, "hot", device_id, "firing")
+            assert fired.data["value"] == 31
+            assert fired.data["metric"] == "temperature"
+            await dev.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": 27.5}), qos=1)
+            resolved = await alert_of(events, "hot", device_id, "resolved")
+            assert resolved.data["value"] == 27.5
+            assert resolved.id > fired.id
+            streamed = [await stream.next(), await stream.next()]  # the SSE bridge fans alerts out
+            assert [(e.event, e.id, e.json["state"]) for e in streamed] == [
+                ("alert", str(fired.id), "firing"),
+                ("alert", str(resolved.id), "resolved"),
+            ]
+            published = []
+            async with asyncio.timeout(WAIT_S):
+                async for message in watcher.messages:
+                    assert isinstance(message.payload, bytes)
+                    published.append((str(message.topic), json.loads(message.payload)))
+                    if len(published) == 2:
+                        break
+        assert [(t, p["state"], p["value"]) for t, p in published] == [
+            (f"hub/alerts/hot/{device_id}", "firing", 31),
+            (f"hub/alerts/hot/{device_id}", "resolved", 27.5),
+        ]
+        history = (await http.get("/api/v1/alerts", params={"rule": "hot", "device": device_id})).json()["alerts"]
+        assert [(a["state"], a["value"], a["event_id"]) for a in history] == [
+            ("resolved", 27.5, resolved.id),
+            ("firing", 31, fired.id),
+        ]
+        await hook.wait_for(lambda got: len(got) == 2)
+        bodies = sorted((r.json() for r in hook.received), key=lambda b: b["data"]["event_id"])
+        assert [(b["type"], b["data"]["event_id"], b["data"]["device_id"]) for b in bodies] == [
+            ("alert.firing", fired.id, device_id),
+            ("alert.resolved", resolved.id, device_id),
+        ]
+    assert [e for e in events.seen if getattr(e, "type", None) == "alert" and e.device_id == device_id] == [  # type: ignore[union-attr]
+        fired,
+        resolved,
+    ]
+
+
+async def test_an_offline_rule_over_rest_fires_after_its_time_and_resolves_online(
+    alerting: tuple[Running, httpx.AsyncClient, EventWaiter],
+) -> None:
+    hub, http, events = alerting
+    device_id = unique_id("alert")
+    rule = {"kind": "offline", "name": "gone", "offline_for_s": 0.3, "select": {"devices": [device_id]}}
+    answer = await http.post("/api/v1/rules", json=rule)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["source"] == "api"
+    async with mqtt_client(hub, device_id):
+        await events.status_of(device_id, online=True)
+    offline = await events.status_of(device_id, online=False)
+    fired = await alert_of(events, "gone", device_id, "firing")
+    assert fired.ts - offline.ts >= 300
+    async with mqtt_client(hub, device_id):
+        await alert_of(events, "gone", device_id, "resolved")
+    other = unique_id("alert")  # outside the rule's selector
+    async with mqtt_client(hub, other):
+        await events.status_of(other, online=True)
+    await events.status_of(other, online=False)
+    assert (await http.delete("/api/v1/rules/gone")).status_code == 204
+    assert "gone" not in [r["name"] for r in (await http.get("/api/v1/rules")).json()["rules"]]
+    history = (await http.get("/api/v1/alerts", params={"rule": "gone"})).json()["alerts"]
+    assert [(a["device_id"], a["state"]) for a in history] == [(device_id, "resolved"), (device_id, "firing")]
+
+
+async def test_rules_over_rest_say_what_is_wrong(alerting: tuple[Running, httpx.AsyncClient, EventWaiter]) -> None:
+    _, http, _ = alerting
+    rules = (await http.get("/api/v1/rules")).json()["rules"]
+    assert [(r["name"], r["source"]) for r in rules] == [("hot", "settings")]
+    bad = await http.post("/api/v1/rules", json={**HOT, "name": "warm", "clear": 31})
+    assert (bad.status_code, bad.json()["error"]) == (
+        400,
+        "rule: metric: clear 31.0 must not be above threshold 30.0 for >",
+    )
+    taken = await http.post("/api/v1/rules", json=HOT)
+    assert (taken.status_code, taken.json()["error"]) == (409, "rule 'hot' is defined in the settings file")
+    assert (await http.post("/api/v1/rules", json={**HOT, "name": "warm"})).status_code == 201
+    again = await http.post("/api/v1/rules", json={**HOT, "name": "warm"})
+    assert (again.status_code, again.json()["error"]) == (409, "rule 'warm' exists already (remove it first)")
+    gone = await http.delete("/api/v1/rules/nope")
+    assert (gone.status_code, gone.json()["error"]) == (404, "no rule named 'nope'")
+    fixed = await http.delete("/api/v1/rules/hot")
+    assert (fixed.status_code, fixed.json()["error"]) == (
+        400,
+        "rule 'hot' is defined in the settings file; remove it there",
+    )
+
+
+async def test_a_firing_alert_does_not_fire_again_after_a_restart(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", rules=[HOT])
+    device_id = unique_id("alert")
+    for value, expected in ((31, "firing"), (33, None), (20, "resolved")):
+        async with serve(settings) as hub:
+            events = EventWaiter(hub.hub.bus.subscribe("test"))
+            async with mqtt_client(hub, device_id) as dev:
+                await dev.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": value}), qos=1)
+                await events.telemetry_from(device_id)
+                marker = unique_id("marker")  # a later crossing by another device: evaluation got this far
+                async with mqtt_client(hub, marker) as other:
+                    await other.publish(f"devices/{marker}/telemetry", telemetry({"temperature": 99}), qos=1)
+                await alert_of(events, "hot", marker, "firing")
+            alerts = [e for e in events.seen if getattr(e, "type", None) == "alert" and e.device_id == device_id]  # type: ignore[union-attr]
+            assert [e.data["state"] for e in alerts] == ([expected] if expected else [])  # type: ignore[union-attr]

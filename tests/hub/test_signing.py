@@ -1,0 +1,49 @@
+"""Our Standard Webhooks signing, checked against the reference implementation (``standardwebhooks``)."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from iothub.hub.signing import SecretError, new_secret, sign, signature_headers
+
+
+def test_a_signature_verifies_with_the_reference_implementation() -> None:
+    secret = new_secret()
+    assert secret.startswith("whsec_")
+    assert len(base64.b64decode(secret[6:])) == 32
+    body = b'{"type":"alert.firing","data":{"rule":"hot"}}'
+    now = int(time.time())
+    headers = signature_headers("msg_1", now, body, [secret])
+    assert headers["webhook-id"] == "msg_1"
+    assert headers["webhook-timestamp"] == str(now)
+    assert Webhook(secret).verify(body, headers) == {"type": "alert.firing", "data": {"rule": "hot"}}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(body, headers)
+
+
+def test_the_reference_signature_is_ours() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    signed = Webhook(secret).sign(
+        "msg_p5jXN8AQM9LWM0D4loKWxJek", datetime.fromtimestamp(1614265330, UTC), '{"test": 2432232314}'
+    )
+    assert sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}') == signed
+
+
+def test_during_a_rotation_either_secret_verifies() -> None:
+    old, new = new_secret(), new_secret()
+    body = b"{}"
+    headers = signature_headers("msg_2", int(time.time()), body, [new, old])
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    Webhook(old).verify(body, headers)
+    Webhook(new).verify(body, headers)
+
+
+@pytest.mark.parametrize("bad", ["secret", "whsec_", "whsec_not base64!"])
+def test_a_malformed_secret_is_refused(bad: str) -> None:
+    with pytest.raises(SecretError):
+        sign(bad, "msg", 0, b"")
