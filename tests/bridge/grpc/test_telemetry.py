@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from iothub.hub.registry import Scope
 from iothub.runner import Running, serve
 from iothub.v1 import events_pb2, hub_pb2, hub_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
 from tests.bridge.grpc.conftest import Metadata, bearer, events_of, read_items
@@ -251,3 +252,15 @@ async def test_bad_subscriptions(
         await read_to_the_end(call)
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (failed.value.details() or "")
+
+
+async def test_a_revoked_token_ends_the_stream(hub: Running, channel: grpc.aio.Channel) -> None:
+    record, secret = hub.hub.registry.create_token(Scope.READ, "revoke-me")
+    call = stub(channel).Subscribe(telemetry_pb2.SubscribeRequest(), metadata=bearer(secret))
+    async with asyncio.timeout(WAIT_S):
+        await call.wait_for_connection()
+    hub.hub.registry.revoke_token(record.id)
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await read_to_the_end(call)  # the watchdog looks once a second
+    assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert f"API token {record.id!r} has been revoked" in (ended.value.details() or "")
