@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -138,3 +139,28 @@ async def test_keepalive_ends_the_streams_of_a_client_that_vanished(tmp_path: Pa
         finally:
             call.cancel()
             await channel.close()
+
+
+async def test_a_client_that_stops_reading_is_ended_and_counted(tmp_path: Path) -> None:
+    settings = hub_settings(
+        tmp_path / "data", grpc={"port": 0, "send_timeout_s": 1, "queue_size": 100_000, "max_dropped": 10**6}
+    )
+    async with serve(settings) as running, grpc.aio.insecure_channel(running.address("grpc")) as channel:
+        call = telemetry_pb2_grpc.TelemetryServiceStub(channel).Subscribe(
+            telemetry_pb2.SubscribeRequest(), metadata=bearer(running.hub.first_token)
+        )
+        async with asyncio.timeout(WAIT_S):
+            await call.wait_for_connection()  # ... and never reads
+        device = unique_id()
+        big = json.dumps({"metrics": {f"m{n}": "x" * 250 for n in range(200)}}).encode()  # about 55 KB
+        metrics = running.hub.metrics.render
+        async with mqtt_client(running, device) as client:
+            for _ in range(30):  # bounded: far more than the flow-control windows and socket buffers hold
+                for _ in range(20):
+                    await client.publish(f"devices/{device}/telemetry", big, qos=0)
+                await asyncio.sleep(0.1)  # paced, so the watchdog's one-second look comes around
+                if 'iothub_stream_disconnected_slow_total{channel="grpc"} 1.0' in metrics().decode():
+                    break
+        call.cancel()
+    assert 'iothub_stream_disconnected_slow_total{channel="grpc"} 1.0' in metrics().decode()
+    assert 'iothub_stream_clients{channel="grpc"} 0.0' in metrics().decode()
