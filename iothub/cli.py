@@ -66,6 +66,7 @@ def main() -> None:
 @click.option(
     "--http-port", type=int, help="HTTP port (REST, SSE, WebSocket, dashboard, /metrics); 0 picks a free port [8080]."
 )
+@click.option("--grpc-port", type=int, help="gRPC port (iothub.v1, health, reflection); 0 picks a free port [50051].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def run(
     config_file: Path | None,
@@ -74,16 +75,18 @@ def run(
     mqtt_port: int | None,
     mqtt_ws_port: int | None,
     http_port: int | None,
+    grpc_port: int | None,
     log_level: str | None,
 ) -> None:
-    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks and HTTP API.
+    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks, HTTP API and gRPC API.
 
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
     """
     mqtt = _given(host=host, port=mqtt_port, ws_port=mqtt_ws_port)
     http = _given(host=host, port=http_port)
-    settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http))
+    grpc = _given(host=host, port=grpc_port)
+    settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http, grpc=grpc))
     _setup_logging(settings.log_level)
     from iothub.runner import run_forever
 
