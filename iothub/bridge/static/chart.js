@@ -11,6 +11,45 @@ const RIGHT = 6;
 const TICK_SPACING_PX = 60;
 const TICK_STEPS_S = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
 const MIN_SPAN_MS = 60_000;
+// A series is thinned once it holds more points than this: about two per pixel of the widest chart.
+export const MAX_POINTS = 1200;
+
+/**
+ * At most 2 x `buckets` of `points` ([ts, value] sorted by ts), same shape: the time range is cut into
+ * `buckets` equal spans and each keeps its lowest and highest point (booleans count as 0 and 1; text
+ * keeps its first and last), in time order. What a line or band drawn one bucket per pixel shows.
+ */
+export function thin(points, buckets) {
+  if (points.length <= 2 * buckets) return points;
+  const from = points[0][0];
+  const span = points[points.length - 1][0] - from || 1;
+  const out = [];
+  let bucket = -1;
+  let lo = null;
+  let hi = null;
+  const close = () => {
+    if (lo === null) return;
+    if (lo === hi) out.push(lo);
+    else if (lo[0] <= hi[0]) out.push(lo, hi);
+    else out.push(hi, lo);
+  };
+  for (const point of points) {
+    const b = Math.min(buckets - 1, Math.floor(((point[0] - from) / span) * buckets));
+    const v = typeof point[1] === "string" ? null : Number(point[1]);
+    if (b !== bucket) {
+      close();
+      bucket = b;
+      lo = hi = point;
+    } else if (v === null) {
+      hi = point; // text: the first and the last of the bucket
+    } else {
+      if (v < Number(lo[1])) lo = point;
+      if (v >= Number(hi[1])) hi = point;
+    }
+  }
+  close();
+  return out;
+}
 
 /** Round local times between `from` and `to`, at most one per 60 px of `widthPx`, and how to print them. */
 export function timeTicks(from, to, widthPx) {
