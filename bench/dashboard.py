@@ -119,6 +119,7 @@ class Figures:
     elements: int = 0
     height_px: int = 0
     shown_after_s: float | None = None  # navigation until the summary counts the whole fleet
+    long_load_ms: float = 0.0  # the longest task from navigation to the end of the warm-up
 
 
 def old_static_files(rev: str) -> dict[str, bytes]:
@@ -232,6 +233,7 @@ async def measure(
         await asyncio.sleep(args.warmup)
 
         # Idle window: busy share, frames, long tasks, memory.
+        figures.long_load_ms = max(await page.evaluate("window.__bench.longtasks"), default=0.0)
         await page.evaluate("window.__bench.longtasks = []; window.__bench.frames = 0")
         before = await metrics(cdp)
         window_end = time.monotonic() + args.seconds
@@ -286,6 +288,7 @@ def table(results: dict[str, dict[str, Figures]]) -> str:
 
     rows: list[tuple[str, Callable[[Figures], str]]] = [
         ("list shown after (s)", lambda f: "-" if f.shown_after_s is None else f"{f.shown_after_s:.1f}"),
+        ("longest task loading (ms)", lambda f: ms(f.long_load_ms)),
         ("main thread busy", lambda f: f"{100 * f.busy:.0f}%"),
         ("frames/s idle / scrolling", lambda f: f"{f.fps_idle:.0f} / {f.fps_scroll:.0f}"),
         ("long tasks idle (max ms)", lambda f: f"{f.long_count} ({ms(f.long_max_ms)})"),
