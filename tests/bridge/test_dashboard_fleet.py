@@ -13,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from iothub.runner import serve
+from iothub.runner import Running, serve
 from tests.bridge.conftest import ARTIFACTS, open_dashboard
 from tests.conftest import hub_settings, mqtt_client, telemetry
 
 FLEET = 500
 WAIT_MS = 15_000  # for what the page shows; generous: two loaded cores run the hub, fleet and browser
+
+COLUMN_WIDTHS = "[...document.querySelectorAll('#devices th')].map((th) => th.getBoundingClientRect().width)"
 
 
 async def wait_fleet_online(hub: Any, count: int) -> None:
@@ -53,10 +55,12 @@ async def test_the_page_stays_responsive_with_500_devices(browser: Any, tmp_path
             await expect(page.locator("#feed-panel")).to_be_in_viewport()
             assert await page.evaluate("document.documentElement.scrollHeight <= innerHeight")
 
-            # A filter keystroke is reflected: one device left, then the whole fleet again.
+            # A filter keystroke is reflected: one device left, then ten; the columns keep their widths.
+            widths = await page.evaluate(COLUMN_WIDTHS)
             await page.locator("#filter-text").press_sequentially("load-0417")
             await expect(rows).to_have_count(1, timeout=WAIT_MS)
             await expect(rows.first).to_have_attribute("data-device-id", "load-0417")
+            assert await page.evaluate(COLUMN_WIDTHS) == widths
             await page.locator("#filter-text").press("Backspace")
             await expect(page.locator("#list-count")).to_have_text(f"10 of {FLEET}", timeout=WAIT_MS)
 
@@ -71,11 +75,50 @@ async def test_the_page_stays_responsive_with_500_devices(browser: Any, tmp_path
                 await probe.publish("devices/probe/telemetry", telemetry({"t": 4242}), qos=1)
                 await expect(row.locator('[data-metric="t"]')).to_contain_text("4242", timeout=WAIT_MS)
                 await expect(page.locator('#charts .chart[data-metric="t"] .now')).to_have_text("4242")
-            ARTIFACTS.mkdir(exist_ok=True)
             await page.locator("#filter-text").fill("")
             await expect(page.locator("#list-count")).to_have_text(f"{FLEET + 1}", timeout=WAIT_MS)
+            ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-fleet.png"))
+            # A device picked in the address is shown, and so is its row, far down the list.
+            await page.goto(f"http://{running.address('http')}/#device=load-0321")
+            await page.reload()
+            await expect(page.locator("#detail-title")).to_have_text("load-0321", timeout=WAIT_MS)
+            await expect(page.locator('tr[data-device-id="load-0321"]')).to_be_in_viewport()
         finally:
             fleet.terminate()
             async with asyncio.timeout(30):
                 await fleet.wait()
+
+
+async def test_a_long_series_is_thinned_to_the_lows_and_highs_of_each_span(browser: Any, hub: Running) -> None:
+    """What the charts keep of a series that outgrows them (``thin`` in chart.js): at most two points
+    per span and the ends, in time order, every span's low and high kept."""
+    page = await open_dashboard(browser, hub)
+    thin = """async ([n, buckets]) => {
+        const { thin } = await import("/static/chart.js");
+        const points = Array.from({ length: n }, (_, i) => [1000 * i, Math.sin(i / 7) * 10 + (i === 4321 ? 99 : 0)]);
+        const kept = thin(points, buckets);
+        const span = (1000 * (n - 1)) / buckets;
+        const lows = [], highs = [];
+        for (const [ts, v] of points) {
+            const b = Math.min(buckets - 1, Math.floor(ts / span));
+            lows[b] = Math.min(lows[b] ?? Infinity, v);
+            highs[b] = Math.max(highs[b] ?? -Infinity, v);
+        }
+        const keptValues = new Set(kept.map(([, v]) => v));
+        return {
+            length: kept.length,
+            ordered: kept.every((p, i) => i === 0 || kept[i - 1][0] < p[0]),
+            ends: kept[0][0] === 0 && kept[kept.length - 1][0] === 1000 * (n - 1),
+            extremes: lows.every((v) => keptValues.has(v)) && highs.every((v) => keptValues.has(v)),
+            max: Math.max(...kept.map(([, v]) => v)),
+            untouched: thin(points.slice(0, 50), buckets).length,
+        };
+    }"""
+    result = await page.evaluate(thin, [20_000, 600])
+    assert result["length"] <= 1202
+    assert result["ordered"]
+    assert result["ends"]
+    assert result["extremes"]
+    assert result["max"] > 99
+    assert result["untouched"] == 50

@@ -241,6 +241,7 @@ async function select(id, byUser) {
     history.replaceState(null, "", `#device=${encodeURIComponent(id)}`);
   }
   state.list.select(id);
+  if (!byUser) state.list.reveal(id); // picked by the address: show its row too
   $("detail-head").hidden = false;
   $("detail-presence").hidden = false;
   $("detail-empty").hidden = true;

@@ -15,9 +15,10 @@ const MIN_SPAN_MS = 60_000;
 export const MAX_POINTS = 1200;
 
 /**
- * At most 2 x `buckets` of `points` ([ts, value] sorted by ts), same shape: the time range is cut into
- * `buckets` equal spans and each keeps its lowest and highest point (booleans count as 0 and 1; text
- * keeps its first and last), in time order. What a line or band drawn one bucket per pixel shows.
+ * At most 2 x `buckets` + 2 of `points` ([ts, value] sorted by ts), same shape: the time range is cut
+ * into `buckets` equal spans and each keeps its lowest and highest point (booleans count as 0 and 1;
+ * text keeps its first and last), in time order, and the series keeps its first and last point. What
+ * a line or band drawn one span per pixel shows.
  */
 export function thin(points, buckets) {
   if (points.length <= 2 * buckets) return points;
@@ -48,6 +49,8 @@ export function thin(points, buckets) {
     }
   }
   close();
+  if (out[0] !== points[0]) out.unshift(points[0]);
+  if (out[out.length - 1] !== points[points.length - 1]) out.push(points[points.length - 1]);
   return out;
 }
 

@@ -226,6 +226,16 @@ export class DeviceList {
     this.rows.get(id)?.classList.add("selected");
   }
 
+  /** Scroll the row of `id` into the middle of the box, if the filters show it and it is off screen. */
+  reveal(id) {
+    const i = this.view.indexOf(id);
+    const height = this.rowHeight || 44;
+    const box = this.scroller;
+    if (i < 0 || (i * height >= box.scrollTop && (i + 1) * height <= box.scrollTop + box.clientHeight - height)) return;
+    box.scrollTop = Math.max(0, i * height - box.clientHeight / 2);
+    this.draw();
+  }
+
   /** The first device the filters show, else the first at all, else null. */
   first() {
     return this.view[0] ?? this.order[0] ?? null;
