@@ -7,7 +7,7 @@ import { ago, el, formatValue, renderPresence } from "./format.js";
 
 const MAX_VALUES_SHOWN = 6;
 const OVERSCAN = 8; // rows drawn beyond each edge of the scroll box
-const FRESH_MS = 900; // how long an updated value stays highlighted
+const FRESH_MS = 700; // how long a changed value stays highlighted (give or take a flush)
 
 /** Where `id` goes in the sorted array `ids` (binary search). */
 function slot(ids, id) {
@@ -123,11 +123,21 @@ export class DeviceList {
   flush() {
     if (this.refilterDue) this.refilter();
     const now = performance.now();
+    this.fade(now);
     for (const [id, metrics] of this.dirty) {
       const row = this.rows.get(id);
       if (row) this.fill(row, this.devices.get(id), metrics, now);
     }
     this.dirty.clear();
+  }
+
+  /** Highlights that have had their time go (rows on screen only). */
+  fade(now) {
+    for (const row of this.rows.values()) {
+      for (const slotOf of row.cache.values?.values() ?? []) {
+        if (slotOf.until && slotOf.until <= now) { slotOf.until = 0; slotOf.span.classList.remove("fresh"); }
+      }
+    }
   }
 
   /** Draw the rows of `view` that the scroll box shows; `all` redraws every one of them. */
@@ -175,8 +185,8 @@ export class DeviceList {
   }
 
   /**
-   * Write device `d` into `row`, touching only what differs from what the row shows; `fresh` (a set of
-   * metrics, or null when the row is drawn anew) are highlighted for a moment.
+   * Write device `d` into `row`, touching only what differs from what the row shows; of the `fresh`
+   * metrics (a set, or null when the row is drawn anew), those whose value changed are highlighted.
    */
   fill(row, d, fresh, now) {
     const c = row.cache;
@@ -212,8 +222,11 @@ export class DeviceList {
     for (const [metric, v] of latest) {
       const slotOf = c.values.get(metric);
       const text = formatValue(v.value);
-      if (slotOf.shown !== text) { slotOf.shown = text; slotOf.text.textContent = text; }
-      if (fresh && fresh.has(metric)) {
+      if (slotOf.shown === text) continue;
+      const drawn = slotOf.shown !== null;
+      slotOf.shown = text;
+      slotOf.text.textContent = text;
+      if (fresh && fresh.has(metric) && drawn) {
         if (!slotOf.until) slotOf.span.classList.add("fresh");
         slotOf.until = now + FRESH_MS;
       }
@@ -256,14 +269,11 @@ export class DeviceList {
 
   /** Once a second: "3 s ago" moves on, and highlights fade; only for the rows on screen. */
   tick() {
-    const now = performance.now();
+    this.fade(performance.now());
     for (const row of this.rows.values()) {
       const c = row.cache;
       const text = ago(c.seenIso);
       if (c.seen !== text) { c.seen = text; row.cells[2].textContent = text; }
-      for (const slotOf of c.values?.values() ?? []) {
-        if (slotOf.until && slotOf.until <= now) { slotOf.until = 0; slotOf.span.classList.remove("fresh"); }
-      }
     }
   }
 }
