@@ -96,11 +96,13 @@ export class DeviceList {
     this.view = this.order.filter((id) => this.matches(this.devices.get(id)));
     const shown = this.view.length;
     const total = this.order.length;
-    document.getElementById("list-count").textContent = shown === total ? `${total}` : `${shown} of ${total}`;
+    const count = document.getElementById("list-count");
+    const counted = shown === total ? `${total}` : `${shown} of ${total}`;
+    if (count.textContent !== counted) count.textContent = counted;
     const empty = document.getElementById("no-devices");
     empty.hidden = shown > 0;
-    if (total) empty.textContent = "No device matches the filters.";
-    else empty.replaceChildren("No devices yet. Run ", el("code", {}, "iothub simulate"), ".");
+    if (!shown && total) empty.textContent = "No device matches the filters.";
+    else if (!total) empty.replaceChildren("No devices yet. Run ", el("code", {}, "iothub simulate"), ".");
     this.draw(true);
   }
 
@@ -168,9 +170,9 @@ export class DeviceList {
     }
     this.topPad.style.height = `${first * height}px`;
     this.bottomPad.style.height = `${(n - end) * height}px`;
-    if (!this.rowHeight && this.rows.size) {
-      this.rowHeight = this.rows.values().next().value.getBoundingClientRect().height || 44;
-      if (Math.abs(this.rowHeight - height) > 0.5) this.draw(true);
+    if (!this.rowHeight && this.rows.size) { // measured once the list is laid out (not while hidden)
+      this.rowHeight = this.rows.values().next().value.getBoundingClientRect().height;
+      if (this.rowHeight && Math.abs(this.rowHeight - height) > 0.5) this.draw(true);
     }
   }
 
