@@ -2,6 +2,9 @@
 // never stretched): a time axis, a value axis, and a tooltip with the value and time under the pointer.
 // Numbers are a line; booleans are on/off bands (a filled band where on, a thin bar where off; an
 // aggregated window's share of time on shows as the band's opacity). Text values are not charted.
+// SVG rather than a canvas (or a charting library): only the selected device is charted, each series is
+// thinned to about two points per pixel, and the page redraws at most a few times a second, so a
+// drawing is a few dozen elements; in exchange ticks, values and tooltip stay text in the page.
 import { clock, el, formatValue, svg } from "./format.js";
 
 const HEIGHT = 110;
