@@ -19,9 +19,12 @@ Leaving cancels attempts in flight; their rows are pending again and are sent af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
+import re
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLAIM_LIMIT = 512
 SNIPPET_BYTES = 512
+DB_BACKOFF_FIRST_S = 0.1
+DB_BACKOFF_MAX_S = 5.0
 _NUDGES = frozenset({EventType.STATUS, EventType.ALERT})
 
 
@@ -72,13 +77,15 @@ class WebhookSender:
         self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
         self._breakers: dict[str, Breaker] = {}
         self._wakeup = hub.outbox_nudge
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._tasks = asyncio.TaskGroup()
         self._attempts: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
         self._attempted = hub.metrics.webhook_attempts
         self._done: list[tuple[Claimed, Outcome, int]] = []  # attempts made, waiting to be recorded
         self._done_added = asyncio.Event()
+        self._unexpected_seen: set[str] = set()
+        self._db_backoff_s = 0.0
 
     async def _in_db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -93,7 +100,7 @@ class WebhookSender:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._wakeup.set()
         self._done_added.set()
         if self._sub is not None:
@@ -110,13 +117,22 @@ class WebhookSender:
 
     async def _record(self) -> None:
         """Write the outcomes of finished attempts, as many as there are, in one transaction each time."""
-        while not (self._stopping and not self._done):
+        while not (self._stopping.is_set() and not self._done):
             if not self._done:
                 self._done_added.clear()
                 await self._done_added.wait()
                 continue
             done, self._done = self._done, []
-            await self._in_db(self._db.finish, done)
+            try:
+                await self._in_db(self._db.finish, done)
+            except sqlite3.OperationalError as exc:
+                if self._stopping.is_set():
+                    log.error("could not record %d webhook attempts at shutdown (sent again later): %s", len(done), exc)
+                    return
+                self._done[:0] = done
+                await self._db_failed("record attempts", exc)
+                continue
+            self._db_backoff_s = 0.0
             self._wakeup.set()
 
     async def _listen(self, sub: Subscription) -> None:
@@ -125,20 +141,29 @@ class WebhookSender:
                 self._wakeup.set()
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             self._wakeup.clear()
             now = now_ms()
             paused = frozenset(e for e, b in self._breakers.items() if b.paused_until > now)
-            claimed: list[Claimed] = await self._in_db(
-                self._db.claim, now, self.settings.max_in_flight, CLAIM_LIMIT, paused
-            )
+            try:
+                claimed: list[Claimed] = await self._in_db(
+                    self._db.claim, now, self.settings.max_in_flight, CLAIM_LIMIT, paused
+                )
+            except sqlite3.OperationalError as exc:
+                await self._db_failed("claim deliveries", exc)
+                continue
             for delivery in claimed:
                 task = self._tasks.create_task(self._attempt(delivery), name=f"iothub-webhook-{delivery.id}")
                 self._attempts.add(task)
                 task.add_done_callback(self._attempts.discard)
             if len(claimed) == CLAIM_LIMIT:
                 continue
-            due: int | None = await self._in_db(self._db.next_due)
+            try:
+                due: int | None = await self._in_db(self._db.next_due)
+            except sqlite3.OperationalError as exc:
+                await self._db_failed("look for due deliveries", exc)
+                continue
+            self._db_backoff_s = 0.0
             wait_s = self.settings.poll_s
             if due is not None and due > now:
                 wait_s = min(wait_s, (due - now) / 1000)
@@ -149,6 +174,15 @@ class WebhookSender:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    async def _db_failed(self, what: str, exc: sqlite3.OperationalError) -> None:
+        """A database call failed (the file locked too long, the disk full): wait longer each time in a
+        row, up to ``DB_BACKOFF_MAX_S``, then let the caller try again; stopping ends the wait."""
+        self._db_backoff_s = min(max(self._db_backoff_s * 2, DB_BACKOFF_FIRST_S), DB_BACKOFF_MAX_S)
+        log.warning("webhooks: could not %s, trying again in %.1f s: %s", what, self._db_backoff_s, exc)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._db_backoff_s):
+                await self._stopping.wait()
 
     def _client(self, delivery: Claimed) -> httpx.AsyncClient:
         """The endpoint's own client (its connections are reused by its deliveries only)."""
@@ -200,9 +234,17 @@ class WebhookSender:
             outcome, text = "timeout", f"no answer within {self.settings.timeout_s:g} s"
         except (httpx.HTTPError, OSError) as exc:
             outcome, text = "error", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a fault of ours or of a library must not stop the deliveries
+            self._unexpected(exc)
+            outcome, text = "error", f"{type(exc).__name__}: {exc}"
         latency_ms = (time.perf_counter() - started) * 1000
         now = now_ms()
-        result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
+        try:
+            result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
+        except Exception as exc:  # judged again without the answer's headers, as an error
+            self._unexpected(exc)
+            outcome, text = "error", f"{type(exc).__name__}: {exc}"
+            result = self._judge(delivery, None, httpx.Headers(), outcome, text, latency_ms, now)
         self._attempted.labels(outcome).inc()
         self._done.append((delivery, result, now))
         self._done_added.set()
@@ -215,6 +257,15 @@ class WebhookSender:
             )  # fmt: skip
         if result.disable is not None:
             log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, result.disable)
+
+    def _unexpected(self, exc: Exception) -> None:
+        """Log an unexpected failure of an attempt: with its traceback the first time of each kind."""
+        kind = type(exc).__name__
+        if kind in self._unexpected_seen:
+            log.debug("webhook attempt failed unexpectedly: %s: %s", kind, exc)
+            return
+        self._unexpected_seen.add(kind)
+        log.error("webhook attempt failed unexpectedly (counted as an error, retried)", exc_info=exc)
 
     def _judge(
         self, delivery: Claimed, status: int | None, headers: httpx.Headers, outcome: str, text: str,
@@ -243,10 +294,10 @@ def retry_after_s(value: str | None, now_s: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]+", value, re.ASCII):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - now_s)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - now_s)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from iothub.bridge.webhooks import retry_after_s
 from iothub.runner import Running, serve
 from tests.bridge.receiver import Received, Reply, receiver
 from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
@@ -150,6 +151,29 @@ async def test_retry_after_is_honoured_on_429_and_503(hub_http: tuple[Running, h
             await r.wait_for(lambda got: len(got) >= 2)
             gap = r.received[1].at - r.received[0].at
             assert gap >= 0.95, f"retried {gap:.2f} s after a {status} with Retry-After: 1"
+
+
+async def test_a_hostile_retry_after_is_ignored_and_the_hub_keeps_delivering(
+    hub_http: tuple[Running, httpx.AsyncClient],
+) -> None:
+    hub, http = hub_http
+    async with receiver(failing(1, Reply(429, headers={"Retry-After": "\u00b2"}))) as r:  # "²".isdigit() is True
+        endpoint = await add_endpoint(http, r.url)
+        await go_online(hub, unique_id("wh"))
+        delivery = await wait_delivery(http, endpoint["id"], "delivered")
+        assert [(a["outcome"], a["status"]) for a in delivery["attempts_log"]] == [("failed", 429), ("delivered", 200)]
+        await go_online(hub, unique_id("wh"))  # the sender is still running
+        await r.wait_for(lambda got: len(r.accepted()) >= 2)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "1.5", "-1", "+3", "Mon, 99 Foo 1 x"])
+def test_retry_after_reads_only_digits_or_a_date(value: str) -> None:
+    assert retry_after_s(value, time.time()) is None
+
+
+def test_retry_after_reads_seconds_and_dates() -> None:
+    assert retry_after_s(" 120 ", 0.0) == 120.0
+    assert retry_after_s("Thu, 01 Jan 1970 00:01:00 GMT", 0.0) == 60.0
 
 
 async def test_signatures_verify_also_across_a_secret_rotation(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
