@@ -154,7 +154,8 @@ DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0,
 
 class WebhookSettings(_Section):
     allow_private_targets: bool = Field(
-        default=False, description="let endpoints resolve to loopback, private or link-local addresses"
+        default=False,
+        description="let endpoints resolve to loopback, private, link-local or other non-global addresses",
     )
     retry_schedule_s: tuple[Annotated[float, Field(ge=0)], ...] = Field(
         default=DEFAULT_RETRY_SCHEDULE_S,

@@ -4,6 +4,8 @@ signatures (verified with the ``standardwebhooks`` package), many endpoints, the
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from iothub.bridge.targets import TargetRefused, check_url, refused_because, resolve
 from iothub.bridge.webhooks import retry_after_s
 from iothub.runner import Running, serve
 from tests.bridge.receiver import Received, Reply, receiver
@@ -232,3 +235,21 @@ async def test_a_private_target_is_refused_without_the_setting(tmp_path: Path) -
             assert attempt["outcome"] == "refused"
             assert "resolves to 127.0.0.1, a loopback address" in attempt["response"]
             assert r.received == []
+
+
+@pytest.mark.parametrize(
+    "address", ["100.100.100.200", "100.64.0.1", "::ffff:100.100.100.200", "192.0.2.1", "224.0.0.1", "ff02::1"]
+)
+async def test_the_guard_refuses_every_non_global_address(address: str) -> None:
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(ValueError, match=f"{re.escape(address)} is a [a-z-]+ address"):
+        check_url(f"http://{host}/hook", allow_private=False)
+    with pytest.raises(TargetRefused, match=re.escape(address)):
+        await resolve(httpx.URL(f"http://{host}/hook"), allow_private=False)
+    allowed = await resolve(httpx.URL(f"http://{host}/hook"), allow_private=True)
+    assert ipaddress.ip_address(allowed) == ipaddress.ip_address(address)
+
+
+async def test_the_guard_lets_a_global_address_through() -> None:
+    assert refused_because(ipaddress.ip_address("93.184.215.14")) is None
+    assert await resolve(httpx.URL("https://93.184.215.14/hook"), allow_private=False) == "93.184.215.14"
