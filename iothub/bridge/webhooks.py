@@ -13,7 +13,9 @@ status, a timeout, a refused connection, a refused address) is retried after the
 schedule runs out: then the delivery is dead (``redeliver`` revives it). ``breaker_failures``
 failures in a row pause an endpoint for ``breaker_pause_s``; the others go on as before.
 
-Leaving cancels attempts in flight; their rows are pending again and are sent after a restart.
+Leaving cancels attempts in flight (their rows are pending again and are sent after a restart),
+releases what a claim still in progress returns without attempting it, and records the outcomes
+of attempts that ended meanwhile.
 """
 
 from __future__ import annotations
@@ -112,6 +114,12 @@ class WebhookSender:
         finally:
             for _, client in self._clients.values():
                 await client.aclose()
+            if self._done:  # attempts that ended after the last write of their outcomes
+                done, self._done = self._done, []
+                try:
+                    await self._in_db(self._db.finish, done)
+                except sqlite3.OperationalError as exc:
+                    log.error("could not record %d webhook attempts at shutdown (sent again later): %s", len(done), exc)
             await self._in_db(self._db.close)  # attempts cancelled in flight: their rows are pending again
             self._pool.shutdown(wait=True)
 
@@ -152,6 +160,9 @@ class WebhookSender:
             except sqlite3.OperationalError as exc:
                 await self._db_failed("claim deliveries", exc)
                 continue
+            if self._stopping.is_set():  # claimed while the sender was told to stop: not attempted
+                await self._release(claimed)
+                return
             for delivery in claimed:
                 task = self._tasks.create_task(self._attempt(delivery), name=f"iothub-webhook-{delivery.id}")
                 self._attempts.add(task)
@@ -174,6 +185,14 @@ class WebhookSender:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    async def _release(self, claimed: list[Claimed]) -> None:
+        if not claimed:
+            return
+        try:
+            await self._in_db(self._db.release, claimed)
+        except sqlite3.OperationalError as exc:  # closing puts every row still sending back anyway
+            log.warning("webhooks: could not release %d claimed deliveries: %s", len(claimed), exc)
 
     async def _db_failed(self, what: str, exc: sqlite3.OperationalError) -> None:
         """A database call failed (the file locked too long, the disk full): wait longer each time in a

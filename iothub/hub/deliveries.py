@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,10 +137,11 @@ class Deliveries:
             conn.execute("ROLLBACK")
             raise
 
-    def release(self, delivery: Claimed) -> None:
-        """Put back a delivery that was claimed but not attempted (the worker is stopping)."""
-        self.conn.execute(
-            "UPDATE webhook_outbox SET state = 'pending' WHERE id = ? AND state = 'sending'", (delivery.id,)
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        """Put back deliveries that were claimed but not attempted (the worker is stopping)."""
+        self.conn.executemany(
+            "UPDATE webhook_outbox SET state = 'pending' WHERE id = ? AND state = 'sending'",
+            [(delivery.id,) for delivery in claimed],
         )
 
     def next_due(self) -> int | None:

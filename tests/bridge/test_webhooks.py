@@ -17,7 +17,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from iothub.bridge.targets import TargetRefused, check_url, refused_because, resolve
-from iothub.bridge.webhooks import retry_after_s
+from iothub.bridge.webhooks import WebhookSender, retry_after_s
+from iothub.hub import outbox
+from iothub.hub.core import Hub
 from iothub.runner import Running, serve
 from tests.bridge.receiver import Received, Reply, receiver
 from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
@@ -253,3 +255,42 @@ async def test_the_guard_refuses_every_non_global_address(address: str) -> None:
 async def test_the_guard_lets_a_global_address_through() -> None:
     assert refused_because(ipaddress.ip_address("93.184.215.14")) is None
     assert await resolve(httpx.URL("https://93.184.215.14/hook"), allow_private=False) == "93.184.215.14"
+
+
+async def until(check: Any) -> None:
+    """Wait for ``check()`` to hold; bounded in time (the state polled has no event to wait on)."""
+    async with asyncio.timeout(WAIT_S):
+        while not check():  # noqa: ASYNC110 - bounded by the timeout above
+            await asyncio.sleep(0.01)
+
+
+async def test_deliveries_claimed_while_stopping_are_released_not_sent(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", webhooks={**FAST, "retry_schedule_s": [0, 600]})
+    async with Hub(settings) as hub, receiver(failing(1, Reply(500))) as r:
+        sender = WebhookSender(hub)
+        await sender.__aenter__()
+        stopped = False
+        try:
+            endpoint, _ = hub.webhooks.add(r.url, ["device.online"])
+            await go_online(Running(hub, hub.ports), unique_id("wh"))
+            await until(lambda: [(d["state"], d["attempts"]) for d in hub.webhooks.deliveries()] == [("pending", 1)])
+            lock = outbox.connect(settings.data_dir / "iothub.db")
+            try:
+                lock.execute("BEGIN IMMEDIATE")  # the sender's next claim waits for this transaction
+                lock.execute("UPDATE webhook_outbox SET next_at = 0")  # the retry is due (once committed)
+                hub.outbox_nudge.set()
+                await until(lambda: not hub.outbox_nudge.is_set())  # the sender is claiming
+                stopping = asyncio.create_task(sender.__aexit__(None, None, None))
+                stopped = True
+                await until(sender._stopping.is_set)
+                lock.execute("COMMIT")  # the claim returns the delivery, to a stopping sender
+                async with asyncio.timeout(WAIT_S):
+                    await stopping
+            finally:
+                lock.close()
+        finally:
+            if not stopped:
+                await sender.__aexit__(None, None, None)
+        assert len(r.received) == 1  # the first attempt only
+        [delivery] = hub.webhooks.deliveries(endpoint["id"])
+        assert (delivery["state"], delivery["attempts"]) == ("pending", 1)
