@@ -13,6 +13,10 @@ status, a timeout, a refused connection, a refused address) is retried after the
 schedule runs out: then the delivery is dead (``redeliver`` revives it). ``breaker_failures``
 failures in a row pause an endpoint for ``breaker_pause_s``; the others go on as before.
 
+The same task deletes what is past retention (``webhooks.retention_days``, ``alerts.retention_days``)
+at start and hourly, at most ``PRUNE_LIMIT`` rows per table and pass (passes follow each other
+sooner while there is more).
+
 Leaving cancels attempts in flight (their rows are pending again and are sent after a restart),
 releases what a claim still in progress returns without attempting it, and records the outcomes
 of attempts that ended meanwhile.
@@ -48,6 +52,9 @@ CLAIM_LIMIT = 512
 SNIPPET_BYTES = 512
 DB_BACKOFF_FIRST_S = 0.1
 DB_BACKOFF_MAX_S = 5.0
+PRUNE_EVERY_S = 3600.0  # how often rows past retention are deleted; sooner while there are many
+PRUNE_LIMIT = 1000  # rows per table and pass: a pass holds the database's write lock briefly
+DAY_MS = 86_400_000
 _NUDGES = frozenset({EventType.STATUS, EventType.ALERT})
 
 
@@ -87,6 +94,7 @@ class WebhookSender:
         self._done: list[tuple[Claimed, Outcome, int]] = []  # attempts made, waiting to be recorded
         self._done_added = asyncio.Event()
         self._unexpected_seen: set[str] = set()
+        self._prune_at = 0  # epoch ms of the next pruning pass; the first at start
         self._db_backoff_s = 0.0
 
     async def _in_db(self, fn: Any, *args: Any) -> Any:
@@ -152,6 +160,8 @@ class WebhookSender:
         while not self._stopping.is_set():
             self._wakeup.clear()
             now = now_ms()
+            if now >= self._prune_at:
+                await self._prune(now)
             paused = frozenset(e for e, b in self._breakers.items() if b.paused_until > now)
             try:
                 claimed: list[Claimed] = await self._in_db(
@@ -185,6 +195,19 @@ class WebhookSender:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    async def _prune(self, now: int) -> None:
+        """Delete a bounded number of rows past retention (``webhooks.retention_days``,
+        ``alerts.retention_days``); again soon when there were more, else in ``PRUNE_EVERY_S``."""
+        webhooks_before = now - round(self.settings.retention_days * DAY_MS)
+        alerts_before = now - round(self.hub.settings.alerts.retention_days * DAY_MS)
+        try:
+            most = await self._in_db(self._db.prune, webhooks_before, alerts_before, PRUNE_LIMIT)
+        except sqlite3.OperationalError as exc:
+            log.warning("webhooks: could not prune old deliveries and alert history: %s", exc)
+            most = 0
+        again_s = self.settings.poll_s if most >= PRUNE_LIMIT else PRUNE_EVERY_S
+        self._prune_at = now + round(again_s * 1000)
 
     async def _release(self, claimed: list[Claimed]) -> None:
         if not claimed:

@@ -151,3 +151,7 @@ class Deliveries:
             " WHERE o.state = 'pending' AND e.enabled = 1"
         ).fetchone()
         return None if due is None else int(due)
+
+    def prune(self, webhooks_before_ms: int, alerts_before_ms: int, limit: int) -> int:
+        """Rows past retention, up to ``limit`` per table (:func:`outbox.prune`)."""
+        return outbox.prune(self.conn, webhooks_before_ms, alerts_before_ms, limit)

@@ -15,7 +15,7 @@ A row left ``sending`` by a killed hub is ``pending`` again at the next start: a
 
 Tables (besides the store's): ``webhook_endpoints``, ``webhook_outbox``, ``webhook_attempts`` (one row
 per attempt: status, latency, response snippet), ``alert_rules`` (rules added over REST or the CLI)
-and ``alert_history`` (every alert transition).
+and ``alert_history`` (every alert transition). :func:`prune` keeps them from growing forever.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_at);
 CREATE INDEX IF NOT EXISTS webhook_outbox_endpoint ON webhook_outbox (endpoint_id, id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_updated ON webhook_outbox (updated);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     id INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL,
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     response TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
+CREATE INDEX IF NOT EXISTS webhook_attempts_ts ON webhook_attempts (ts);
 CREATE TABLE IF NOT EXISTS alert_rules (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -84,6 +86,7 @@ CREATE TABLE IF NOT EXISTS alert_history (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alert_history_by_rule_device ON alert_history (rule, device_id, id);
+CREATE INDEX IF NOT EXISTS alert_history_ts ON alert_history (ts);
 """
 
 EVENT_TYPES = ("alert.firing", "alert.resolved", "device.online", "device.offline")
@@ -142,6 +145,27 @@ def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) ->
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+
+
+_PRUNE = (
+    "DELETE FROM webhook_attempts WHERE id IN (SELECT id FROM webhook_attempts WHERE ts < ? ORDER BY ts LIMIT ?)",
+    "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox"
+    " WHERE updated < ? AND state IN ('delivered', 'dead') ORDER BY updated LIMIT ?)",
+    # the last transition of an alert still firing stays: a restart restores it from there
+    "DELETE FROM alert_history WHERE id IN (SELECT h.id FROM alert_history h WHERE h.ts < ? AND (h.state != 'firing'"
+    " OR EXISTS (SELECT 1 FROM alert_history n WHERE n.rule = h.rule AND n.device_id = h.device_id AND n.id > h.id))"
+    " ORDER BY h.ts LIMIT ?)",
+)
+
+
+def prune(conn: sqlite3.Connection, webhooks_before_ms: int, alerts_before_ms: int, limit: int) -> int:
+    """Delete up to ``limit`` rows of each table that are past retention: attempts made before
+    ``webhooks_before_ms``, delivered or dead deliveries last changed before it, and alert history
+    before ``alerts_before_ms``; returns the most rows deleted from one table (``limit``: call again)."""
+    most = 0
+    for sql, before in zip(_PRUNE, (webhooks_before_ms, webhooks_before_ms, alerts_before_ms), strict=True):
+        most = max(most, conn.execute(sql, (before, limit)).rowcount)  # a transaction of its own
+    return most
 
 
 def connect(path: Path) -> sqlite3.Connection:

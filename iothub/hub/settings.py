@@ -147,6 +147,12 @@ class AlertSettings(_Section):
     queue_size: int = Field(
         default=100_000, ge=100, description="events waiting for rule evaluation; the oldest drop when full"
     )
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36_500,
+        description="alert history older than this is pruned (an alert still firing stays)",
+    )
 
 
 DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0, 36_000.0)
@@ -173,6 +179,12 @@ class WebhookSettings(_Section):
         default=86_400.0, ge=0, description="how long the previous secret still signs after a rotation"
     )
     poll_s: float = Field(default=1.0, gt=0, le=60, description="how often the outbox is checked without a nudge")
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36_500,
+        description="delivered and dead deliveries and attempts older than this are pruned",
+    )
 
 
 class Settings(BaseSettings):
