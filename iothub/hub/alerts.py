@@ -8,7 +8,9 @@ the bus's policy (when evaluation falls behind, the oldest events drop, counted 
 
 A transition is an ``alert`` event on the bus (SSE and every live bridge fan it out), a row of the
 alert history, webhook outbox rows, and an MQTT publish on ``hub/alerts/{rule}/{device}`` (QoS 1).
-Firing alerts are restored from the history at start, so a restart never fires them twice.
+Firing alerts are restored from the history at start, so a restart never fires them twice. When a
+rule is removed or changed, its firing alerts resolve with ``reason`` "rule removed" or "rule
+changed" (also at start, for firing alerts of a rule removed while the hub was stopped).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from iothub.hub.store.base import Batch, PendingEvent, Store
 log = logging.getLogger(__name__)
 RELOAD_S = 1.0  # rules added by another process (the CLI) apply within this
 Key = tuple[str, str]  # (rule, device)
+Emitted = tuple[str, dict[str, Any]]  # a transition to commit: (device, the alert event's data)
 
 
 class AlertEvaluator:
@@ -52,7 +55,8 @@ class AlertEvaluator:
         self.states: dict[Key, AlertState] = {}
         self._timers: dict[Key, int] = {}
         self._sub: Subscription | None = None
-        self._out: list[tuple[AnyRule, str, Transition, AlertState]] = []
+        self._out: list[Emitted] = []
+        self._ended: list[Emitted] = []  # resolved because their rule was removed or changed
 
     def stop(self) -> None:
         """Evaluate what is buffered, then let :meth:`run` return."""
@@ -60,13 +64,19 @@ class AlertEvaluator:
             self._sub.close()
 
     async def reload(self) -> None:
-        """Read the rules again (in a thread) and apply the difference."""
+        """Read the rules again (in a thread) and apply the difference; the alerts of a removed or
+        changed rule that were firing resolve (``reason`` says why; :meth:`run` commits them), and
+        the rule starts afresh."""
         rules = {rule.name: rule for rule, _ in await asyncio.to_thread(self.rulebook.rules)}
         if rules == self.rules:
             return
         for key in [k for k in self.states if self.rules.get(k[0]) != rules.get(k[0])]:
-            del self.states[key]  # a removed or changed rule starts afresh
+            state = self.states.pop(key)
             self._timers.pop(key, None)
+            if state.firing:
+                reason = "rule changed" if key[0] in rules else "rule removed"
+                data = self._data(self.rules[key[0]], key[1], Transition.RESOLVED, state)
+                self._ended.append((key[1], data | {"reason": reason}))
         added = [r for name, r in rules.items() if self.rules.get(name) != r]
         self.rules = rules
         self._by_metric = {}
@@ -88,6 +98,8 @@ class AlertEvaluator:
                 state = self._state(self.rules[rule], device_id)
                 state.firing, state.value = True, data.get("value")
                 self._timers.pop((rule, device_id), None)
+            else:  # its rule was removed while the hub was stopped
+                self._ended.append((device_id, data | {"state": Transition.RESOLVED.value, "reason": "rule removed"}))
         last_reload = asyncio.get_running_loop().time()
         while True:
             now = now_ms()
@@ -104,11 +116,12 @@ class AlertEvaluator:
             if asyncio.get_running_loop().time() - last_reload >= RELOAD_S:
                 last_reload = asyncio.get_running_loop().time()
                 await self.reload()
-            transitions = self._judge([e for e in batch if isinstance(e, HubEvent)], now_ms())
+            transitions, self._ended = self._ended, []
+            transitions += self._judge([e for e in batch if isinstance(e, HubEvent)], now_ms())
             if transitions:
                 await self._emit(transitions)
 
-    def _judge(self, events: list[HubEvent], now: int) -> list[tuple[AnyRule, str, Transition, AlertState]]:
+    def _judge(self, events: list[HubEvent], now: int) -> list[Emitted]:
         self._out = []
         for event in events:
             if event.type is EventType.TELEMETRY:
@@ -144,20 +157,22 @@ class AlertEvaluator:
         else:
             self._timers[key] = due
         if transition is not None:
-            self._out.append((rule, device_id, transition, state))
+            self._out.append((device_id, self._data(rule, device_id, transition, state)))
 
-    async def _emit(self, transitions: list[tuple[AnyRule, str, Transition, AlertState]]) -> None:
+    def _data(self, rule: AnyRule, device_id: str, transition: Transition, state: AlertState) -> dict[str, Any]:
+        """The data of the alert event of a transition."""
+        data: dict[str, Any] = {"rule": rule.name, "state": transition.value, "kind": rule.kind}
+        if isinstance(rule, MetricRule):
+            return data | {"metric": rule.metric, "value": state.value}
+        device = self.fleet.get(device_id)
+        return data | {"value": None, "offline_since": iso(device.since) if device else None}
+
+    async def _emit(self, transitions: list[Emitted]) -> None:
         now = now_ms()
         batch = Batch()
-        for rule, device_id, transition, state in transitions:
-            data: dict[str, Any] = {"rule": rule.name, "state": transition.value, "kind": rule.kind}
-            if isinstance(rule, MetricRule):
-                data |= {"metric": rule.metric, "value": state.value}
-            else:
-                device = self.fleet.get(device_id)
-                data |= {"value": None, "offline_since": iso(device.since) if device else None}
+        for device_id, data in transitions:
             batch.events.append(PendingEvent(EventType.ALERT.value, now, device_id, data))
-            self.metrics.alert_transitions.labels(transition.value).inc()
+            self.metrics.alert_transitions.labels(data["state"]).inc()
         events = await self._write(batch)
         self.bus.publish(events)
         for event in events:
