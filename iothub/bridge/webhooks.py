@@ -277,14 +277,14 @@ class WebhookSender:
         except (httpx.HTTPError, OSError) as exc:
             outcome, text = "error", f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # a fault of ours or of a library must not stop the deliveries
-            self._unexpected(exc)
+            self._unexpected(delivery, exc)
             outcome, text = "error", f"{type(exc).__name__}: {exc}"
         latency_ms = (time.perf_counter() - started) * 1000
         now = now_ms()
         try:
             result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
         except Exception as exc:  # judged again without the answer's headers, as an error
-            self._unexpected(exc)
+            self._unexpected(delivery, exc)
             outcome, text = "error", f"{type(exc).__name__}: {exc}"
             result = self._judge(delivery, None, httpx.Headers(), outcome, text, latency_ms, now)
         self._attempted.labels(outcome).inc()
@@ -300,14 +300,18 @@ class WebhookSender:
         if result.disable is not None:
             log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, result.disable)
 
-    def _unexpected(self, exc: Exception) -> None:
-        """Log an unexpected failure of an attempt: with its traceback the first time of each kind."""
+    def _unexpected(self, delivery: Claimed, exc: Exception) -> None:
+        """Log an unexpected failure of an attempt: with its traceback the first time of each kind.
+        Logs name the endpoint by its id only: its URL may hold a secret."""
         kind = type(exc).__name__
         if kind in self._unexpected_seen:
-            log.debug("webhook attempt failed unexpectedly: %s: %s", kind, exc)
+            log.debug("webhook endpoint %s: attempt failed unexpectedly: %s", delivery.endpoint_id, kind)
             return
         self._unexpected_seen.add(kind)
-        log.error("webhook attempt failed unexpectedly (counted as an error, retried)", exc_info=exc)
+        log.error(
+            "webhook endpoint %s: attempt failed unexpectedly (counted as an error, retried)",
+            delivery.endpoint_id, exc_info=exc,
+        )  # fmt: skip
 
     def _judge(
         self, delivery: Claimed, status: int | None, headers: httpx.Headers, outcome: str, text: str,
@@ -316,7 +320,7 @@ class WebhookSender:
         if outcome == "delivered":
             return Outcome(status, latency_ms, outcome, text, State.DELIVERED, now)
         if status == 410:
-            reason = f"410 Gone from {delivery.url}"
+            reason = "410 Gone: the receiver wants no more deliveries"  # no URL: it may hold a secret
             return Outcome(status, latency_ms, outcome, text, State.PENDING, now, disable=reason)
         made = delivery.attempts + 1
         schedule = self.settings.retry_schedule_s

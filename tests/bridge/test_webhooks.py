@@ -123,14 +123,19 @@ async def test_a_receiver_failing_twice_gets_the_event_once_by_webhook_id(
         assert r.connections == 1  # the endpoint's connection was reused
 
 
-async def test_410_disables_the_endpoint(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
+async def test_410_disables_the_endpoint(
+    hub_http: tuple[Running, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
     hub, http = hub_http
     async with receiver(lambda _: Reply(410)) as gone, receiver() as witness:
-        endpoint = await add_endpoint(http, gone.url)
+        endpoint = await add_endpoint(http, gone.url + "?token=s3cret")  # a URL may carry a secret
         await go_online(hub, unique_id("wh"))
         await gone.wait_for(lambda got: len(got) == 1)
         shown = await poll(http, f"/api/v1/webhooks/{endpoint['id']}", lambda e: not e["enabled"])
         assert shown["disabled_reason"].startswith("410 Gone")
+        logged = [r.getMessage() for r in caplog.records if r.name.startswith("iothub")]
+        assert any(endpoint["id"] in m and "disabled" in m for m in logged)
+        assert not [m for m in logged if "s3cret" in m or str(gone.port) in m]
         await add_endpoint(http, witness.url)
         await go_online(hub, unique_id("wh"))  # a disabled endpoint gets nothing new
         await witness.wait_for(lambda got: len(got) == 1)
