@@ -1,9 +1,9 @@
 """Webhook delivery: takes due rows from the outbox and POSTs them, signed, to their endpoints.
 
 ``async with WebhookSender(hub) as sender``: one task claims due deliveries (at most
-``webhooks.max_in_flight`` at once per endpoint) and starts an attempt task for each; the hub's
-event bus nudges it when a presence change or an alert was committed, and it looks anyway every
-``webhooks.poll_s``. Nothing here runs on ingest's path: the outbox rows are already on disk.
+``webhooks.max_in_flight`` at once per endpoint) and starts an attempt task for each; the store
+nudges it (``Hub.outbox_nudge``) when a write queued deliveries, so telemetry costs it nothing, and
+it looks anyway every ``webhooks.poll_s``. Nothing here runs on ingest's path: the outbox rows are already on disk.
 
 Each attempt: the address guard (:mod:`iothub.bridge.targets`) resolves and checks the host, then
 one POST over the endpoint's own pooled ``httpx.AsyncClient`` (redirects not followed), bounded by
@@ -42,7 +42,6 @@ from iothub import __version__
 from iothub.bridge.targets import TargetRefused, resolve
 from iothub.hub.core import Hub
 from iothub.hub.deliveries import Claimed, Deliveries, Outcome, State
-from iothub.hub.events import EventType, HubEvent, Subscription
 from iothub.hub.ingest import now_ms
 from iothub.hub.signing import signature_headers
 
@@ -55,7 +54,6 @@ DB_BACKOFF_MAX_S = 5.0
 PRUNE_EVERY_S = 3600.0  # how often rows past retention are deleted; sooner while there are many
 PRUNE_LIMIT = 1000  # rows per table and pass: a pass holds the database's write lock briefly
 DAY_MS = 86_400_000
-_NUDGES = frozenset({EventType.STATUS, EventType.ALERT})
 
 
 @dataclass(slots=True)
@@ -89,7 +87,6 @@ class WebhookSender:
         self._stopping = asyncio.Event()
         self._tasks = asyncio.TaskGroup()
         self._attempts: set[asyncio.Task[None]] = set()
-        self._sub: Subscription | None = None
         self._attempted = hub.metrics.webhook_attempts
         self._done: list[tuple[Claimed, Outcome, int]] = []  # attempts made, waiting to be recorded
         self._done_added = asyncio.Event()
@@ -102,10 +99,8 @@ class WebhookSender:
 
     async def __aenter__(self) -> WebhookSender:
         await self._in_db(self._db.open)
-        self._sub = self.hub.bus.subscribe("webhooks", maxsize=1024)
         await self._tasks.__aenter__()
         self._tasks.create_task(self._run(), name="iothub-webhooks")
-        self._tasks.create_task(self._listen(self._sub), name="iothub-webhooks-nudge")
         self._tasks.create_task(self._record(), name="iothub-webhooks-log")
         return self
 
@@ -113,8 +108,6 @@ class WebhookSender:
         self._stopping.set()
         self._wakeup.set()
         self._done_added.set()
-        if self._sub is not None:
-            self._sub.close()
         for task in list(self._attempts):
             task.cancel()
         try:
@@ -150,11 +143,6 @@ class WebhookSender:
                 continue
             self._db_backoff_s = 0.0
             self._wakeup.set()
-
-    async def _listen(self, sub: Subscription) -> None:
-        async for item in sub:
-            if isinstance(item, HubEvent) and item.type in _NUDGES:
-                self._wakeup.set()
 
     async def _run(self) -> None:
         while not self._stopping.is_set():

@@ -112,9 +112,9 @@ def webhook_body(kind: str, event: HubEvent) -> str:
     return json.dumps({"type": kind, "timestamp": iso_ms(event.ts), "data": data}, separators=(",", ":"))
 
 
-def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) -> None:
+def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) -> int:
     """Inside the caller's transaction: alert history rows, and an outbox row for every event and
-    every enabled endpoint subscribed to its type."""
+    every enabled endpoint subscribed to its type; returns how many outbox rows it wrote."""
     history = []
     outgoing = []
     for event in events:
@@ -129,7 +129,7 @@ def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) ->
             "INSERT INTO alert_history (event_id, ts, rule, device_id, state, data) VALUES (?, ?, ?, ?, ?, ?)", history
         )
     if not outgoing:
-        return
+        return 0
     enabled = conn.execute("SELECT id, events FROM webhook_endpoints WHERE enabled = 1")
     endpoints = [(endpoint_id, set(json.loads(types))) for endpoint_id, types in enabled]
     rows: list[tuple[str, str, str, str, int, int, int]] = []
@@ -145,6 +145,7 @@ def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) ->
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+    return len(rows)
 
 
 _PRUNE = (

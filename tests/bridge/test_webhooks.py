@@ -123,6 +123,15 @@ async def test_a_receiver_failing_twice_gets_the_event_once_by_webhook_id(
         assert r.connections == 1  # the endpoint's connection was reused
 
 
+async def test_a_queued_delivery_goes_out_at_once_and_telemetry_costs_the_sender_nothing(tmp_path: Path) -> None:
+    async for hub, http in start(tmp_path, poll_s=60):  # no help from polling
+        assert "webhooks" not in [sub.name for sub in hub.hub.bus._subs]
+        async with receiver() as r:
+            await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            await r.wait_for(lambda got: len(got) == 1)  # the store's write nudged the sender
+
+
 async def test_410_disables_the_endpoint(
     hub_http: tuple[Running, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:

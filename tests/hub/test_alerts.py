@@ -207,3 +207,26 @@ async def test_an_alert_of_a_rule_removed_while_stopped_resolves_at_start(tmp_pa
     assert [(a["state"], a.get("reason"), a["value"]) for a in history] == [
         ("resolved", "rule removed", 31), ("firing", None, 31)
     ]  # fmt: skip
+
+
+def consumers(hub: Running) -> list[str]:
+    return sorted(sub.name for sub in hub.hub.bus._subs)
+
+
+async def test_without_rules_the_evaluator_does_not_read_the_event_bus(tmp_path: Path) -> None:
+    async with serve(hub_settings(tmp_path / "data")) as hub:
+        headers = {"Authorization": f"Bearer {hub.hub.first_token}"}
+        async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", timeout=WAIT_S, headers=headers) as http:
+            assert "alerts" not in consumers(hub)  # telemetry costs it nothing
+            events = EventWaiter(hub.hub.bus.subscribe("test"))
+            device_id = unique_id("alert")
+            assert (
+                await http.post("/api/v1/rules", json={**HOT, "select": {"devices": [device_id]}})
+            ).status_code == 201
+            assert "alerts" in consumers(hub)
+            async with mqtt_client(hub, device_id) as dev:
+                await dev.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": 31}), qos=1)
+                await alert_of(events, "hot", device_id, "firing")
+            assert (await http.delete("/api/v1/rules/hot")).status_code == 204
+            await alert_of(events, "hot", device_id, "resolved")
+            assert "alerts" not in consumers(hub)
