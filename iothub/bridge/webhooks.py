@@ -7,9 +7,10 @@ it looks anyway every ``webhooks.poll_s``. Nothing here runs on ingest's path: t
 
 Each attempt: the address guard (:mod:`iothub.bridge.targets`) resolves and checks the host, then
 one POST over the endpoint's own pooled ``httpx.AsyncClient`` (redirects not followed), bounded by
-``webhooks.timeout_s`` in total. A 2xx delivers; 410 disables the endpoint; anything else (another
-status, a timeout, a refused connection, a refused address) is retried after the next delay of
-``webhooks.retry_schedule_s`` (with jitter), or after ``Retry-After`` on 429 and 503, until the
+``webhooks.timeout_s`` in total; the first attempt is made as soon as the row is queued. A 2xx
+delivers; 410 disables the endpoint; anything else (another status, a timeout, a refused
+connection, a refused address) is retried after the next delay of ``webhooks.retry_schedule_s``
+(the delays before the first, second ... retry; with jitter), or after ``Retry-After`` on 429 and 503, until the
 schedule runs out: then the delivery is dead (``redeliver`` revives it). ``breaker_failures``
 failures in a row pause an endpoint for ``breaker_pause_s``; the others go on as before.
 
@@ -310,12 +311,12 @@ class WebhookSender:
         if status == 410:
             reason = "410 Gone: the receiver wants no more deliveries"  # no URL: it may hold a secret
             return Outcome(status, latency_ms, outcome, text, State.PENDING, now, disable=reason)
-        made = delivery.attempts + 1
+        retries = delivery.attempts  # made before this attempt, which failed: the first is not a retry
         schedule = self.settings.retry_schedule_s
-        if made >= len(schedule):
+        if retries >= len(schedule):
             return Outcome(status, latency_ms, outcome, text, State.DEAD, now)
         jitter = self.settings.jitter
-        delay_s = schedule[made] * random.uniform(1 - jitter, 1 + jitter)
+        delay_s = schedule[retries] * random.uniform(1 - jitter, 1 + jitter)
         if status in (429, 503):
             asked = retry_after_s(headers.get("retry-after"), time.time())
             if asked is not None:

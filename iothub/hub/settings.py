@@ -155,7 +155,7 @@ class AlertSettings(_Section):
     )
 
 
-DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0, 36_000.0)
+DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0, 36_000.0)
 
 
 class WebhookSettings(_Section):
@@ -165,9 +165,9 @@ class WebhookSettings(_Section):
     )
     retry_schedule_s: tuple[Annotated[float, Field(ge=0)], ...] = Field(
         default=DEFAULT_RETRY_SCHEDULE_S,
-        min_length=1,
         max_length=50,
-        description="delay before each attempt (the first is usually 0); after the last one, a dead letter",
+        description="the first attempt is immediate; these are the delays before each retry (after the last"
+        " retry fails, the delivery is dead)",
     )
     jitter: float = Field(default=0.1, ge=0, le=1, description="each retry delay varies by up to this fraction")
     timeout_s: float = Field(default=15.0, gt=0, le=300, description="an attempt with no answer by then fails")

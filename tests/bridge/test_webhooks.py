@@ -26,7 +26,7 @@ from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
 
 FAST: dict[str, Any] = {
     "allow_private_targets": True,
-    "retry_schedule_s": [0, 0.2, 0.2, 0.2, 0.2],
+    "retry_schedule_s": [0.2, 0.2, 0.2, 0.2],
     "jitter": 0,
     "timeout_s": 2,
     "poll_s": 0.2,
@@ -130,6 +130,19 @@ async def test_a_queued_delivery_goes_out_at_once_and_telemetry_costs_the_sender
             await add_endpoint(http, r.url)
             await go_online(hub, unique_id("wh"))
             await r.wait_for(lambda got: len(got) == 1)  # the store's write nudged the sender
+
+
+async def test_the_first_attempt_is_at_once_and_the_schedule_holds_the_delays_before_each_retry(
+    tmp_path: Path,
+) -> None:
+    async for hub, http in start(tmp_path, retry_schedule_s=[0.6, 0.2]):
+        async with receiver(lambda _: Reply(500)) as r:
+            endpoint = await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            delivery = await wait_delivery(http, endpoint["id"], "dead")
+            assert [a["status"] for a in delivery["attempts_log"]] == [500, 500, 500]  # one attempt, two retries
+            gaps = [later.at - earlier.at for earlier, later in zip(r.received, r.received[1:], strict=False)]
+            assert gaps[0] >= 0.55, f"the first retry came {gaps[0]:.2f} s after the attempt, not 0.6 s"
 
 
 async def test_410_disables_the_endpoint(
@@ -279,7 +292,7 @@ async def until(check: Any) -> None:
 
 
 async def test_deliveries_claimed_while_stopping_are_released_not_sent(tmp_path: Path) -> None:
-    settings = hub_settings(tmp_path / "data", webhooks={**FAST, "retry_schedule_s": [0, 600]})
+    settings = hub_settings(tmp_path / "data", webhooks={**FAST, "retry_schedule_s": [600]})
     async with Hub(settings) as hub, receiver(failing(1, Reply(500))) as r:
         sender = WebhookSender(hub)
         await sender.__aenter__()
