@@ -90,8 +90,7 @@ class Deliveries:
         conn = self.conn
         marks = ",".join("?" * len(paused))
         sql = _CLAIM.format(paused=f"AND o.endpoint_id NOT IN ({marks})" if paused else "")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with outbox.transaction(conn):
             ids = [i for (i,) in conn.execute(sql, (now_ms, *sorted(paused), per_endpoint, limit))]
             marks = ",".join("?" * len(ids))
             conn.execute(f"UPDATE webhook_outbox SET state = 'sending' WHERE id IN ({marks})", ids)
@@ -101,10 +100,6 @@ class Deliveries:
                 f" WHERE o.id IN ({marks}) ORDER BY o.next_at, o.id",
                 ids,
             ).fetchall()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         claimed = []
         for i, msg_id, endpoint_id, url, body, attempts, secret, previous, until in rows:
             keys = (secret, previous) if previous and until is not None and until > now_ms else (secret,)
@@ -114,8 +109,7 @@ class Deliveries:
     def finish(self, done: list[tuple[Claimed, Outcome, int]]) -> None:
         """Record attempts (``(delivery, outcome, when)``) and move their deliveries on, in one transaction."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with outbox.transaction(conn):
             for delivery, result, now_ms in done:
                 attempt = delivery.attempts + 1
                 conn.execute(
@@ -132,10 +126,6 @@ class Deliveries:
                         "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ? WHERE id = ?",
                         (result.disable, delivery.endpoint_id),
                     )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def release(self, claimed: Sequence[Claimed]) -> None:
         """Put back deliveries that were claimed but not attempted (the worker is stopping)."""

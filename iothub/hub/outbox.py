@@ -24,7 +24,8 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,19 @@ def prune(conn: sqlite3.Connection, webhooks_before_ms: int, alerts_before_ms: i
     return most
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (the write lock at once, waiting up to ``busy_timeout``), then ``COMMIT``,
+    or ``ROLLBACK`` when the block raises; for connections of :func:`connect` (autocommit)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection of our own to the store's file (autocommit; transactions are explicit), with the
     outbox tables in place: for the delivery worker, and for the CLI on a hub's data dir."""
@@ -200,3 +214,12 @@ class OutboxDb:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def _newest(self, select: str, filters: Mapping[str, object], limit: int) -> list[tuple[Any, ...]]:
+        """The rows of ``select`` (a ``SELECT ... FROM table``) whose columns equal the ``filters``
+        that are not None, newest (highest ``id``) first, at most ``limit``."""
+        given = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} = ?" for column in given)  # column names come from our code only
+        sql = select + (f" WHERE {where}" if where else "") + " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            return self._db().execute(sql, (*given.values(), limit)).fetchall()
