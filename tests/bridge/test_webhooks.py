@@ -321,3 +321,28 @@ async def test_deliveries_claimed_while_stopping_are_released_not_sent(tmp_path:
         assert len(r.received) == 1  # the first attempt only
         [delivery] = hub.webhooks.deliveries(endpoint["id"])
         assert (delivery["state"], delivery["attempts"]) == ("pending", 1)
+
+
+async def test_a_locked_database_pauses_the_sender_without_stopping_the_hub(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async for hub, http in start(tmp_path, retry_schedule_s=[600]):
+        async with receiver(failing(1, Reply(500))) as r:
+            endpoint = await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            first = await wait_delivery(http, endpoint["id"], "pending")
+            await poll(http, f"/api/v1/webhooks/deliveries/{first['id']}", lambda d: d["attempts"] == 1)
+            lock = outbox.connect(hub.hub.settings.data_dir / "iothub.db")
+            try:
+                lock.execute("BEGIN IMMEDIATE")  # longer than the sender's busy timeout (5 s)
+                lock.execute("UPDATE webhook_outbox SET next_at = 0")
+                hub.hub.outbox_nudge.set()
+                async with asyncio.timeout(3 * WAIT_S):  # the claim gives up after the busy timeout
+                    while not any("could not claim deliveries" in m for m in caplog.messages):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                lock.execute("COMMIT")
+            finally:
+                lock.close()
+            await r.wait_for(lambda got: len(got) == 2)  # the sender tried again, and the retry went out
+            delivery = await wait_delivery(http, endpoint["id"], "delivered")
+            assert [a["status"] for a in delivery["attempts_log"]] == [500, 200]
