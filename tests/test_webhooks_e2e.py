@@ -29,7 +29,7 @@ async def hub_process(data_dir: Path) -> AsyncIterator[tuple[asyncio.subprocess.
         **os.environ,
         "IOTHUB_DATA_DIR": str(data_dir),
         "IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",
-        "IOTHUB_WEBHOOKS__RETRY_SCHEDULE_S": "[0, 1, 1, 1, 1]",
+        "IOTHUB_WEBHOOKS__RETRY_SCHEDULE_S": "[1, 1, 1, 1]",
         "IOTHUB_WEBHOOKS__JITTER": "0",
         "IOTHUB_WEBHOOKS__POLL_S": "0.2",
     }

@@ -22,7 +22,8 @@ class TargetRefused(Exception):
 
 
 def refused_because(address: Address) -> str | None:
-    """Why ``address`` may not be a webhook target, or None when it may."""
+    """Why ``address`` may not be a webhook target, or None when it may: every address that is not
+    globally reachable is refused (an IPv4-mapped IPv6 address as its IPv4 address), and multicast."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     for reason, hit in (
@@ -32,6 +33,7 @@ def refused_because(address: Address) -> str | None:
         ("unspecified", address.is_unspecified),
         ("multicast", address.is_multicast),
         ("reserved", address.is_reserved),
+        ("non-global", not address.is_global),  # shared (100.64.0.0/10), documentation, benchmarking ...
     ):
         if hit:
             return reason

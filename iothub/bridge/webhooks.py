@@ -1,27 +1,37 @@
 """Webhook delivery: takes due rows from the outbox and POSTs them, signed, to their endpoints.
 
 ``async with WebhookSender(hub) as sender``: one task claims due deliveries (at most
-``webhooks.max_in_flight`` at once per endpoint) and starts an attempt task for each; the hub's
-event bus nudges it when a presence change or an alert was committed, and it looks anyway every
-``webhooks.poll_s``. Nothing here runs on ingest's path: the outbox rows are already on disk.
+``webhooks.max_in_flight`` at once per endpoint) and starts an attempt task for each; the store
+nudges it (``Hub.outbox_nudge``) when a write queued deliveries, so telemetry costs it nothing, and
+it looks anyway every ``webhooks.poll_s``. Nothing here runs on ingest's path: the outbox rows are already on disk.
 
 Each attempt: the address guard (:mod:`iothub.bridge.targets`) resolves and checks the host, then
 one POST over the endpoint's own pooled ``httpx.AsyncClient`` (redirects not followed), bounded by
-``webhooks.timeout_s`` in total. A 2xx delivers; 410 disables the endpoint; anything else (another
-status, a timeout, a refused connection, a refused address) is retried after the next delay of
-``webhooks.retry_schedule_s`` (with jitter), or after ``Retry-After`` on 429 and 503, until the
+``webhooks.timeout_s`` in total; the first attempt is made as soon as the row is queued. A 2xx
+delivers; 410 disables the endpoint; anything else (another status, a timeout, a refused
+connection, a refused address) is retried after the next delay of ``webhooks.retry_schedule_s``
+(the delays before the first, second ... retry; with jitter), or after ``Retry-After`` on 429 and 503, until the
 schedule runs out: then the delivery is dead (``redeliver`` revives it). ``breaker_failures``
 failures in a row pause an endpoint for ``breaker_pause_s``; the others go on as before.
 
-Leaving cancels attempts in flight; their rows are pending again and are sent after a restart.
+The same task deletes what is past retention (``webhooks.retention_days``, ``alerts.retention_days``)
+at start and hourly, at most ``PRUNE_LIMIT`` rows per table and pass (passes follow each other
+sooner while there is more).
+
+Leaving cancels attempts in flight (their rows are pending again and are sent after a restart),
+releases what a claim still in progress returns without attempting it, and records the outcomes
+of attempts that ended meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
+import re
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +43,6 @@ from iothub import __version__
 from iothub.bridge.targets import TargetRefused, resolve
 from iothub.hub.core import Hub
 from iothub.hub.deliveries import Claimed, Deliveries, Outcome, State
-from iothub.hub.events import EventType, HubEvent, Subscription
 from iothub.hub.ingest import now_ms
 from iothub.hub.signing import signature_headers
 
@@ -41,7 +50,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLAIM_LIMIT = 512
 SNIPPET_BYTES = 512
-_NUDGES = frozenset({EventType.STATUS, EventType.ALERT})
+DB_BACKOFF_FIRST_S = 0.1
+DB_BACKOFF_MAX_S = 5.0
+PRUNE_EVERY_S = 3600.0  # how often rows past retention are deleted; sooner while there are many
+PRUNE_LIMIT = 1000  # rows per table and pass: a pass holds the database's write lock briefly
+DAY_MS = 86_400_000
 
 
 @dataclass(slots=True)
@@ -72,32 +85,30 @@ class WebhookSender:
         self._clients: dict[str, tuple[str, httpx.AsyncClient]] = {}
         self._breakers: dict[str, Breaker] = {}
         self._wakeup = hub.outbox_nudge
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._tasks = asyncio.TaskGroup()
         self._attempts: set[asyncio.Task[None]] = set()
-        self._sub: Subscription | None = None
         self._attempted = hub.metrics.webhook_attempts
         self._done: list[tuple[Claimed, Outcome, int]] = []  # attempts made, waiting to be recorded
         self._done_added = asyncio.Event()
+        self._unexpected_seen: set[str] = set()
+        self._prune_at = 0  # epoch ms of the next pruning pass; the first at start
+        self._db_backoff_s = 0.0
 
     async def _in_db(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def __aenter__(self) -> WebhookSender:
         await self._in_db(self._db.open)
-        self._sub = self.hub.bus.subscribe("webhooks", maxsize=1024)
         await self._tasks.__aenter__()
         self._tasks.create_task(self._run(), name="iothub-webhooks")
-        self._tasks.create_task(self._listen(self._sub), name="iothub-webhooks-nudge")
         self._tasks.create_task(self._record(), name="iothub-webhooks-log")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._stopping = True
+        self._stopping.set()
         self._wakeup.set()
         self._done_added.set()
-        if self._sub is not None:
-            self._sub.close()
         for task in list(self._attempts):
             task.cancel()
         try:
@@ -105,40 +116,64 @@ class WebhookSender:
         finally:
             for _, client in self._clients.values():
                 await client.aclose()
+            if self._done:  # attempts that ended after the last write of their outcomes
+                done, self._done = self._done, []
+                try:
+                    await self._in_db(self._db.finish, done)
+                except sqlite3.OperationalError as exc:
+                    log.error("could not record %d webhook attempts at shutdown (sent again later): %s", len(done), exc)
             await self._in_db(self._db.close)  # attempts cancelled in flight: their rows are pending again
             self._pool.shutdown(wait=True)
 
     async def _record(self) -> None:
         """Write the outcomes of finished attempts, as many as there are, in one transaction each time."""
-        while not (self._stopping and not self._done):
+        while not (self._stopping.is_set() and not self._done):
             if not self._done:
                 self._done_added.clear()
                 await self._done_added.wait()
                 continue
             done, self._done = self._done, []
-            await self._in_db(self._db.finish, done)
+            try:
+                await self._in_db(self._db.finish, done)
+            except sqlite3.OperationalError as exc:
+                if self._stopping.is_set():
+                    log.error("could not record %d webhook attempts at shutdown (sent again later): %s", len(done), exc)
+                    return
+                self._done[:0] = done
+                await self._db_failed("record attempts", exc)
+                continue
+            self._db_backoff_s = 0.0
             self._wakeup.set()
 
-    async def _listen(self, sub: Subscription) -> None:
-        async for item in sub:
-            if isinstance(item, HubEvent) and item.type in _NUDGES:
-                self._wakeup.set()
-
     async def _run(self) -> None:
-        while not self._stopping:
+        while not self._stopping.is_set():
             self._wakeup.clear()
             now = now_ms()
+            if now >= self._prune_at:
+                await self._prune(now)
             paused = frozenset(e for e, b in self._breakers.items() if b.paused_until > now)
-            claimed: list[Claimed] = await self._in_db(
-                self._db.claim, now, self.settings.max_in_flight, CLAIM_LIMIT, paused
-            )
+            try:
+                claimed: list[Claimed] = await self._in_db(
+                    self._db.claim, now, self.settings.max_in_flight, CLAIM_LIMIT, paused
+                )
+            except sqlite3.OperationalError as exc:
+                await self._db_failed("claim deliveries", exc)
+                continue
+            if self._stopping.is_set():  # claimed while the sender was told to stop: not attempted
+                await self._release(claimed)
+                return
             for delivery in claimed:
                 task = self._tasks.create_task(self._attempt(delivery), name=f"iothub-webhook-{delivery.id}")
                 self._attempts.add(task)
                 task.add_done_callback(self._attempts.discard)
             if len(claimed) == CLAIM_LIMIT:
                 continue
-            due: int | None = await self._in_db(self._db.next_due)
+            try:
+                due: int | None = await self._in_db(self._db.next_due)
+            except sqlite3.OperationalError as exc:
+                await self._db_failed("look for due deliveries", exc)
+                continue
+            self._db_backoff_s = 0.0
             wait_s = self.settings.poll_s
             if due is not None and due > now:
                 wait_s = min(wait_s, (due - now) / 1000)
@@ -149,6 +184,36 @@ class WebhookSender:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    async def _prune(self, now: int) -> None:
+        """Delete a bounded number of rows past retention (``webhooks.retention_days``,
+        ``alerts.retention_days``); again soon when there were more, else in ``PRUNE_EVERY_S``."""
+        webhooks_before = now - round(self.settings.retention_days * DAY_MS)
+        alerts_before = now - round(self.hub.settings.alerts.retention_days * DAY_MS)
+        try:
+            most = await self._in_db(self._db.prune, webhooks_before, alerts_before, PRUNE_LIMIT)
+        except sqlite3.OperationalError as exc:
+            log.warning("webhooks: could not prune old deliveries and alert history: %s", exc)
+            most = 0
+        again_s = self.settings.poll_s if most >= PRUNE_LIMIT else PRUNE_EVERY_S
+        self._prune_at = now + round(again_s * 1000)
+
+    async def _release(self, claimed: list[Claimed]) -> None:
+        if not claimed:
+            return
+        try:
+            await self._in_db(self._db.release, claimed)
+        except sqlite3.OperationalError as exc:  # closing puts every row still sending back anyway
+            log.warning("webhooks: could not release %d claimed deliveries: %s", len(claimed), exc)
+
+    async def _db_failed(self, what: str, exc: sqlite3.OperationalError) -> None:
+        """A database call failed (the file locked too long, the disk full): wait longer each time in a
+        row, up to ``DB_BACKOFF_MAX_S``, then let the caller try again; stopping ends the wait."""
+        self._db_backoff_s = min(max(self._db_backoff_s * 2, DB_BACKOFF_FIRST_S), DB_BACKOFF_MAX_S)
+        log.warning("webhooks: could not %s, trying again in %.1f s: %s", what, self._db_backoff_s, exc)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._db_backoff_s):
+                await self._stopping.wait()
 
     def _client(self, delivery: Claimed) -> httpx.AsyncClient:
         """The endpoint's own client (its connections are reused by its deliveries only)."""
@@ -200,9 +265,17 @@ class WebhookSender:
             outcome, text = "timeout", f"no answer within {self.settings.timeout_s:g} s"
         except (httpx.HTTPError, OSError) as exc:
             outcome, text = "error", f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a fault of ours or of a library must not stop the deliveries
+            self._unexpected(delivery, exc)
+            outcome, text = "error", f"{type(exc).__name__}: {exc}"
         latency_ms = (time.perf_counter() - started) * 1000
         now = now_ms()
-        result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
+        try:
+            result = self._judge(delivery, status, headers, outcome, text, latency_ms, now)
+        except Exception as exc:  # judged again without the answer's headers, as an error
+            self._unexpected(delivery, exc)
+            outcome, text = "error", f"{type(exc).__name__}: {exc}"
+            result = self._judge(delivery, None, httpx.Headers(), outcome, text, latency_ms, now)
         self._attempted.labels(outcome).inc()
         self._done.append((delivery, result, now))
         self._done_added.set()
@@ -216,6 +289,19 @@ class WebhookSender:
         if result.disable is not None:
             log.warning("webhook endpoint %s disabled: %s", delivery.endpoint_id, result.disable)
 
+    def _unexpected(self, delivery: Claimed, exc: Exception) -> None:
+        """Log an unexpected failure of an attempt: with its traceback the first time of each kind.
+        Logs name the endpoint by its id only: its URL may hold a secret."""
+        kind = type(exc).__name__
+        if kind in self._unexpected_seen:
+            log.debug("webhook endpoint %s: attempt failed unexpectedly: %s", delivery.endpoint_id, kind)
+            return
+        self._unexpected_seen.add(kind)
+        log.error(
+            "webhook endpoint %s: attempt failed unexpectedly (counted as an error, retried)",
+            delivery.endpoint_id, exc_info=exc,
+        )  # fmt: skip
+
     def _judge(
         self, delivery: Claimed, status: int | None, headers: httpx.Headers, outcome: str, text: str,
         latency_ms: float, now: int,
@@ -223,14 +309,14 @@ class WebhookSender:
         if outcome == "delivered":
             return Outcome(status, latency_ms, outcome, text, State.DELIVERED, now)
         if status == 410:
-            reason = f"410 Gone from {delivery.url}"
+            reason = "410 Gone: the receiver wants no more deliveries"  # no URL: it may hold a secret
             return Outcome(status, latency_ms, outcome, text, State.PENDING, now, disable=reason)
-        made = delivery.attempts + 1
+        retries = delivery.attempts  # made before this attempt, which failed: the first is not a retry
         schedule = self.settings.retry_schedule_s
-        if made >= len(schedule):
+        if retries >= len(schedule):
             return Outcome(status, latency_ms, outcome, text, State.DEAD, now)
         jitter = self.settings.jitter
-        delay_s = schedule[made] * random.uniform(1 - jitter, 1 + jitter)
+        delay_s = schedule[retries] * random.uniform(1 - jitter, 1 + jitter)
         if status in (429, 503):
             asked = retry_after_s(headers.get("retry-after"), time.time())
             if asked is not None:
@@ -243,10 +329,10 @@ def retry_after_s(value: str | None, now_s: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]+", value, re.ASCII):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - now_s)
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - now_s)

@@ -1,26 +1,30 @@
 """The alert evaluator: judges committed telemetry and presence changes against the rules, off
 ingest's path, and commits each transition (event, history row and webhook outbox rows together).
 
-It reads the hub's event bus like any bridge: a subscription of ``alerts.queue_size`` events with
-the bus's policy (when evaluation falls behind, the oldest events drop, counted in
+It reads the hub's event bus like any bridge, while there is at least one rule (without rules it
+is not subscribed and ingest's events cost it nothing): a subscription of ``alerts.queue_size``
+events with the bus's policy (when evaluation falls behind, the oldest events drop, counted in
 ``iothub_fanout_dropped{consumer="alerts"}``), so ingest never waits for it. Timers (``for_s``,
-``offline_for_s``) are checked whenever an event arrives and when the earliest one is due.
+``offline_for_s``) are kept in a heap, checked whenever events arrive and when the earliest is due.
 
 A transition is an ``alert`` event on the bus (SSE and every live bridge fan it out), a row of the
 alert history, webhook outbox rows, and an MQTT publish on ``hub/alerts/{rule}/{device}`` (QoS 1).
-Firing alerts are restored from the history at start, so a restart never fires them twice.
+Firing alerts are restored from the history at start, so a restart never fires them twice. When a
+rule is removed or changed, its firing alerts resolve with ``reason`` "rule removed" or "rule
+changed" (also at start, for firing alerts of a rule removed while the hub was stopped).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from iothub.hub.errors import StoreError
-from iothub.hub.events import EventBus, EventType, HubEvent, Subscription
+from iothub.hub.events import EventBus, EventType, Gap, HubEvent, Subscription
 from iothub.hub.fleet import Fleet, iso
 from iothub.hub.ingest import now_ms
 from iothub.hub.metrics import HubMetrics
@@ -31,6 +35,7 @@ from iothub.hub.store.base import Batch, PendingEvent, Store
 log = logging.getLogger(__name__)
 RELOAD_S = 1.0  # rules added by another process (the CLI) apply within this
 Key = tuple[str, str]  # (rule, device)
+Emitted = tuple[str, dict[str, Any]]  # a transition to commit: (device, the alert event's data)
 
 
 class AlertEvaluator:
@@ -50,23 +55,35 @@ class AlertEvaluator:
         self._by_metric: dict[str, list[MetricRule]] = {}
         self._offline: list[OfflineRule] = []
         self.states: dict[Key, AlertState] = {}
-        self._timers: dict[Key, int] = {}
-        self._sub: Subscription | None = None
-        self._out: list[tuple[AnyRule, str, Transition, AlertState]] = []
+        self._timers: dict[Key, int] = {}  # when each pending condition may fire (epoch ms)
+        self._due: list[tuple[int, Key]] = []  # a heap of the timers; entries no longer in _timers are skipped
+        self._sub: Subscription | None = None  # only while there are rules: without, events cost nothing
+        self._stopping = False
+        self._wake = asyncio.Event()  # stopping, or the rules changed
+        self._out: list[Emitted] = []
+        self._ended: list[Emitted] = []  # resolved because their rule was removed or changed
 
     def stop(self) -> None:
         """Evaluate what is buffered, then let :meth:`run` return."""
+        self._stopping = True
+        self._wake.set()
         if self._sub is not None:
             self._sub.close()
 
     async def reload(self) -> None:
-        """Read the rules again (in a thread) and apply the difference."""
+        """Read the rules again (in a thread) and apply the difference; the alerts of a removed or
+        changed rule that were firing resolve (``reason`` says why; :meth:`run` commits them), and
+        the rule starts afresh."""
         rules = {rule.name: rule for rule, _ in await asyncio.to_thread(self.rulebook.rules)}
         if rules == self.rules:
             return
         for key in [k for k in self.states if self.rules.get(k[0]) != rules.get(k[0])]:
-            del self.states[key]  # a removed or changed rule starts afresh
+            state = self.states.pop(key)
             self._timers.pop(key, None)
+            if state.firing:
+                reason = "rule changed" if key[0] in rules else "rule removed"
+                data = self._data(self.rules[key[0]], key[1], Transition.RESOLVED, state)
+                self._ended.append((key[1], data | {"reason": reason}))
         added = [r for name, r in rules.items() if self.rules.get(name) != r]
         self.rules = rules
         self._by_metric = {}
@@ -74,41 +91,60 @@ class AlertEvaluator:
             if isinstance(rule, MetricRule):
                 self._by_metric.setdefault(rule.metric, []).append(rule)
         self._offline = [r for r in rules.values() if isinstance(r, OfflineRule)]
+        self._follow()
+        self._wake.set()
         for rule in added:
             if isinstance(rule, OfflineRule):
                 for device in self.fleet.devices.values():
                     if not device.online and device.since is not None and self._selects(rule, device.id):
                         self._step(rule, device.id, on_presence(self._state(rule, device.id), False, device.since))
 
+    def _follow(self) -> None:
+        """Read the event bus while there is a rule, and only then."""
+        if self.rules and self._sub is None and not self._stopping:
+            self._sub = self.bus.subscribe("alerts", self.queue_size)
+        elif not self.rules and self._sub is not None and not self._stopping:
+            self._sub.close()
+            self._sub = None
+
     async def run(self) -> None:
-        self._sub = sub = self.bus.subscribe("alerts", self.queue_size)
         await self.reload()
         for rule, device_id, data in await asyncio.to_thread(self.rulebook.firing):
             if rule in self.rules:
                 state = self._state(self.rules[rule], device_id)
                 state.firing, state.value = True, data.get("value")
                 self._timers.pop((rule, device_id), None)
+            else:  # its rule was removed while the hub was stopped
+                self._ended.append((device_id, data | {"state": Transition.RESOLVED.value, "reason": "rule removed"}))
         last_reload = asyncio.get_running_loop().time()
         while True:
             now = now_ms()
             wait_s = RELOAD_S
-            if self._timers:
-                wait_s = min(wait_s, max(0.0, (min(self._timers.values()) - now) / 1000))
+            due = self._next_due()
+            if due is not None:
+                wait_s = min(wait_s, max(0.0, (due - now) / 1000))
+            sub = self._sub
+            self._wake.clear()
+            batch: list[HubEvent | Gap] = []
             try:
                 async with asyncio.timeout(wait_s):
-                    batch = await sub.next_batch()
-                if not batch:
-                    return
+                    if sub is None:
+                        await self._wake.wait()
+                    else:
+                        batch = await sub.next_batch()
             except TimeoutError:
-                batch = []
+                pass
+            if not batch and (self._stopping or (sub is not None and sub.closed and sub is self._sub)):
+                return  # stopped (what was buffered is evaluated), or the bus closed
             if asyncio.get_running_loop().time() - last_reload >= RELOAD_S:
                 last_reload = asyncio.get_running_loop().time()
                 await self.reload()
-            transitions = self._judge([e for e in batch if isinstance(e, HubEvent)], now_ms())
+            transitions, self._ended = self._ended, []
+            transitions += self._judge([e for e in batch if isinstance(e, HubEvent)], now_ms())
             if transitions:
                 await self._emit(transitions)
 
-    def _judge(self, events: list[HubEvent], now: int) -> list[tuple[AnyRule, str, Transition, AlertState]]:
+    def _judge(self, events: list[HubEvent], now: int) -> list[Emitted]:
         self._out = []
         for event in events:
             if event.type is EventType.TELEMETRY:
@@ -123,11 +159,19 @@ class AlertEvaluator:
                     if self._selects(offline_rule, event.device_id):
                         state = self._state(offline_rule, event.device_id)
                         self._step(offline_rule, event.device_id, on_presence(state, online, event.ts))
-        for key, due in list(self._timers.items()):
-            if due <= now:
+        while self._due and self._due[0][0] <= now:
+            due, key = heapq.heappop(self._due)
+            if self._timers.get(key) == due:
+                del self._timers[key]
                 timed = self.rules[key[0]]
                 self._step(timed, key[1], on_tick(timed, self.states[key], now))
         return self._out
+
+    def _next_due(self) -> int | None:
+        """The earliest timer (epoch ms), or None."""
+        while self._due and self._timers.get(self._due[0][1]) != self._due[0][0]:
+            heapq.heappop(self._due)  # a timer since cancelled or moved
+        return self._due[0][0] if self._due else None
 
     def _selects(self, rule: AnyRule, device_id: str) -> bool:
         return rule.select.matches(device_id, self.labels(device_id))
@@ -141,23 +185,29 @@ class AlertEvaluator:
         due = due_at(rule, state)
         if due is None:
             self._timers.pop(key, None)
-        else:
+        elif self._timers.get(key) != due:
             self._timers[key] = due
+            heapq.heappush(self._due, (due, key))
+            if len(self._due) > 2 * len(self._timers) + 64:  # mostly stale: rebuild
+                self._due = [(d, k) for k, d in self._timers.items()]
+                heapq.heapify(self._due)
         if transition is not None:
-            self._out.append((rule, device_id, transition, state))
+            self._out.append((device_id, self._data(rule, device_id, transition, state)))
 
-    async def _emit(self, transitions: list[tuple[AnyRule, str, Transition, AlertState]]) -> None:
+    def _data(self, rule: AnyRule, device_id: str, transition: Transition, state: AlertState) -> dict[str, Any]:
+        """The data of the alert event of a transition."""
+        data: dict[str, Any] = {"rule": rule.name, "state": transition.value, "kind": rule.kind}
+        if isinstance(rule, MetricRule):
+            return data | {"metric": rule.metric, "value": state.value}
+        device = self.fleet.get(device_id)
+        return data | {"value": None, "offline_since": iso(device.since) if device else None}
+
+    async def _emit(self, transitions: list[Emitted]) -> None:
         now = now_ms()
         batch = Batch()
-        for rule, device_id, transition, state in transitions:
-            data: dict[str, Any] = {"rule": rule.name, "state": transition.value, "kind": rule.kind}
-            if isinstance(rule, MetricRule):
-                data |= {"metric": rule.metric, "value": state.value}
-            else:
-                device = self.fleet.get(device_id)
-                data |= {"value": None, "offline_since": iso(device.since) if device else None}
+        for device_id, data in transitions:
             batch.events.append(PendingEvent(EventType.ALERT.value, now, device_id, data))
-            self.metrics.alert_transitions.labels(transition.value).inc()
+            self.metrics.alert_transitions.labels(data["state"]).inc()
         events = await self._write(batch)
         self.bus.publish(events)
         for event in events:
@@ -174,7 +224,7 @@ class AlertEvaluator:
             try:
                 return await self.store.write(batch)
             except StoreError as exc:
-                if self._sub is not None and self._sub.closed and delay > 1:
+                if self._stopping and delay > 1:
                     log.error("giving up on %d alert transitions at shutdown: %s", len(batch.events), exc)
                     return []
                 log.error("store write of alert transitions failed, retrying in %.1f s: %s", delay, exc)

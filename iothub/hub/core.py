@@ -50,7 +50,10 @@ class Hub:
         self.metrics = HubMetrics()
         self.fleet = Fleet(settings.ingest.seq_window)
         self.bus = EventBus(self.metrics, settings.fanout.queue_size)
-        self.store: Store = SqliteStore(settings.data_dir / "iothub.db", settings.store.event_retention)
+        self.outbox_nudge = asyncio.Event()  # set when deliveries became due (queued, redelivered, enabled)
+        self.store: Store = SqliteStore(
+            settings.data_dir / "iothub.db", settings.store.event_retention, on_outbox=self.outbox_nudge.set
+        )
         self.registry = Registry(settings.data_dir / "registry.db")
         self.labels = LabelDirectory(self.registry)  # every device's labels in memory, for routing events
         self.commands = Commands(self.registry, self.fleet, self)
@@ -60,7 +63,6 @@ class Hub:
             replies=self.commands, reports=self.twins, on_committed=self._committed,
         )  # fmt: skip
         self.webhooks = WebhookAdmin(settings.data_dir / "iothub.db")
-        self.outbox_nudge = asyncio.Event()  # set when deliveries became due (redeliver, enable)
         self.rulebook = Rulebook(settings.data_dir / "iothub.db", settings.rules)
         self.alerts = AlertEvaluator(
             self.rulebook, self.store, self.bus, self.fleet, self.labels.get, self.publish, self.metrics,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,7 @@ class Deliveries:
         conn = self.conn
         marks = ",".join("?" * len(paused))
         sql = _CLAIM.format(paused=f"AND o.endpoint_id NOT IN ({marks})" if paused else "")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with outbox.transaction(conn):
             ids = [i for (i,) in conn.execute(sql, (now_ms, *sorted(paused), per_endpoint, limit))]
             marks = ",".join("?" * len(ids))
             conn.execute(f"UPDATE webhook_outbox SET state = 'sending' WHERE id IN ({marks})", ids)
@@ -100,10 +100,6 @@ class Deliveries:
                 f" WHERE o.id IN ({marks}) ORDER BY o.next_at, o.id",
                 ids,
             ).fetchall()
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         claimed = []
         for i, msg_id, endpoint_id, url, body, attempts, secret, previous, until in rows:
             keys = (secret, previous) if previous and until is not None and until > now_ms else (secret,)
@@ -113,8 +109,7 @@ class Deliveries:
     def finish(self, done: list[tuple[Claimed, Outcome, int]]) -> None:
         """Record attempts (``(delivery, outcome, when)``) and move their deliveries on, in one transaction."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with outbox.transaction(conn):
             for delivery, result, now_ms in done:
                 attempt = delivery.attempts + 1
                 conn.execute(
@@ -131,15 +126,12 @@ class Deliveries:
                         "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ? WHERE id = ?",
                         (result.disable, delivery.endpoint_id),
                     )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
-    def release(self, delivery: Claimed) -> None:
-        """Put back a delivery that was claimed but not attempted (the worker is stopping)."""
-        self.conn.execute(
-            "UPDATE webhook_outbox SET state = 'pending' WHERE id = ? AND state = 'sending'", (delivery.id,)
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        """Put back deliveries that were claimed but not attempted (the worker is stopping)."""
+        self.conn.executemany(
+            "UPDATE webhook_outbox SET state = 'pending' WHERE id = ? AND state = 'sending'",
+            [(delivery.id,) for delivery in claimed],
         )
 
     def next_due(self) -> int | None:
@@ -149,3 +141,7 @@ class Deliveries:
             " WHERE o.state = 'pending' AND e.enabled = 1"
         ).fetchone()
         return None if due is None else int(due)
+
+    def prune(self, webhooks_before_ms: int, alerts_before_ms: int, limit: int) -> int:
+        """Rows past retention, up to ``limit`` per table (:func:`outbox.prune`)."""
+        return outbox.prune(self.conn, webhooks_before_ms, alerts_before_ms, limit)

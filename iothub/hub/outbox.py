@@ -15,7 +15,7 @@ A row left ``sending`` by a killed hub is ``pending`` again at the next start: a
 
 Tables (besides the store's): ``webhook_endpoints``, ``webhook_outbox``, ``webhook_attempts`` (one row
 per attempt: status, latency, response snippet), ``alert_rules`` (rules added over REST or the CLI)
-and ``alert_history`` (every alert transition).
+and ``alert_history`` (every alert transition). :func:`prune` keeps them from growing forever.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import json
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (state, next_at);
 CREATE INDEX IF NOT EXISTS webhook_outbox_endpoint ON webhook_outbox (endpoint_id, id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_updated ON webhook_outbox (updated);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     id INTEGER PRIMARY KEY,
     delivery_id INTEGER NOT NULL,
@@ -69,6 +71,7 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     response TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
+CREATE INDEX IF NOT EXISTS webhook_attempts_ts ON webhook_attempts (ts);
 CREATE TABLE IF NOT EXISTS alert_rules (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
@@ -84,6 +87,7 @@ CREATE TABLE IF NOT EXISTS alert_history (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alert_history_by_rule_device ON alert_history (rule, device_id, id);
+CREATE INDEX IF NOT EXISTS alert_history_ts ON alert_history (ts);
 """
 
 EVENT_TYPES = ("alert.firing", "alert.resolved", "device.online", "device.offline")
@@ -109,9 +113,9 @@ def webhook_body(kind: str, event: HubEvent) -> str:
     return json.dumps({"type": kind, "timestamp": iso_ms(event.ts), "data": data}, separators=(",", ":"))
 
 
-def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) -> None:
+def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) -> int:
     """Inside the caller's transaction: alert history rows, and an outbox row for every event and
-    every enabled endpoint subscribed to its type."""
+    every enabled endpoint subscribed to its type; returns how many outbox rows it wrote."""
     history = []
     outgoing = []
     for event in events:
@@ -126,7 +130,7 @@ def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) ->
             "INSERT INTO alert_history (event_id, ts, rule, device_id, state, data) VALUES (?, ?, ?, ?, ?, ?)", history
         )
     if not outgoing:
-        return
+        return 0
     enabled = conn.execute("SELECT id, events FROM webhook_endpoints WHERE enabled = 1")
     endpoints = [(endpoint_id, set(json.loads(types))) for endpoint_id, types in enabled]
     rows: list[tuple[str, str, str, str, int, int, int]] = []
@@ -142,6 +146,41 @@ def record(conn: sqlite3.Connection, events: Iterable[HubEvent], now_ms: int) ->
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         rows,
     )
+    return len(rows)
+
+
+_PRUNE = (
+    "DELETE FROM webhook_attempts WHERE id IN (SELECT id FROM webhook_attempts WHERE ts < ? ORDER BY ts LIMIT ?)",
+    "DELETE FROM webhook_outbox WHERE id IN (SELECT id FROM webhook_outbox"
+    " WHERE updated < ? AND state IN ('delivered', 'dead') ORDER BY updated LIMIT ?)",
+    # the last transition of an alert still firing stays: a restart restores it from there
+    "DELETE FROM alert_history WHERE id IN (SELECT h.id FROM alert_history h WHERE h.ts < ? AND (h.state != 'firing'"
+    " OR EXISTS (SELECT 1 FROM alert_history n WHERE n.rule = h.rule AND n.device_id = h.device_id AND n.id > h.id))"
+    " ORDER BY h.ts LIMIT ?)",
+)
+
+
+def prune(conn: sqlite3.Connection, webhooks_before_ms: int, alerts_before_ms: int, limit: int) -> int:
+    """Delete up to ``limit`` rows of each table that are past retention: attempts made before
+    ``webhooks_before_ms``, delivered or dead deliveries last changed before it, and alert history
+    before ``alerts_before_ms``; returns the most rows deleted from one table (``limit``: call again)."""
+    most = 0
+    for sql, before in zip(_PRUNE, (webhooks_before_ms, webhooks_before_ms, alerts_before_ms), strict=True):
+        most = max(most, conn.execute(sql, (before, limit)).rowcount)  # a transaction of its own
+    return most
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (the write lock at once, waiting up to ``busy_timeout``), then ``COMMIT``,
+    or ``ROLLBACK`` when the block raises; for connections of :func:`connect` (autocommit)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -175,3 +214,12 @@ class OutboxDb:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    def _newest(self, select: str, filters: Mapping[str, object], limit: int) -> list[tuple[Any, ...]]:
+        """The rows of ``select`` (a ``SELECT ... FROM table``) whose columns equal the ``filters``
+        that are not None, newest (highest ``id``) first, at most ``limit``."""
+        given = {column: value for column, value in filters.items() if value is not None}
+        where = " AND ".join(f"{column} = ?" for column in given)  # column names come from our code only
+        sql = select + (f" WHERE {where}" if where else "") + " ORDER BY id DESC LIMIT ?"
+        with self._lock:
+            return self._db().execute(sql, (*given.values(), limit)).fetchall()

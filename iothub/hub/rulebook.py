@@ -68,17 +68,11 @@ class Rulebook(outbox.OutboxDb):
 
     def history(self, rule: str | None = None, device_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Alert transitions, newest first."""
-        where, args = [], []
-        if rule is not None:
-            where.append("rule = ?")
-            args.append(rule)
-        if device_id is not None:
-            where.append("device_id = ?")
-            args.append(device_id)
-        sql = "SELECT event_id, ts, rule, device_id, state, data FROM alert_history"
-        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-        with self._lock:
-            rows = self._db().execute(sql, (*args, limit)).fetchall()
+        rows = self._newest(
+            "SELECT event_id, ts, rule, device_id, state, data FROM alert_history",
+            {"rule": rule, "device_id": device_id},
+            limit,
+        )
         return [
             {**json.loads(data), "event_id": event_id, "ts": outbox.iso_ms(ts), "rule": r, "device_id": d, "state": s}
             for event_id, ts, r, d, s, data in rows

@@ -161,20 +161,27 @@ class AlertSettings(_Section):
     queue_size: int = Field(
         default=100_000, ge=100, description="events waiting for rule evaluation; the oldest drop when full"
     )
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36_500,
+        description="alert history older than this is pruned (an alert still firing stays)",
+    )
 
 
-DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0, 36_000.0)
+DEFAULT_RETRY_SCHEDULE_S = (5.0, 300.0, 1800.0, 7200.0, 18_000.0, 36_000.0, 36_000.0)
 
 
 class WebhookSettings(_Section):
     allow_private_targets: bool = Field(
-        default=False, description="let endpoints resolve to loopback, private or link-local addresses"
+        default=False,
+        description="let endpoints resolve to loopback, private, link-local or other non-global addresses",
     )
     retry_schedule_s: tuple[Annotated[float, Field(ge=0)], ...] = Field(
         default=DEFAULT_RETRY_SCHEDULE_S,
-        min_length=1,
         max_length=50,
-        description="delay before each attempt (the first is usually 0); after the last one, a dead letter",
+        description="the first attempt is immediate; these are the delays before each retry (after the last"
+        " retry fails, the delivery is dead)",
     )
     jitter: float = Field(default=0.1, ge=0, le=1, description="each retry delay varies by up to this fraction")
     timeout_s: float = Field(default=15.0, gt=0, le=300, description="an attempt with no answer by then fails")
@@ -186,6 +193,12 @@ class WebhookSettings(_Section):
         default=86_400.0, ge=0, description="how long the previous secret still signs after a rotation"
     )
     poll_s: float = Field(default=1.0, gt=0, le=60, description="how often the outbox is checked without a nudge")
+    retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=36_500,
+        description="delivered and dead deliveries and attempts older than this are pruned",
+    )
 
 
 class Settings(BaseSettings):

@@ -92,21 +92,14 @@ class WebhookAdmin(outbox.OutboxDb):
 
     def remove(self, endpoint_id: str) -> None:
         """Remove an endpoint with its deliveries and their attempts."""
-        with self._lock:
-            conn = self._db()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                gone = conn.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,)).rowcount
-                conn.execute(
-                    "DELETE FROM webhook_attempts WHERE delivery_id IN"
-                    " (SELECT id FROM webhook_outbox WHERE endpoint_id = ?)",
-                    (endpoint_id,),
-                )
-                conn.execute("DELETE FROM webhook_outbox WHERE endpoint_id = ?", (endpoint_id,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._lock, outbox.transaction(self._db()) as conn:
+            gone = conn.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,)).rowcount
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN"
+                " (SELECT id FROM webhook_outbox WHERE endpoint_id = ?)",
+                (endpoint_id,),
+            )
+            conn.execute("DELETE FROM webhook_outbox WHERE endpoint_id = ?", (endpoint_id,))
         if not gone:
             raise UnknownName(f"no webhook endpoint {endpoint_id!r}")
 
@@ -132,17 +125,10 @@ class WebhookAdmin(outbox.OutboxDb):
         self, endpoint_id: str | None = None, state: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Deliveries, newest first."""
-        where, args = [], []
-        if endpoint_id is not None:
-            where.append("endpoint_id = ?")
-            args.append(endpoint_id)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        sql = f"SELECT {_DELIVERY_COLUMNS} FROM webhook_outbox"
-        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id DESC LIMIT ?"
-        with self._lock:
-            return [_delivery(r) for r in self._db().execute(sql, (*args, limit)).fetchall()]
+        rows = self._newest(
+            f"SELECT {_DELIVERY_COLUMNS} FROM webhook_outbox", {"endpoint_id": endpoint_id, "state": state}, limit
+        )
+        return [_delivery(r) for r in rows]
 
     def delivery(self, delivery_id: int) -> dict[str, Any]:
         """One delivery with its body and every attempt (status, latency, response snippet)."""

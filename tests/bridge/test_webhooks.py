@@ -4,6 +4,8 @@ signatures (verified with the ``standardwebhooks`` package), many endpoints, the
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -14,13 +16,17 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from iothub.bridge.targets import TargetRefused, check_url, refused_because, resolve
+from iothub.bridge.webhooks import WebhookSender, retry_after_s
+from iothub.hub import outbox
+from iothub.hub.core import Hub
 from iothub.runner import Running, serve
 from tests.bridge.receiver import Received, Reply, receiver
 from tests.conftest import WAIT_S, hub_settings, mqtt_client, unique_id
 
 FAST: dict[str, Any] = {
     "allow_private_targets": True,
-    "retry_schedule_s": [0, 0.2, 0.2, 0.2, 0.2],
+    "retry_schedule_s": [0.2, 0.2, 0.2, 0.2],
     "jitter": 0,
     "timeout_s": 2,
     "poll_s": 0.2,
@@ -117,14 +123,41 @@ async def test_a_receiver_failing_twice_gets_the_event_once_by_webhook_id(
         assert r.connections == 1  # the endpoint's connection was reused
 
 
-async def test_410_disables_the_endpoint(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
+async def test_a_queued_delivery_goes_out_at_once_and_telemetry_costs_the_sender_nothing(tmp_path: Path) -> None:
+    async for hub, http in start(tmp_path, poll_s=60):  # no help from polling
+        assert "webhooks" not in [sub.name for sub in hub.hub.bus._subs]
+        async with receiver() as r:
+            await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            await r.wait_for(lambda got: len(got) == 1)  # the store's write nudged the sender
+
+
+async def test_the_first_attempt_is_at_once_and_the_schedule_holds_the_delays_before_each_retry(
+    tmp_path: Path,
+) -> None:
+    async for hub, http in start(tmp_path, retry_schedule_s=[0.6, 0.2]):
+        async with receiver(lambda _: Reply(500)) as r:
+            endpoint = await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            delivery = await wait_delivery(http, endpoint["id"], "dead")
+            assert [a["status"] for a in delivery["attempts_log"]] == [500, 500, 500]  # one attempt, two retries
+            gaps = [later.at - earlier.at for earlier, later in zip(r.received, r.received[1:], strict=False)]
+            assert gaps[0] >= 0.55, f"the first retry came {gaps[0]:.2f} s after the attempt, not 0.6 s"
+
+
+async def test_410_disables_the_endpoint(
+    hub_http: tuple[Running, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
+) -> None:
     hub, http = hub_http
     async with receiver(lambda _: Reply(410)) as gone, receiver() as witness:
-        endpoint = await add_endpoint(http, gone.url)
+        endpoint = await add_endpoint(http, gone.url + "?token=s3cret")  # a URL may carry a secret
         await go_online(hub, unique_id("wh"))
         await gone.wait_for(lambda got: len(got) == 1)
         shown = await poll(http, f"/api/v1/webhooks/{endpoint['id']}", lambda e: not e["enabled"])
         assert shown["disabled_reason"].startswith("410 Gone")
+        logged = [r.getMessage() for r in caplog.records if r.name.startswith("iothub")]
+        assert any(endpoint["id"] in m and "disabled" in m for m in logged)
+        assert not [m for m in logged if "s3cret" in m or str(gone.port) in m]
         await add_endpoint(http, witness.url)
         await go_online(hub, unique_id("wh"))  # a disabled endpoint gets nothing new
         await witness.wait_for(lambda got: len(got) == 1)
@@ -150,6 +183,29 @@ async def test_retry_after_is_honoured_on_429_and_503(hub_http: tuple[Running, h
             await r.wait_for(lambda got: len(got) >= 2)
             gap = r.received[1].at - r.received[0].at
             assert gap >= 0.95, f"retried {gap:.2f} s after a {status} with Retry-After: 1"
+
+
+async def test_a_hostile_retry_after_is_ignored_and_the_hub_keeps_delivering(
+    hub_http: tuple[Running, httpx.AsyncClient],
+) -> None:
+    hub, http = hub_http
+    async with receiver(failing(1, Reply(429, headers={"Retry-After": "\u00b2"}))) as r:  # "²".isdigit() is True
+        endpoint = await add_endpoint(http, r.url)
+        await go_online(hub, unique_id("wh"))
+        delivery = await wait_delivery(http, endpoint["id"], "delivered")
+        assert [(a["outcome"], a["status"]) for a in delivery["attempts_log"]] == [("failed", 429), ("delivered", 200)]
+        await go_online(hub, unique_id("wh"))  # the sender is still running
+        await r.wait_for(lambda got: len(r.accepted()) >= 2)
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0663", "1.5", "-1", "+3", "Mon, 99 Foo 1 x"])
+def test_retry_after_reads_only_digits_or_a_date(value: str) -> None:
+    assert retry_after_s(value, time.time()) is None
+
+
+def test_retry_after_reads_seconds_and_dates() -> None:
+    assert retry_after_s(" 120 ", 0.0) == 120.0
+    assert retry_after_s("Thu, 01 Jan 1970 00:01:00 GMT", 0.0) == 60.0
 
 
 async def test_signatures_verify_also_across_a_secret_rotation(hub_http: tuple[Running, httpx.AsyncClient]) -> None:
@@ -208,3 +264,85 @@ async def test_a_private_target_is_refused_without_the_setting(tmp_path: Path) -
             assert attempt["outcome"] == "refused"
             assert "resolves to 127.0.0.1, a loopback address" in attempt["response"]
             assert r.received == []
+
+
+@pytest.mark.parametrize(
+    "address", ["100.100.100.200", "100.64.0.1", "::ffff:100.100.100.200", "192.0.2.1", "224.0.0.1", "ff02::1"]
+)
+async def test_the_guard_refuses_every_non_global_address(address: str) -> None:
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(ValueError, match=f"{re.escape(address)} is a [a-z-]+ address"):
+        check_url(f"http://{host}/hook", allow_private=False)
+    with pytest.raises(TargetRefused, match=re.escape(address)):
+        await resolve(httpx.URL(f"http://{host}/hook"), allow_private=False)
+    allowed = await resolve(httpx.URL(f"http://{host}/hook"), allow_private=True)
+    assert ipaddress.ip_address(allowed) == ipaddress.ip_address(address)
+
+
+async def test_the_guard_lets_a_global_address_through() -> None:
+    assert refused_because(ipaddress.ip_address("93.184.215.14")) is None
+    assert await resolve(httpx.URL("https://93.184.215.14/hook"), allow_private=False) == "93.184.215.14"
+
+
+async def until(check: Any) -> None:
+    """Wait for ``check()`` to hold; bounded in time (the state polled has no event to wait on)."""
+    async with asyncio.timeout(WAIT_S):
+        while not check():  # noqa: ASYNC110 - bounded by the timeout above
+            await asyncio.sleep(0.01)
+
+
+async def test_deliveries_claimed_while_stopping_are_released_not_sent(tmp_path: Path) -> None:
+    settings = hub_settings(tmp_path / "data", webhooks={**FAST, "retry_schedule_s": [600]})
+    async with Hub(settings) as hub, receiver(failing(1, Reply(500))) as r:
+        sender = WebhookSender(hub)
+        await sender.__aenter__()
+        stopped = False
+        try:
+            endpoint, _ = hub.webhooks.add(r.url, ["device.online"])
+            await go_online(Running(hub, hub.ports), unique_id("wh"))
+            await until(lambda: [(d["state"], d["attempts"]) for d in hub.webhooks.deliveries()] == [("pending", 1)])
+            lock = outbox.connect(settings.data_dir / "iothub.db")
+            try:
+                lock.execute("BEGIN IMMEDIATE")  # the sender's next claim waits for this transaction
+                lock.execute("UPDATE webhook_outbox SET next_at = 0")  # the retry is due (once committed)
+                hub.outbox_nudge.set()
+                await until(lambda: not hub.outbox_nudge.is_set())  # the sender is claiming
+                stopping = asyncio.create_task(sender.__aexit__(None, None, None))
+                stopped = True
+                await until(sender._stopping.is_set)
+                lock.execute("COMMIT")  # the claim returns the delivery, to a stopping sender
+                async with asyncio.timeout(WAIT_S):
+                    await stopping
+            finally:
+                lock.close()
+        finally:
+            if not stopped:
+                await sender.__aexit__(None, None, None)
+        assert len(r.received) == 1  # the first attempt only
+        [delivery] = hub.webhooks.deliveries(endpoint["id"])
+        assert (delivery["state"], delivery["attempts"]) == ("pending", 1)
+
+
+async def test_a_locked_database_pauses_the_sender_without_stopping_the_hub(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async for hub, http in start(tmp_path, retry_schedule_s=[600]):
+        async with receiver(failing(1, Reply(500))) as r:
+            endpoint = await add_endpoint(http, r.url)
+            await go_online(hub, unique_id("wh"))
+            first = await wait_delivery(http, endpoint["id"], "pending")
+            await poll(http, f"/api/v1/webhooks/deliveries/{first['id']}", lambda d: d["attempts"] == 1)
+            lock = outbox.connect(hub.hub.settings.data_dir / "iothub.db")
+            try:
+                lock.execute("BEGIN IMMEDIATE")  # longer than the sender's busy timeout (5 s)
+                lock.execute("UPDATE webhook_outbox SET next_at = 0")
+                hub.hub.outbox_nudge.set()
+                async with asyncio.timeout(3 * WAIT_S):  # the claim gives up after the busy timeout
+                    while not any("could not claim deliveries" in m for m in caplog.messages):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                lock.execute("COMMIT")
+            finally:
+                lock.close()
+            await r.wait_for(lambda got: len(got) == 2)  # the sender tried again, and the retry went out
+            delivery = await wait_delivery(http, endpoint["id"], "delivered")
+            assert [a["status"] for a in delivery["attempts_log"]] == [500, 200]

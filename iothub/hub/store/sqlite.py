@@ -94,9 +94,10 @@ def _decode(kind: str, num: float | None, txt: str | None) -> Value | None:
 
 
 class SqliteStore:
-    def __init__(self, path: Path, retention: int = 1_000_000) -> None:
+    def __init__(self, path: Path, retention: int = 1_000_000, on_outbox: Callable[[], None] | None = None) -> None:
         self.path = path
         self.retention = retention
+        self.on_outbox = on_outbox  # called (on the event loop) after a write that queued webhook deliveries
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-store-writer")
         self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="iothub-store-reader")
         self._writer: sqlite3.Connection | None = None
@@ -167,9 +168,13 @@ class SqliteStore:
     # -- writes ----------------------------------------------------------------------------------
 
     async def write(self, batch: Batch) -> list[HubEvent]:
-        return await self._in_writer(lambda: self._write(batch))
+        events, queued = await self._in_writer(lambda: self._write(batch))
+        if queued and self.on_outbox is not None:
+            self.on_outbox()
+        return events
 
-    def _write(self, batch: Batch) -> list[HubEvent]:
+    def _write(self, batch: Batch) -> tuple[list[HubEvent], int]:
+        """Commit ``batch``; its events, and how many webhook deliveries it queued."""
         conn = self._writer
         if conn is None:
             raise StoreError("the store is closed")
@@ -192,7 +197,7 @@ class SqliteStore:
                 "INSERT INTO events (id, ts, type, device_id, data) VALUES (?, ?, ?, ?, ?)",
                 [(e.id, e.ts, e.type.value, e.device_id, json.dumps(e.data)) for e in events],
             )
-            outbox.record(conn, events, time.time_ns() // 1_000_000)
+            queued = outbox.record(conn, events, time.time_ns() // 1_000_000)
             conn.executemany(
                 "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
                 [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],
@@ -212,7 +217,7 @@ class SqliteStore:
                     self._series[key] = before
             raise StoreError(f"cannot write to the SQLite store at {self.path}: {exc}") from exc
         self._next_event_id += len(events)
-        return events
+        return events, queued
 
     def _series_id(self, conn: sqlite3.Connection, device_id: str, metric: str, kind: str) -> int:
         known = self._series.get((device_id, metric))
