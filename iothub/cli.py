@@ -65,6 +65,12 @@ def main() -> None:
 @click.option("--mqtt-ws-port", type=int, help="MQTT over WebSocket port; 0 picks a free port [8083].")
 @click.option("--http-port", type=int, help="HTTP port (REST, /metrics, /healthz); 0 picks a free port [8080].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
+@click.option(
+    "--only",
+    metavar="NAMES",
+    help="Run only these components, comma-separated: ingest, alerts, webhooks, http, sse, ws "
+    "(needs an external broker, broker.url) [all].",
+)
 def run(
     config_file: Path | None,
     data_dir: Path | None,
@@ -73,8 +79,13 @@ def run(
     mqtt_ws_port: int | None,
     http_port: int | None,
     log_level: str | None,
+    only: str | None,
 ) -> None:
-    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks and HTTP API.
+    """Run the hub: broker, ingest, store, presence, alerts, webhooks and HTTP API.
+
+    The broker is the embedded one, or an external one when broker.url is set
+    (IOTHUB_BROKER__URL=mqtt://user:pass@host:1883): then several hub processes
+    can share the work, each running the components --only names.
 
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
@@ -82,10 +93,11 @@ def run(
     mqtt = _given(host=host, port=mqtt_port, ws_port=mqtt_ws_port)
     http = _given(host=host, port=http_port)
     settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http))
-    _setup_logging(settings.log_level)
-    from iothub.runner import run_forever
+    from iothub.runner import components, run_forever
 
-    run_forever(settings)
+    parts = components(only, settings)
+    _setup_logging(settings.log_level)
+    run_forever(settings, parts)
 
 
 def _given(**options: Any) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """SQLite store: the embedded default.
 
 One writer thread commits batches (WAL, ``synchronous=NORMAL``); readers use their own connections
-on a small pool, so queries never wait behind a write. Layout:
+on a small pool, so queries never wait behind a write. Several hub processes may share one database
+(external-broker mode): each batch takes the write lock first (``BEGIN IMMEDIATE``) and numbers its
+events after the newest id in the table, so ids stay unique and commit-ordered across processes.
+Layout:
 
 * ``series(id, device_id, metric, kind)``: one row per device metric (``kind``: number, bool, string)
 * ``points(series_id, ts, num, txt)`` indexed by ``(series_id, ts)``: by device, metric and time
@@ -91,7 +94,6 @@ class SqliteStore:
         self._local = threading.local()
         self._series: dict[tuple[str, str], tuple[int, str]] = {}
         self._series_undo: dict[tuple[str, str], tuple[int, str] | None] = {}  # cache before this batch
-        self._next_event_id = 1
         self._prune_at = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -135,8 +137,7 @@ class SqliteStore:
         for sid, device_id, metric, kind in conn.execute("SELECT id, device_id, metric, kind FROM series"):
             self._series[(device_id, metric)] = (sid, kind)
         (last_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
-        self._next_event_id = last_id + 1
-        self._prune_at = self._next_event_id + self.retention // 10
+        self._prune_at = last_id + 1 + self.retention // 10
 
     async def _in_writer(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn)
@@ -162,7 +163,7 @@ class SqliteStore:
             raise StoreError("the store is closed")
         self._series_undo.clear()
         try:
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: another process may number events too
             rows: list[tuple[int, int, float | None, str | None]] = []
             for p in batch.points:
                 sid = self._series_id(conn, p.device_id, p.metric, _kind(p.value))
@@ -171,7 +172,8 @@ class SqliteStore:
                 else:
                     rows.append((sid, p.ts, float(p.value), None))
             conn.executemany("INSERT INTO points (series_id, ts, num, txt) VALUES (?, ?, ?, ?)", rows)
-            first = self._next_event_id
+            (newest,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            first = newest + 1
             events = [
                 HubEvent(first + i, EventType(e.type), e.ts, e.device_id, e.data) for i, e in enumerate(batch.events)
             ]
@@ -184,7 +186,7 @@ class SqliteStore:
                 "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
                 [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],
             )
-            next_id = self._next_event_id + len(events)
+            next_id = first + len(events)
             if next_id >= self._prune_at:
                 conn.execute("DELETE FROM events WHERE id < ?", (next_id - self.retention,))
                 self._prune_at = next_id + self.retention // 10
@@ -198,7 +200,6 @@ class SqliteStore:
                 else:
                     self._series[key] = before
             raise StoreError(f"cannot write to the SQLite store at {self.path}: {exc}") from exc
-        self._next_event_id += len(events)
         return events
 
     def _series_id(self, conn: sqlite3.Connection, device_id: str, metric: str, kind: str) -> int:
@@ -210,13 +211,19 @@ class SqliteStore:
                 conn.execute("UPDATE series SET kind = ? WHERE id = ?", (kind, sid))
                 self._series[(device_id, metric)] = (sid, kind)
             return sid
-        cur = conn.execute("INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?)", (device_id, metric, kind))
-        new_id = cur.lastrowid
-        assert new_id is not None
-        sid = new_id
+        # Another process sharing the database may have made this series since we looked.
+        conn.execute(
+            "INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?) ON CONFLICT (device_id, metric) DO NOTHING",
+            (device_id, metric, kind),
+        )
+        sid, stored_kind = conn.execute(
+            "SELECT id, kind FROM series WHERE device_id = ? AND metric = ?", (device_id, metric)
+        ).fetchone()
+        if stored_kind != kind:
+            conn.execute("UPDATE series SET kind = ? WHERE id = ?", (kind, sid))
         self._series_undo.setdefault((device_id, metric), None)
-        self._series[(device_id, metric)] = (sid, kind)
-        return sid
+        self._series[(device_id, metric)] = (int(sid), kind)
+        return int(sid)
 
     # -- reads -----------------------------------------------------------------------------------
 
