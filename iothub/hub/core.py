@@ -26,7 +26,7 @@ from iothub.hub.auth import Authenticator
 from iothub.hub.commands import Commands
 from iothub.hub.embedded import EmbeddedBroker
 from iothub.hub.events import EventBus, EventType, HubEvent
-from iothub.hub.external import ExternalBroker
+from iothub.hub.external import BrokerUnavailable, ExternalBroker
 from iothub.hub.fleet import Fleet
 from iothub.hub.ingest import Ingest, now_ms
 from iothub.hub.labels import LabelDirectory
@@ -139,8 +139,10 @@ class Hub:
             stack.callback(self.ingest.stop)
             await stack.enter_async_context(self.broker)
             stack.push_async_callback(self._announce, online=False)
-            await self._announce(online=True)
-            await self.twins.announce_all(self.settings.ingest.max_payload_bytes)
+            if self.external:  # a broker with a backlog for this hub answers our publishes after it
+                tasks.create_task(self._announce_start(), name="iothub-announce")
+            else:
+                await self._announce_start()
             stopped = asyncio.Event()
             stack.callback(stopped.set)
             tasks.create_task(self._watch_registry(stopped), name="iothub-registry-watch")
@@ -211,6 +213,16 @@ class Hub:
                 reason = PresenceReason(event.data.get("reason", PresenceReason.UNKNOWN.value))
                 if state.set_presence(online, reason, event.ts, event.data.get("detail")) and online:
                     await self.commands.on_subscribed(event.device_id, f"devices/{event.device_id}/commands/+")
+
+    async def _announce_start(self) -> None:
+        """``hub/status`` online, and every desired twin document again (retained)."""
+        try:
+            await self._announce(online=True)
+            await self.twins.announce_all(self.settings.ingest.max_payload_bytes)
+        except BrokerUnavailable as exc:
+            if not self.external:
+                raise
+            log.warning("could not announce the hub's start: %s", exc)
 
     async def _announce(self, *, online: bool) -> None:
         if not online and isinstance(self.broker, ExternalBroker) and not self.broker.connected:

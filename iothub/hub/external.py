@@ -18,8 +18,9 @@ that) and subscribes again.
 * Presence: only what devices publish on ``devices/{id}/status`` (retained, their Last Will): the
   hub cannot see connections, so :meth:`subscribes` answers True and :meth:`connected_devices` is
   empty (disabling a device cannot disconnect it here: the broker's ACL has to).
-* Commands, twin documents and ``hub/status`` go out through the same connection (:meth:`publish`);
-  the hub's Last Will is ``hub/status`` offline.
+* Commands, twin documents and ``hub/status`` go out through the same connection (:meth:`publish`,
+  which waits up to ``PUBLISH_TIMEOUT_S`` for the broker's acknowledgement; a broker delivering a
+  backlog to the hub may acknowledge only after it); the hub's Last Will is ``hub/status`` offline.
 """
 
 from __future__ import annotations
@@ -179,7 +180,12 @@ class ExternalBroker:
                                 raise
                     await self._connected.wait()
         except (TimeoutError, aiomqtt.MqttError) as exc:
-            raise BrokerUnavailable(f"cannot publish on {topic!r}: the broker {self.address} is not reachable") from exc
+            why = (
+                f"no acknowledgement within {PUBLISH_TIMEOUT_S:g} s (a backlog ahead of it?)"
+                if self.connected
+                else "it is not reachable"
+            )
+            raise BrokerUnavailable(f"cannot publish on {topic!r} through the broker {self.address}: {why}") from exc
 
     def subscribes(self, client_id: str, topic: str) -> bool:
         return True  # the broker's subscriptions are not visible from here
