@@ -14,7 +14,9 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from iothub.cli import main
 from iothub.hub.errors import SettingsError
 from iothub.hub.external import ExternalBroker
 from iothub.runner import Running, components, serve, startup_error
@@ -132,6 +134,19 @@ def test_only_names_known_components_and_needs_an_external_broker(tmp_path: Path
         components(" , ", external)
     with pytest.raises(SettingsError, match=r"needs an external broker: set broker.url \[IOTHUB_BROKER__URL\]"):
         components("ingest", embedded)
+
+
+def test_run_refuses_bad_only_in_one_line(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["run", "--data-dir", str(tmp_path)]
+    unknown = runner.invoke(main, [*args, "--only", "sse,grcp"], env={"IOTHUB_BROKER__URL": "mqtt://127.0.0.1:1"})
+    assert (unknown.exit_code, unknown.output) == (
+        1,
+        "Error: --only: unknown component 'grcp' (choose from ingest, alerts, webhooks, http, sse, ws)\n",
+    )
+    embedded = runner.invoke(main, [*args, "--only", "sse"])
+    assert embedded.exit_code == 1
+    assert embedded.output.startswith("Error: --only runs part of a hub beside others and needs an external broker")
 
 
 async def test_an_unreachable_broker_stops_the_start_with_the_setting_named(tmp_path: Path) -> None:
