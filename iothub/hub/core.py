@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 HUB_STATUS_TOPIC = "hub/status"
 REGISTRY_POLL_S = 1.0
 HUB_COMPONENTS = frozenset({"ingest", "alerts"})
+TAIL_DRAIN_S = 5.0
 
 
 class Hub:
@@ -156,7 +157,9 @@ class Hub:
             await self.ingest.run()
         finally:
             if isinstance(self.bus, SharedEventBus):
-                self.bus.stop()  # the tail delivers what ingest committed last, then ends
+                self.bus.stop()  # the tail delivers what ingest committed last (to the evaluator too), then ends
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.bus.finished.wait(), TAIL_DRAIN_S)
             self.alerts.stop()
 
     async def __aexit__(
@@ -208,7 +211,7 @@ class Hub:
                     if current is None or current[0] <= event.ts:
                         state.latest[metric] = (event.ts, value)
             elif event.type is EventType.STATUS:
-                state = self.fleet.touch(event.device_id, event.ts)
+                state = self.fleet.get(event.device_id) or self.fleet.touch(event.device_id, event.ts)
                 online = bool(event.data.get("online"))
                 reason = PresenceReason(event.data.get("reason", PresenceReason.UNKNOWN.value))
                 if state.set_presence(online, reason, event.ts, event.data.get("detail")) and online:

@@ -40,6 +40,7 @@ class SharedEventBus(EventBus):
         self._observe = observe
         self._nudge = asyncio.Event()
         self._stopping = False
+        self.finished = asyncio.Event()  # set once :meth:`run` has returned
         self.last_id = 0
 
     def publish(self, events: list[HubEvent]) -> None:
@@ -56,17 +57,20 @@ class SharedEventBus(EventBus):
         self._nudge.set()
 
     async def run(self) -> None:
-        while True:
-            stopping = self._stopping
-            try:
-                await self.catch_up()
-            except Exception as exc:  # a store that fails now may answer at the next poll
-                log.error("reading the shared event log after id %d failed: %s", self.last_id, exc)
-            if stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudge.wait(), self._poll_s)
-            self._nudge.clear()
+        try:
+            while True:
+                stopping = self._stopping
+                try:
+                    await self.catch_up()
+                except Exception as exc:  # a store that fails now may answer at the next poll
+                    log.error("reading the shared event log after id %d failed: %s", self.last_id, exc)
+                if stopping:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudge.wait(), self._poll_s)
+                self._nudge.clear()
+        finally:
+            self.finished.set()
 
     async def catch_up(self) -> None:
         """Deliver every event committed after :attr:`last_id`."""
