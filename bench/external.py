@@ -4,9 +4,9 @@
    data dir, shared subscription). Each round gets a fresh Mosquitto and data dir; the hubs start
    once so that their persistent sessions exist and stop; then ``--messages`` QoS 1 telemetry
    messages are published (queued by Mosquitto for the sessions); then the hubs start again and drain
-   them into the shared store. The figure is the
-   hubs' drain rate, not the publisher's. Expected: two processes >= 1.6x one (on a machine with
-   cores to spare: the hubs and Mosquitto share them).
+   them into the shared store. The figure is the hubs' drain rate, not the publisher's; the CPU the
+   hub processes used meanwhile is printed beside it (one hub keeps about one core busy). Expected:
+   two processes >= 1.6x one, on a machine with a core to spare for each.
 2. Points/s of the InfluxDB store's write path (line protocol built from the hub's points, written
    with ``influxdb-client``'s async API, the batch's events committed to SQLite) into a
    VictoriaMetrics started here, beside ``influxdb-client`` alone writing prepared line protocol.
@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import aiomqtt
+import psutil
 from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 from influxdb_client.domain.write_precision import WritePrecision
 
@@ -68,8 +69,8 @@ async def publish(port: int, total: int) -> None:
             tasks.create_task(one(index))
 
 
-async def hubs_round(processes: int, total: int) -> float:
-    """Messages/s ``processes`` hubs store of a backlog of ``total`` messages."""
+async def hubs_round(processes: int, total: int) -> tuple[float, float]:
+    """Messages/s ``processes`` hubs store of a backlog of ``total`` messages, and the CPU cores they used."""
     with tempfile.TemporaryDirectory(prefix="iothub-bench-") as tmp:
         root = Path(tmp)
         data = root / "data"
@@ -82,25 +83,33 @@ async def hubs_round(processes: int, total: int) -> float:
                     await hub.stop()
             await publish(port, total)
             async with contextlib.AsyncExitStack() as stack:
+                pids = []
                 for name in names:
-                    await stack.enter_async_context(hub_process(data, port, name, "ingest"))
+                    hub = await stack.enter_async_context(hub_process(data, port, name, "ingest"))
+                    pids.append(hub.proc.pid)
                 # The clock runs from the first stored message seen to the last (polled every 20 ms
                 # from the hubs' launch), so the processes' start-up is not counted.
-                return await _drain_rate(data / "iothub.db", total)
+                return await _drain(data / "iothub.db", total, [psutil.Process(pid) for pid in pids])
     raise AssertionError("unreachable")
 
 
-async def _drain_rate(db: Path, total: int) -> float:
-    first: tuple[float, int] | None = None
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+
+
+async def _drain(db: Path, total: int, hubs: list[psutil.Process]) -> tuple[float, float]:
+    """(messages/s, CPU cores the hub processes kept busy) from the first stored message to the last."""
+    first: tuple[float, int, float] | None = None
     done = 0
     async with asyncio.timeout(DEADLINE_S):
         while done < total:
             await asyncio.sleep(0.02)  # polling the shared store
             done = await asyncio.to_thread(stored_count, db)
             if first is None and done:
-                first = (time.perf_counter(), done)
+                first = (time.perf_counter(), done, _cpu_s(hubs))
     assert first is not None
-    return (total - first[1]) / (time.perf_counter() - first[0])
+    elapsed = time.perf_counter() - first[0]
+    return (total - first[1]) / elapsed, (_cpu_s(hubs) - first[2]) / elapsed
 
 
 async def influx_round(points: int, batch_messages: int) -> tuple[float, float]:
@@ -142,10 +151,12 @@ async def influx_round(points: int, batch_messages: int) -> tuple[float, float]:
 async def main(args: argparse.Namespace) -> None:
     print(f"scale-out benchmark: {os.cpu_count()} cores")
     print(f"\n1. a backlog of {args.messages:,} QoS 1 messages on Mosquitto, stored end to end (SQLite, shared)")
-    one = await hubs_round(1, args.messages)
-    print(f"  one hub process:  {one:>10,.0f} messages/s")
-    two = await hubs_round(2, args.messages)
-    print(f"  two hub processes:{two:>10,.0f} messages/s   ({two / one:.2f}x one; expected >= 1.6x)")
+    one, one_cpu = await hubs_round(1, args.messages)
+    print(f"  one hub process:   {one:>10,.0f} messages/s   hub CPU {one_cpu:.2f} cores")
+    two, two_cpu = await hubs_round(2, args.messages)
+    print(f"  two hub processes: {two:>10,.0f} messages/s   hub CPU {two_cpu:.2f} cores   "
+          f"({two / one:.2f}x one; expected >= 1.6x with cores to spare)")  # fmt: skip
+    print(f"  {os.cpu_count()} cores on this machine, load average {os.getloadavg()[0]:.1f} now")
     print(f"\n2. InfluxDB store into VictoriaMetrics: {args.points:,} points, batches of {args.batch} messages "
           f"x {len(METRICS)} metrics")  # fmt: skip
     hub_rate, plain_rate = await influx_round(args.points, args.batch)

@@ -63,7 +63,7 @@ class Hub:
         self.metrics = HubMetrics()
         self.fleet = Fleet(settings.ingest.seq_window)
         events_db = settings.data_dir / "iothub.db"
-        self.store: Store = SqliteStore(events_db, settings.store.event_retention)
+        self.store: Store = SqliteStore(events_db, settings.store.event_retention, shared=self.external)
         if settings.store.backend == "influxdb":
             self.store = InfluxStore(settings.store.influx, self.store, self._labels_of)
         self.bus: EventBus = EventBus(self.metrics, settings.fanout.queue_size)
