@@ -143,7 +143,7 @@ async def fleet_hub(scenario: Scenario, duration_s: float) -> AsyncIterator[tupl
             await asyncio.to_thread(register_idle, Path(data), scenario.registered)
             print(f"  registered {scenario.registered} idle devices in {time.monotonic() - started:.0f} s")
         hub = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "iothub", "run", "--data-dir", data, "--log-level", "warning",
+            sys.executable, "-m", "iothub", "run", "--grpc-port", "0", "--data-dir", data, "--log-level", "warning",
             "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0",
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )  # fmt: skip

@@ -220,7 +220,7 @@ def commands(seconds: float, devices: int = 20, callers: int = 20) -> None:
     print(f"  {'':9} {'round trips/s':>14} {'p50 ms':>9} {'p99 ms':>9}")
     with tempfile.TemporaryDirectory() as data:
         hub = subprocess.Popen(
-            [sys.executable, "-m", "iothub", "run", "--data-dir", data,
+            [sys.executable, "-m", "iothub", "run", "--grpc-port", "0", "--data-dir", data,
              "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip

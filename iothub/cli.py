@@ -66,6 +66,12 @@ def main() -> None:
 )
 @click.option("--grpc-port", type=int, help="gRPC port (iothub.v1, health, reflection); 0 picks a free port [50051].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
+@click.option(
+    "--only",
+    metavar="NAMES",
+    help="Run only these components, comma-separated: ingest, alerts, webhooks, http, sse, ws "
+    "(needs an external broker, broker.url) [all].",
+)
 def run(
     config_file: Path | None,
     data_dir: Path | None,
@@ -75,8 +81,13 @@ def run(
     http_port: int | None,
     grpc_port: int | None,
     log_level: str | None,
+    only: str | None,
 ) -> None:
-    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks, HTTP API and gRPC API.
+    """Run the hub: broker, ingest, store, presence, alerts, webhooks, HTTP API and gRPC API.
+
+    The broker is the embedded one, or an external one when broker.url is set
+    (IOTHUB_BROKER__URL=mqtt://user:pass@host:1883): then several hub processes
+    can share the work, each running the components --only names.
 
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
@@ -88,9 +99,11 @@ def run(
         config_file, **_given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http, grpc=grpc)
     )
     _setup_logging(settings.log_level)
-    from iothub.runner import run_forever
+    from iothub.runner import components, run_forever
 
-    run_forever(settings)
+    parts = components(only, settings)
+    _setup_logging(settings.log_level)
+    run_forever(settings, parts)
 
 
 def _given(**options: Any) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from iothub.bridge.grpc import GrpcServer
 from iothub.bridge.http import HttpServer, create_app
 from iothub.bridge.webhooks import WebhookSender
-from iothub.hub.core import Hub
+from iothub.hub.core import HUB_COMPONENTS, Hub
 from iothub.hub.errors import HubError, SettingsError
+from iothub.hub.external import ExternalBroker
 from iothub.hub.settings import Settings, env_name
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 class Running:
     hub: Hub
     ports: dict[str, int]
+    parts: frozenset[str] = frozenset()
 
     def address(self, name: str) -> str:
         settings = self.hub.settings
@@ -46,18 +48,45 @@ class Running:
         return f"{host}:{self.ports[name]}"
 
 
+COMPONENTS = ("ingest", "alerts", "webhooks", "http", "sse", "ws", "grpc")
+"""What ``iothub run --only`` picks from: ingest (device messages to the store), alerts (the
+evaluator), webhooks (delivery), http (REST API and dashboard), sse and ws (the live streams),
+grpc (the gRPC API).
+``/healthz`` and ``/metrics`` are always served."""
+
+
+def components(only: str | None, settings: Settings) -> frozenset[str]:
+    """The components ``--only`` names (all when None); a :class:`SettingsError` for a name that is
+    none of :data:`COMPONENTS`, or for a subset without an external broker."""
+    if only is None:
+        return frozenset(COMPONENTS)
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown or not names:
+        what = f"unknown component {unknown[0]!r}" if unknown else "no component named"
+        raise SettingsError(f"--only: {what} (choose from {', '.join(COMPONENTS)})")
+    chosen = frozenset(names)
+    if chosen != frozenset(COMPONENTS) and settings.broker.url is None:
+        raise SettingsError(
+            "--only runs part of a hub beside others and needs an external broker: set broker.url "
+            f"[{env_name('broker.url')}] (the embedded broker feeds only its own process)"
+        )
+    return chosen
+
+
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[Running]:
+async def serve(settings: Settings, parts: frozenset[str] = frozenset(COMPONENTS)) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
-        hub = await stack.enter_async_context(Hub(settings))
-        await stack.enter_async_context(WebhookSender(hub))
-        http = await stack.enter_async_context(HttpServer(create_app(hub), settings.http))
+        hub = await stack.enter_async_context(Hub(settings, parts & HUB_COMPONENTS))
+        if "webhooks" in parts:
+            await stack.enter_async_context(WebhookSender(hub))
+        http = await stack.enter_async_context(HttpServer(create_app(hub, parts), settings.http))
         ports = {**hub.ports, "http": http.port}
-        if settings.grpc.port is not None:
+        if "grpc" in parts and settings.grpc.port is not None:
             grpc = await stack.enter_async_context(GrpcServer(hub, settings.grpc))
             ports["grpc"] = grpc.port
         await asyncio.to_thread(hub.make_first_token)
-        yield Running(hub, ports)
+        yield Running(hub, ports, parts)
 
 
 def tune_gc() -> None:
@@ -71,16 +100,24 @@ def tune_gc() -> None:
 
 
 def describe(running: Running) -> str:
-    parts = [f"mqtt={running.address('mqtt')}"]
+    hub = running.hub
+    if isinstance(hub.broker, ExternalBroker):
+        parts = [f"broker={hub.broker.address} client_id={hub.broker.settings.client_id}"]
+    else:
+        parts = [f"mqtt={running.address('mqtt')}"]
     if "mqtt_ws" in running.ports:
         parts.append(f"mqtt_ws={running.address('mqtt_ws')}")
     parts.append(f"http=http://{running.address('http')}")
     if "grpc" in running.ports:
         parts.append(f"grpc={running.address('grpc')}")
+    if running.parts != frozenset(COMPONENTS):
+        parts.append("only=" + ",".join(c for c in COMPONENTS if c in running.parts))
     return "iothub listening: " + " ".join(parts)
 
 
-async def run(settings: Settings, on_ready: Callable[[Running], None] | None = None) -> None:
+async def run(
+    settings: Settings, on_ready: Callable[[Running], None] | None = None, parts: frozenset[str] = frozenset(COMPONENTS)
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,7 +125,7 @@ async def run(settings: Settings, on_ready: Callable[[Running], None] | None = N
     try:
         async with AsyncExitStack() as stack:
             try:
-                running = await stack.enter_async_context(serve(settings))
+                running = await stack.enter_async_context(serve(settings, parts))
             except Exception as exc:
                 error = startup_error(exc, settings)
                 if error is None:
@@ -187,15 +224,15 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         pending.extend(reversed([e for e in inner if e is not None]))
 
 
-def run_forever(settings: Settings) -> None:
+def run_forever(settings: Settings, parts: frozenset[str] = frozenset(COMPONENTS)) -> None:
     """Run on uvloop when it is installed, else on asyncio's default loop."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, parts=parts))
         return
     if sys.version_info >= (3, 12):
-        uvloop.run(run(settings))
+        uvloop.run(run(settings, parts=parts))
     else:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run(settings))
+            runner.run(run(settings, parts=parts))

@@ -105,19 +105,27 @@ class _RevalidatedFiles(StaticFiles):
         return response
 
 
-def create_app(hub: Hub) -> Starlette:
+ALL_PARTS = frozenset({"http", "sse", "ws"})
+
+
+def create_app(hub: Hub, parts: frozenset[str] = ALL_PARTS) -> Starlette:
+    """The HTTP app; ``parts`` picks its routes: ``http`` (REST API and dashboard), ``sse``, ``ws``.
+    ``/healthz`` and ``/metrics`` are always there."""
+    api = [
+        Route("/", dashboard),
+        Mount("/static", _RevalidatedFiles(directory=STATIC), name="static"),
+        *rest.routes,
+        *admin.routes,
+        *control.routes,
+        *alerts_api.routes,
+    ]
     app = Starlette(
         routes=[
-            Route("/", dashboard),
-            Mount("/static", _RevalidatedFiles(directory=STATIC), name="static"),
             Route("/healthz", healthz),
             Route("/metrics", metrics),
-            *sse.routes,
-            *ws.routes,
-            *rest.routes,
-            *admin.routes,
-            *control.routes,
-            *alerts_api.routes,
+            *(sse.routes if "sse" in parts else []),
+            *(ws.routes if "ws" in parts else []),
+            *(api if "http" in parts else []),
         ],
         exception_handlers={HTTPException: http_error, **dict.fromkeys(ERROR_STATUS, api_error)},
     )

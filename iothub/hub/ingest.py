@@ -87,6 +87,7 @@ class Ingest:
         replies: Replies,
         reports: Reports,
         on_committed: Callable[[int], None] | None = None,
+        shared: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -96,6 +97,7 @@ class Ingest:
         self.replies = replies  # commands waiting for answers
         self.reports = reports  # device twins
         self.on_committed = on_committed  # durable ack: called with the last handled ticket
+        self.shared = shared
         self._reports: list[tuple[DeviceState, TwinDocument, str, int]] = []
         self._queue: deque[_Inbound] = deque()
         self._tickets = 0  # device messages queued so far
@@ -165,7 +167,8 @@ class Ingest:
         self._wakeup.set()
 
     async def run(self) -> None:
-        await self._mark_restarted()
+        if not self.shared:
+            await self._mark_restarted()
         while True:
             if not self._queue:
                 if self._stopping:
@@ -300,6 +303,8 @@ class Ingest:
             elif parsed.kind is TopicKind.RESPONSE:
                 r = decode_response(item.payload, **limits)
                 matched = self.replies.on_response(state.id, r)
+                if matched is RejectReason.UNKNOWN_REQUEST and self.shared:
+                    return  # another hub process's command
                 if isinstance(matched, RejectReason):
                     detail = "no command is waiting for" if matched is RejectReason.UNKNOWN_REQUEST else (
                         "another device was asked for")  # fmt: skip

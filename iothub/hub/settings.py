@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
 
 import pydantic_settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +26,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from iothub.hub.broker_settings import BrokerSettings
 from iothub.hub.errors import SettingsError
 from iothub.hub.rules import Rule
 
@@ -107,8 +108,30 @@ class IngestSettings(_Section):
     seq_window: int = Field(default=64, ge=1, le=4096, description="seq numbers remembered for dedup")
 
 
+class InfluxSettings(_Section):
+    """InfluxDB 2.x / Cloud (or anything that takes ``/api/v2/write``) for telemetry points."""
+
+    url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://", description="the server's base URL")
+    org: str = Field(default="", description="organisation (name or id)")
+    bucket: str = Field(default="iothub", min_length=1)
+    token: SecretStr = Field(default=SecretStr(""), description="API token with write (and read) access")
+    measurement: str = Field(default="telemetry", min_length=1, description="measurement of every point")
+    tag_labels: tuple[str, ...] = Field(default=(), description="device labels written as tags besides device_id")
+    timeout_s: float = Field(default=10.0, gt=0, description="one write or query with no answer by then fails")
+
+
 class StoreSettings(_Section):
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "influxdb"] = Field(
+        default="sqlite", description="where telemetry points go; events and the registry stay in SQLite"
+    )
+    influx: InfluxSettings = InfluxSettings()
+
+    @model_validator(mode="after")
+    def _influx_complete(self) -> Self:
+        if self.backend == "influxdb" and not self.influx.org:
+            raise ValueError("backend 'influxdb' needs store.influx.org [IOTHUB_STORE__INFLUX__ORG]")
+        return self
+
     event_retention: int = Field(
         default=1_000_000, ge=1000, description="events kept for resume; older ones are pruned"
     )
@@ -215,6 +238,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("iothub-data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     mqtt: MqttSettings = MqttSettings()
+    broker: BrokerSettings = BrokerSettings()
     http: HttpSettings = HttpSettings()
     ingest: IngestSettings = IngestSettings()
     store: StoreSettings = StoreSettings()
@@ -381,6 +405,7 @@ def _explain(exc: ValidationError) -> str:
     for err in exc.errors(include_url=False):
         name = ".".join(str(p) for p in err["loc"])
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        secret = err["loc"][-1:] in (("url",), ("token",))  # may hold credentials: never echoed
+        shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
         lines.append(f"setting {name} [{env_name(name)}]: {err['msg']}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -50,15 +50,20 @@ async def hub_broker(tmp_path: Path, max_connections: int | None = None) -> Asyn
 
 
 @asynccontextmanager
-async def mosquitto(tmp_path: Path, max_connections: int | None = None) -> AsyncIterator[int]:
+async def mosquitto(
+    tmp_path: Path, max_connections: int | None = None, *, port: int | None = None, extra: str = ""
+) -> AsyncIterator[int]:
+    """A Mosquitto on ``port`` (a free one by default; given, to start it again where it was), with
+    ``extra`` lines of configuration."""
     if not MOSQUITTO_PRESENT:
         if os.environ.get("CI") == "true":
             pytest.fail("mosquitto is missing: .ci/run installs Debian's mosquitto")
         pytest.skip("mosquitto is missing (apt-get install mosquitto)")
-    port = _free_port()
+    port = port or _free_port()
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     config = tmp_path / "mosquitto.conf"
     limit = f"max_connections {max_connections}\n" if max_connections else ""
-    config.write_text(f"listener {port} 127.0.0.1\n{limit}allow_anonymous true\npersistence false\n")
+    config.write_text(f"listener {port} 127.0.0.1\n{limit}allow_anonymous true\npersistence false\n{extra}")
     log = tmp_path / "mosquitto.log"  # its stderr: it drops root, so it could not open a file here itself
     with _opened(log) as stderr:
         proc = await asyncio.create_subprocess_exec(

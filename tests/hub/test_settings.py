@@ -82,16 +82,16 @@ def test_unknown_environment_variables_are_refused_with_the_closest_setting(monk
     ):
         load_settings()
     monkeypatch.delenv("IOTHUB_HTTPX__PORT")
-    monkeypatch.setenv("IOTHUB_BROKER__URL", "mqtt://elsewhere:1883")
-    monkeypatch.setenv("IOTHUB_STORE__INFLUX__URL", "http://influx")
+    monkeypatch.setenv("IOTHUB_CLUSTER__URL", "mqtt://elsewhere:1883")
+    monkeypatch.setenv("IOTHUB_STORE__REMOTE__URL", "http://influx")
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert str(refused.value).splitlines()[1:] == [
-        "  setting IOTHUB_BROKER__URL: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
-        "IOTHUB_HTTP__*, IOTHUB_INGEST__*, IOTHUB_STORE__*, IOTHUB_FANOUT__*, IOTHUB_SSE__*, IOTHUB_WS__*, "
-        "IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_RULES)",
-        "  setting IOTHUB_STORE__INFLUX__URL: no such setting "
-        "(known: IOTHUB_STORE__BACKEND, IOTHUB_STORE__EVENT_RETENTION)",
+        "  setting IOTHUB_CLUSTER__URL: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
+        "IOTHUB_BROKER__*, IOTHUB_HTTP__*, IOTHUB_INGEST__*, IOTHUB_STORE__*, IOTHUB_FANOUT__*, IOTHUB_SSE__*, "
+        "IOTHUB_WS__*, IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_RULES)",
+        "  setting IOTHUB_STORE__REMOTE__URL: no such setting "
+        "(known: IOTHUB_STORE__BACKEND, IOTHUB_STORE__INFLUX__*, IOTHUB_STORE__EVENT_RETENTION)",
     ]
 
 
@@ -122,13 +122,13 @@ def test_every_setting_of_the_model_is_accepted_from_the_environment(
         url: str = ""
 
     class Grown(Settings):
-        broker: Extra = Extra()
+        cluster: Extra = Extra()
         labels: dict[str, str] = {}
 
-    environ = {"IOTHUB_BROKER__URL": "x", "IOTHUB_LABELS__SITE": "x", "IOTHUB_MQTT__PORT": "1", "PATH": "/bin"}
+    environ = {"IOTHUB_CLUSTER__URL": "x", "IOTHUB_LABELS__SITE": "x", "IOTHUB_MQTT__PORT": "1", "PATH": "/bin"}
     assert unknown_variables(environ, Grown) == []
-    assert unknown_variables({**environ, "IOTHUB_BROKER__URI": "x"}, Grown) == [
-        "setting IOTHUB_BROKER__URI: no such setting (did you mean IOTHUB_BROKER__URL?)"
+    assert unknown_variables({**environ, "IOTHUB_CLUSTER__URI": "x"}, Grown) == [
+        "setting IOTHUB_CLUSTER__URI: no such setting (did you mean IOTHUB_CLUSTER__URL?)"
     ]
 
 

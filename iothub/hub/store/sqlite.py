@@ -1,7 +1,13 @@
 """SQLite store: the embedded default.
 
 One writer thread commits batches (WAL, ``synchronous=NORMAL``); readers use their own connections
-on a small pool, so queries never wait behind a write. Layout:
+on a small pool, so queries never wait behind a write. Several hub processes may share one database
+(external-broker mode): each batch takes the write lock first (``BEGIN IMMEDIATE``) and numbers its
+events after the newest id in the table, so ids stay unique and commit-ordered across processes.
+With ``shared=True`` the writers of those processes also queue on an advisory file lock
+(``iothub.db.writers``) before that, so one waits exactly until the other commits instead of in
+SQLite's busy-wait sleeps (1, 2, 5, 10 ms...); JSON is encoded before either lock is taken.
+Layout:
 
 * ``series(id, device_id, metric, kind)``: one row per device metric (``kind``: number, bool, string)
 * ``points(series_id, ts, num, txt)`` indexed by ``(series_id, ts, num)``: by device, metric and time;
@@ -16,14 +22,20 @@ on a small pool, so queries never wait behind a write. Layout:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows: shared writers wait in SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 from iothub.hub import outbox
 from iothub.hub.errors import StoreError
@@ -94,8 +106,16 @@ def _decode(kind: str, num: float | None, txt: str | None) -> Value | None:
 
 
 class SqliteStore:
-    def __init__(self, path: Path, retention: int = 1_000_000, on_outbox: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        retention: int = 1_000_000,
+        shared: bool = False,
+        on_outbox: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
+        self.shared = shared
+        self._writers: IO[bytes] | None = None  # the advisory lock file of shared writers
         self.retention = retention
         self.on_outbox = on_outbox  # called (on the event loop) after a write that queued webhook deliveries
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-store-writer")
@@ -105,7 +125,6 @@ class SqliteStore:
         self._local = threading.local()
         self._series: dict[tuple[str, str], tuple[int, str]] = {}
         self._series_undo: dict[tuple[str, str], tuple[int, str] | None] = {}  # cache before this batch
-        self._next_event_id = 1
         self._prune_at = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -117,6 +136,9 @@ class SqliteStore:
         if self._writer is not None:
             await self._in_writer(self._writer.close)
             self._writer = None
+        if self._writers is not None:
+            self._writers.close()
+            self._writers = None
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
         for conn in self._readers:
@@ -143,14 +165,15 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(SCHEMA)
             conn.executescript(outbox.SCHEMA)
+            if self.shared and fcntl is not None:
+                self._writers = open(f"{self.path}.writers", "ab")  # noqa: SIM115 (held open until close)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
         self._writer = conn
         for sid, device_id, metric, kind in conn.execute("SELECT id, device_id, metric, kind FROM series"):
             self._series[(device_id, metric)] = (sid, kind)
         (last_id,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
-        self._next_event_id = last_id + 1
-        self._prune_at = self._next_event_id + self.retention // 10
+        self._prune_at = last_id + 1 + self.retention // 10
 
     async def _in_writer(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer_pool, fn)
@@ -179,8 +202,28 @@ class SqliteStore:
         if conn is None:
             raise StoreError("the store is closed")
         self._series_undo.clear()
+        data = [json.dumps(e.data) for e in batch.events]
+        devices = [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()]
+        with self._writers_turn():
+            return self._commit(conn, batch, data, devices)
+
+    @contextlib.contextmanager
+    def _writers_turn(self) -> Iterator[None]:
+        """Wait for the other processes' writers (shared mode), without polling."""
+        if self._writers is None:
+            yield
+            return
+        fcntl.flock(self._writers, fcntl.LOCK_EX)
         try:
-            conn.execute("BEGIN")
+            yield
+        finally:
+            fcntl.flock(self._writers, fcntl.LOCK_UN)
+
+    def _commit(
+        self, conn: sqlite3.Connection, batch: Batch, data: list[str], devices: list[tuple[str, str]]
+    ) -> tuple[list[HubEvent], int]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: another process may number events too
             rows: list[tuple[int, int, float | None, str | None]] = []
             for p in batch.points:
                 sid = self._series_id(conn, p.device_id, p.metric, _kind(p.value))
@@ -189,20 +232,21 @@ class SqliteStore:
                 else:
                     rows.append((sid, p.ts, float(p.value), None))
             conn.executemany("INSERT INTO points (series_id, ts, num, txt) VALUES (?, ?, ?, ?)", rows)
-            first = self._next_event_id
+            (newest,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+            first = newest + 1
             events = [
                 HubEvent(first + i, EventType(e.type), e.ts, e.device_id, e.data) for i, e in enumerate(batch.events)
             ]
             conn.executemany(
                 "INSERT INTO events (id, ts, type, device_id, data) VALUES (?, ?, ?, ?, ?)",
-                [(e.id, e.ts, e.type.value, e.device_id, json.dumps(e.data)) for e in events],
+                [(e.id, e.ts, e.type.value, e.device_id, d) for e, d in zip(events, data, strict=True)],
             )
             queued = outbox.record(conn, events, time.time_ns() // 1_000_000)
             conn.executemany(
                 "INSERT INTO devices (id, state) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
-                [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()],
+                devices,
             )
-            next_id = self._next_event_id + len(events)
+            next_id = first + len(events)
             if next_id >= self._prune_at:
                 conn.execute("DELETE FROM events WHERE id < ?", (next_id - self.retention,))
                 self._prune_at = next_id + self.retention // 10
@@ -216,7 +260,6 @@ class SqliteStore:
                 else:
                     self._series[key] = before
             raise StoreError(f"cannot write to the SQLite store at {self.path}: {exc}") from exc
-        self._next_event_id += len(events)
         return events, queued
 
     def _series_id(self, conn: sqlite3.Connection, device_id: str, metric: str, kind: str) -> int:
@@ -228,13 +271,19 @@ class SqliteStore:
                 conn.execute("UPDATE series SET kind = ? WHERE id = ?", (kind, sid))
                 self._series[(device_id, metric)] = (sid, kind)
             return sid
-        cur = conn.execute("INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?)", (device_id, metric, kind))
-        new_id = cur.lastrowid
-        assert new_id is not None
-        sid = new_id
+        # Another process sharing the database may have made this series since we looked.
+        conn.execute(
+            "INSERT INTO series (device_id, metric, kind) VALUES (?, ?, ?) ON CONFLICT (device_id, metric) DO NOTHING",
+            (device_id, metric, kind),
+        )
+        sid, stored_kind = conn.execute(
+            "SELECT id, kind FROM series WHERE device_id = ? AND metric = ?", (device_id, metric)
+        ).fetchone()
+        if stored_kind != kind:
+            conn.execute("UPDATE series SET kind = ? WHERE id = ?", (kind, sid))
         self._series_undo.setdefault((device_id, metric), None)
-        self._series[(device_id, metric)] = (sid, kind)
-        return sid
+        self._series[(device_id, metric)] = (int(sid), kind)
+        return int(sid)
 
     # -- reads -----------------------------------------------------------------------------------
 

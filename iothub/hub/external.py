@@ -1,0 +1,203 @@
+"""The hub on an external MQTT broker (EMQX, HiveMQ, VerneMQ, Mosquitto): an ``aiomqtt`` subscriber.
+
+``async with ExternalBroker(...)``: connected and subscribed on entry (or a :class:`SettingsError`
+naming ``broker.url`` when the first connection fails within ``broker.connect_timeout_s``); on exit,
+disconnected. In between, one task keeps the connection: when it drops, it reconnects after a
+jittered backoff (0.1 s doubling up to ``broker.reconnect_max_s``, each wait between half and all of
+that) and subscribes again.
+
+* Session: ``clean_session=0`` under a stable ``broker.client_id`` and QoS 1 subscriptions, so the
+  broker keeps what devices publish while this hub is away and hands it over when it is back.
+* Subscriptions: device telemetry, status and reported twin state through the shared subscription
+  ``$share/{broker.group}/devices/+/...`` (several hubs split the load, each message reaches one of
+  them) when this process runs ingest; command responses on ``devices/+/responses`` without sharing,
+  because only the process that sent a command can match its answer (the others ignore it).
+* Every message goes straight to the ingest tap, as the embedded broker's do. The broker has it
+  acknowledged as soon as it arrives: there is no durable acknowledgement in this mode (a hub killed
+  between receipt and commit loses what ingest held); a message refused for a full ingest queue is lost.
+* Presence: only what devices publish on ``devices/{id}/status`` (retained, their Last Will): the
+  hub cannot see connections, so :meth:`subscribes` answers True and :meth:`connected_devices` is
+  empty (disabling a device cannot disconnect it here: the broker's ACL has to).
+* Commands, twin documents and ``hub/status`` go out through the same connection (:meth:`publish`,
+  which waits up to ``PUBLISH_TIMEOUT_S`` for the broker's acknowledgement; a broker delivering a
+  backlog to the hub may acknowledge only after it); the hub's Last Will is ``hub/status`` offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from typing import Any
+
+import aiomqtt
+
+from iothub.hub.broker_settings import BrokerSettings, broker_address
+from iothub.hub.embedded import BrokerTap
+from iothub.hub.errors import HubError, SettingsError
+from iothub.hub.presence import PresenceReason
+
+log = logging.getLogger(__name__)
+
+SHARED_KINDS = ("telemetry", "status", "state/reported")
+RESPONSES = "devices/+/responses"
+PUBLISH_TIMEOUT_S = 10.0
+FIRST_BACKOFF_S = 0.1
+
+
+class BrokerUnavailable(HubError):
+    """The external broker is not connected (the hub is reconnecting); the message says where."""
+
+
+def subscriptions(group: str, ingest: bool) -> list[tuple[str, int]]:
+    """The topic filters (QoS 1) a hub process subscribes to."""
+    shared = [(f"$share/{group}/devices/+/{kind}", 1) for kind in SHARED_KINDS] if ingest else []
+    return [*shared, (RESPONSES, 1)]
+
+
+def backoff(previous: float, ceiling: float) -> tuple[float, float]:
+    """``(wait, next)``: wait between half and all of ``previous``; the next one doubles, up to ``ceiling``."""
+    return random.uniform(previous / 2, previous), min(previous * 2, ceiling)
+
+
+def _tap_queue(tap: BrokerTap) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming-message queue, replaced by a straight hand-over to the ingest tap."""
+
+    class TapQueue(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            payload = item.payload
+            tap.on_publish(None, item.topic.value, payload if isinstance(payload, bytes) else str(payload).encode())
+
+    return TapQueue
+
+
+class ExternalBroker:
+    def __init__(self, settings: BrokerSettings, tap: BrokerTap, *, ingest: bool, will: tuple[str, bytes]) -> None:
+        assert settings.url is not None
+        self.settings = settings
+        self.address = broker_address(settings.url)
+        self._tap = tap
+        self._ingest = ingest
+        self._will = aiomqtt.Will(will[0], will[1], qos=1, retain=True)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._first_error: Exception | None = None
+        self.connections = 0  # successful connections so far (the first, then reconnects)
+        self._connection_made = asyncio.Condition()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {}  # nothing listens here
+
+    def _new_client(self) -> aiomqtt.Client:
+        a = self.address
+        tls: ssl.SSLContext | None = None
+        if a.tls:
+            tls = ssl.create_default_context(cafile=str(self.settings.cafile) if self.settings.cafile else None)
+        return aiomqtt.Client(
+            a.host, a.port, username=a.username, password=a.password, identifier=self.settings.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, will=self._will, transport=a.transport,
+            websocket_path=a.path, tls_context=tls, keepalive=self.settings.keepalive_s,
+            timeout=self.settings.connect_timeout_s, queue_type=_tap_queue(self._tap),
+        )  # fmt: skip
+
+    async def __aenter__(self) -> ExternalBroker:
+        self._task = asyncio.create_task(self._keep_connected(), name="iothub-external-broker")
+        waiter = asyncio.create_task(self._connected.wait())
+        try:
+            await asyncio.wait({waiter, self._task}, timeout=self.settings.connect_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            waiter.cancel()
+        if not self._connected.is_set():
+            await self._stop()
+            reason = self._first_error or "no answer"
+            raise SettingsError(f"setting broker.url [IOTHUB_BROKER__URL]: cannot connect to {self.address}: {reason}")
+        log.info("connected to the external broker %s as %s", self.address, self.settings.client_id)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _keep_connected(self) -> None:
+        delay = FIRST_BACKOFF_S
+        while True:
+            try:
+                async with self._new_client() as client:
+                    await client.subscribe(subscriptions(self.settings.group, self._ingest))
+                    self._client = client
+                    self.connections += 1
+                    self._connected.set()
+                    async with self._connection_made:
+                        self._connection_made.notify_all()
+                    delay = FIRST_BACKOFF_S
+                    if self.connections > 1:
+                        log.info("reconnected to %s and subscribed again", self.address)
+                    async for _ in client.messages:  # nothing is queued (the tap takes it); ends on a drop
+                        pass
+            except aiomqtt.MqttError as exc:
+                if self._first_error is None:
+                    self._first_error = exc
+                if self._connected.is_set():
+                    log.warning("lost the external broker %s: %s; reconnecting", self.address, exc)
+            finally:
+                self._client = None
+                self._connected.clear()
+            wait, delay = backoff(delay, self.settings.reconnect_max_s)
+            await asyncio.sleep(wait)
+
+    async def wait_connections(self, count: int) -> None:
+        """Wait until the hub has connected (and subscribed) ``count`` times in all."""
+        async with self._connection_made:
+            await self._connection_made.wait_for(lambda: self.connections >= count)
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish through the hub's connection, waiting up to ``PUBLISH_TIMEOUT_S`` for it to be up."""
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                while True:
+                    client = self._client
+                    if client is not None:
+                        try:
+                            await client.publish(topic, payload, qos=qos, retain=retain)
+                            return
+                        except aiomqtt.MqttError:
+                            if self._client is client:
+                                raise
+                    await self._connected.wait()
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            why = (
+                f"no acknowledgement within {PUBLISH_TIMEOUT_S:g} s (a backlog ahead of it?)"
+                if self.connected
+                else "it is not reachable"
+            )
+            raise BrokerUnavailable(f"cannot publish on {topic!r} through the broker {self.address}: {why}") from exc
+
+    def subscribes(self, client_id: str, topic: str) -> bool:
+        return True  # the broker's subscriptions are not visible from here
+
+    def committed(self, ticket: int) -> None:
+        """Nothing to release: the broker had each message acknowledged on arrival."""
+
+    def connected_devices(self) -> list[str]:
+        return []
+
+    async def disconnect(self, client_id: str, reason: PresenceReason = PresenceReason.DISABLED) -> bool:
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"url": str(self.address), "client_id": self.settings.client_id, "group": self.settings.group}
