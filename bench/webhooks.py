@@ -79,7 +79,8 @@ async def start_hub(data: Path) -> tuple[asyncio.subprocess.Process, str, str, s
         "IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true", "IOTHUB_RULES": json.dumps([RULE]),
     }  # fmt: skip
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iothub", "run", "--grpc-port", "0", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0",
+        sys.executable, "-m", "iothub", "run",
+        "--grpc-port", "0", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stdout is not None

@@ -34,7 +34,8 @@ async def hub_process(data_dir: Path) -> AsyncIterator[tuple[asyncio.subprocess.
         "IOTHUB_WEBHOOKS__POLL_S": "0.2",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "iothub", "run", "--grpc-port", "0", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0",
+        sys.executable, "-m", "iothub", "run",
+        "--grpc-port", "0", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env, cwd=data_dir.parent,
     )  # fmt: skip
     try:
