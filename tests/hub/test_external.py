@@ -126,7 +126,7 @@ async def test_a_restarted_broker_gets_the_hub_back_subscribed(tmp_path: Path) -
 def test_only_names_known_components_and_needs_an_external_broker(tmp_path: Path) -> None:
     embedded = hub_settings(tmp_path)
     external = hub_settings(tmp_path, broker={"url": "mqtt://127.0.0.1:1"})
-    assert components(None, embedded) == components("ingest,alerts,webhooks,http,sse,ws", embedded)
+    assert components(None, embedded) == components("ingest,alerts,webhooks,http,sse,ws,grpc", embedded)
     assert components(" sse, ws ", external) == {"sse", "ws"}
     with pytest.raises(SettingsError, match=r"^--only: unknown component 'grcp' \(choose from ingest, alerts,"):
         components("sse,grcp", external)
