@@ -14,6 +14,7 @@ import click
 
 from iothub import __version__
 from iothub.cli_alerts import rules, webhooks
+from iothub.cli_watch import command, publish, watch
 from iothub.hub.errors import HubError
 from iothub.hub.fleet import iso
 from iothub.hub.records import DeviceRecord, TokenRecord
@@ -125,8 +126,8 @@ def _print(data: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2) if as_json else text)
 
 
-main.add_command(rules)
-main.add_command(webhooks)
+for verb in (rules, webhooks, watch, command, publish):
+    main.add_command(verb)
 
 
 @main.group()
