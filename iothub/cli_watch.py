@@ -29,7 +29,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v.strip() for given in values for v in given.split(",") if v.strip())
 
 
-def _selection_options(resume: bool) -> Callable[[F], F]:
+def _selection_options() -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         options = [
             click.option("--device", "devices", multiple=True, help="Only this device (or a,b); repeat for more."),
@@ -39,12 +39,9 @@ def _selection_options(resume: bool) -> Callable[[F], F]:
                 "--type", "types", multiple=True, help="telemetry, status, command_result, alert; repeatable [all]."
             ),
         ]
-        if resume:
-            options.append(
-                click.option(
-                    "--from", "resume_from", type=click.IntRange(0), help="Replay the events after this id first."
-                )
-            )
+        options.append(
+            click.option("--from", "resume_from", type=click.IntRange(0), help="Replay the events after this id first.")
+        )
         options += [
             click.option("--count", type=click.IntRange(1), help="Exit 0 after this many events."),
             click.option(
@@ -90,7 +87,7 @@ def _watch(channel: str, target: Any, options: dict[str, Any]) -> None:
 
 
 @watch.command("sse")
-@_selection_options(resume=True)
+@_selection_options()
 @target_options(mqtt=False)
 def watch_sse(config_file: Path | None, url: str | None, token: str | None, **options: Any) -> None:
     """The Server-Sent Events stream, /api/v1/stream (needs a read token)."""
@@ -98,7 +95,7 @@ def watch_sse(config_file: Path | None, url: str | None, token: str | None, **op
 
 
 @watch.command("ws")
-@_selection_options(resume=True)
+@_selection_options()
 @target_options(mqtt=False)
 def watch_ws(config_file: Path | None, url: str | None, token: str | None, **options: Any) -> None:
     """The WebSocket live protocol, /api/v1/ws (needs a read token)."""
@@ -106,7 +103,7 @@ def watch_ws(config_file: Path | None, url: str | None, token: str | None, **opt
 
 
 @watch.command("mqtt")
-@_selection_options(resume=False)
+@_selection_options()
 @target_options(mqtt=True)
 def watch_mqtt(
     config_file: Path | None, mqtt_url: str | None, username: str | None, password: str | None, **options: Any

@@ -70,8 +70,9 @@ def check(
         return "no webhook-id header"
     if not timestamp.isdigit():
         return f"webhook-timestamp {timestamp!r} is not epoch seconds"
-    if abs(now_s - int(timestamp)) > tolerance_s:
-        return f"webhook-timestamp is {now_s - int(timestamp):+.0f} s off (over {tolerance_s:g} s)"
+    age = now_s - int(timestamp)
+    if abs(age) > tolerance_s:
+        return f"webhook-timestamp is {abs(age):.0f} s {'old' if age > 0 else 'ahead'} (over {tolerance_s:g} s off)"
     expected = sign(secret, msg_id, int(timestamp), body)
     given = headers.get("webhook-signature", "").split()
     if not given:

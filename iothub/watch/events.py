@@ -130,6 +130,5 @@ class Selection:
             )
             if values
         ]
-        if self.resume_from is not None:
-            parts.append(f"after event {self.resume_from}")
-        return " ".join(parts) or "anything"
+        text = " ".join(parts) or "anything"
+        return text if self.resume_from is None else f"{text} after event {self.resume_from}"

@@ -99,7 +99,7 @@ class Receiver:
             raise WatchError(f"option '--listen': cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app, log_level="warning", access_log=False, lifespan="off")
+        config = uvicorn.Config(self._app, interface="asgi3", log_level="warning", access_log=False, lifespan="off")
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="iothub-watch-webhooks")
         if self._announce is not None:
