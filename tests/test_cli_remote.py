@@ -123,7 +123,8 @@ async def test_command_prints_the_device_answer(
     )
     assert done.code == 0, done.err
     assert re.fullmatch(rf'{device} set_setpoint: ok {{"setpoint": 19.5}} \(\d+ ms\)', done.out.strip()), done.out
-    await iothub_sse.expect("command_result", device=device, where={"name": "set_setpoint", "ok": True})
+    result = await iothub_sse.expect("command_result", device=device, where={"name": "set_setpoint", "ok": True})
+    assert isinstance(result.id, int), result  # the event's id, not the request id its data carries
     as_json = await run(tmp_path, client_env(iothub_hub), "command", device, "ping", "--json")
     assert json.loads(as_json.out)["result"]["pong"] is True
     refused = await run(tmp_path, client_env(iothub_hub), "command", device, "fly")

@@ -27,13 +27,13 @@ def _params(selection: Selection) -> httpx.QueryParams:
     return httpx.QueryParams(params)
 
 
-async def _frames(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
-    """``(event, data)`` of each frame; ``retry:`` as ``("retry", value)``; comments skipped."""
+async def _frames(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str, str | None]]:
+    """``(event, data, id)`` of each frame; ``retry:`` as ``("retry", value, None)``; comments skipped."""
     fields: dict[str, str] = {}
     async for line in lines:
         if line == "":
             if "data" in fields:
-                yield fields.get("event", "message"), fields["data"]
+                yield fields.get("event", "message"), fields["data"], fields.get("id")
             fields = {}
             continue
         if line.startswith(":"):
@@ -41,19 +41,22 @@ async def _frames(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
         name, _, value = line.partition(":")
         value = value.removeprefix(" ")
         if name == "retry":
-            yield "retry", value
+            yield "retry", value, None
         else:
             fields[name] = value
     raise WatchError("the hub ended the SSE stream")
 
 
-def to_event(kind: str, data: str) -> WatchEvent:
+def to_event(kind: str, data: str, event_id: str | None) -> WatchEvent:
+    """The event of a frame; its id is the frame's ``id:`` (a command result's ``data`` has an ``id``
+    of its own, the request id)."""
     body = json.loads(data)
     if kind == "gap":
         return WatchEvent("gap", "", None, body, None, "sse")
     if kind == "error":
         raise WatchError(f"the hub ended the SSE stream: {body.get('error', data)}")
-    return WatchEvent(kind, body.get("device_id", ""), body.get("ts"), body, body.get("id"), "sse")
+    number = int(event_id) if event_id is not None and event_id.isdigit() else None
+    return WatchEvent(kind, body.get("device_id", ""), body.get("ts"), body, number, "sse")
 
 
 @asynccontextmanager
@@ -78,9 +81,9 @@ async def open_sse(target: Target, selection: Selection) -> AsyncIterator[AsyncI
                     raise WatchError(f"{url}: not an iothub stream (it began with {first[0]!r})")
 
                 async def events() -> AsyncIterator[WatchEvent]:
-                    async for kind, data in frames:
+                    async for kind, data, event_id in frames:
                         if kind != "retry":
-                            yield to_event(kind, data)
+                            yield to_event(kind, data, event_id)
 
                 yield events()
         except httpx.TransportError as exc:
