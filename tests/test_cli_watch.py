@@ -47,9 +47,11 @@ async def test_ws_json_lines_are_the_hub_events(
 async def test_mqtt_shows_what_devices_publish_as_a_service_account(tmp_path: Path, iothub_hub: HubUnderTest) -> None:
     username, password = await iothub_hub.service_account("watcher", "observer")
     env = client_env(iothub_hub, username=username, password=password)
-    watch = await start(tmp_path, env, "watch", "mqtt", "--device", "th-4", "--count", "1", "--timeout", "20")
+    args = ["watch", "mqtt", "--device", "th-4", "--metric", "temperature", "--count", "1", "--timeout", "20"]
+    watch = await start(tmp_path, env, *args)
     assert "on mqtt mqtt://127.0.0.1:" in await watch.ready()
-    await iothub_hub.send_telemetry("th-4", {"temperature": 22})
+    await iothub_hub.send_telemetry("th-4", {"humidity": 50})  # none of the metrics asked for
+    await iothub_hub.send_telemetry("th-4", {"temperature": 22, "humidity": 40})
     done = await watch.finished()
     assert done.code == 0, done.err
     assert [LINE.match(line).groups() for line in done.lines] == [("th-4", "telemetry", "temperature=22")]  # type: ignore[union-attr]
