@@ -56,7 +56,9 @@ class Expectation:
         if callable(self.where):
             text += f" where {_name(self.where)}"
         elif self.where:
-            conditions = (f"{k} {_name(v)}" if callable(v) else f"{k}={format_value(v)}" for k, v in self.where.items())
+            conditions = (
+                f"{k} passes {_name(v)}" if callable(v) else f"{k}={format_value(v)}" for k, v in self.where.items()
+            )
             text += " where " + " and ".join(conditions)
         return text
 
