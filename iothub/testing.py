@@ -227,9 +227,15 @@ def _needs_pytest_asyncio() -> None:
 
 if pytest_asyncio is None:
 
-    @pytest.fixture
-    def iothub_hub() -> None:
-        _needs_pytest_asyncio()
+    def _missing_fixture(name: str) -> Any:
+        def fixture() -> None:
+            _needs_pytest_asyncio()
+
+        return pytest.fixture(name=name)(fixture)
+
+    iothub_hub, iothub_fleet, iothub_sse, iothub_ws, iothub_mqtt = (
+        _missing_fixture(name) for name in ("iothub_hub", "iothub_fleet", "iothub_sse", "iothub_ws", "iothub_mqtt")
+    )
 
 else:
 

@@ -90,6 +90,13 @@ async def test_a_timeout_says_what_it_waited_for_and_what_it_saw(
     ), error
 
 
+async def test_a_local_hub_is_found_from_its_own_settings(tmp_path: Path, iothub_hub: HubUnderTest) -> None:
+    port = iothub_hub.url.rsplit(":", 1)[1]
+    env = client_env(None, token=iothub_hub.token) | {"IOTHUB_HTTP__PORT": port}
+    done = await run(tmp_path, env, "watch", "sse", "--timeout", "1")
+    assert (done.code, done.err.strip()) == (0, f"watching anything on sse http://127.0.0.1:{port}"), done
+
+
 async def test_without_count_the_timeout_is_how_long_to_watch(tmp_path: Path, iothub_hub: HubUnderTest) -> None:
     done = await run(tmp_path, client_env(iothub_hub), "watch", "ws", "--timeout", "1")
     assert (done.code, done.out) == (0, ""), done
