@@ -30,7 +30,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         hub = subprocess.Popen(
             [sys.executable, "-m", "iothub", "run", "--data-dir", data,
-             "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0"],
+             "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0", "--grpc-port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         try:

@@ -54,7 +54,12 @@ async def serve_hub(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as data:
         settings = load_settings(
-            None, data_dir=Path(data), mqtt={"port": 0, "ws_port": None}, http={"port": 0}, log_level="warning"
+            None,
+            data_dir=Path(data),
+            mqtt={"port": 0, "ws_port": None},
+            http={"port": 0},
+            grpc={"port": None},
+            log_level="warning",
         )
         async with serve(settings) as running:
             tune_gc()  # as `iothub run` does

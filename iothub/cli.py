@@ -64,7 +64,10 @@ def main() -> None:
 @click.option("--host", help="Address every listener binds [127.0.0.1].")
 @click.option("--mqtt-port", type=int, help="MQTT TCP port; 0 picks a free port [1883].")
 @click.option("--mqtt-ws-port", type=int, help="MQTT over WebSocket port; 0 picks a free port [8083].")
-@click.option("--http-port", type=int, help="HTTP port (REST, /metrics, /healthz); 0 picks a free port [8080].")
+@click.option(
+    "--http-port", type=int, help="HTTP port (REST, SSE, WebSocket, dashboard, /metrics); 0 picks a free port [8080]."
+)
+@click.option("--grpc-port", type=int, help="gRPC port (iothub.v1, health, reflection); 0 picks a free port [50051].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="[info]")
 def run(
     config_file: Path | None,
@@ -73,16 +76,18 @@ def run(
     mqtt_port: int | None,
     mqtt_ws_port: int | None,
     http_port: int | None,
+    grpc_port: int | None,
     log_level: str | None,
 ) -> None:
-    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks and HTTP API.
+    """Run the hub: embedded broker, ingest, store, presence, alerts, webhooks, HTTP API and gRPC API.
 
     Prints the addresses it bound; a port in use stops it with the setting named.
     SIGINT/SIGTERM drain, flush the store and exit 0.
     """
     mqtt = _given(host=host, port=mqtt_port, ws_port=mqtt_ws_port)
     http = _given(host=host, port=http_port)
-    settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http))
+    grpc = _given(host=host, port=grpc_port)
+    settings = _settings(config_file, _given(data_dir=data_dir, log_level=log_level, mqtt=mqtt, http=http, grpc=grpc))
     _setup_logging(settings.log_level)
     from iothub.runner import run_forever
 

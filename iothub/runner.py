@@ -2,11 +2,11 @@
 
 ``serve(settings)`` is an async context manager (what tests and benchmarks use); ``run(settings)`` is
 what ``iothub run`` calls: it prints the bound addresses, waits for SIGINT/SIGTERM, then leaves in
-order: stop accepting HTTP, stop webhook delivery (what is unsent stays in the outbox), close the
-broker, drain and flush ingest, close the store. A listener that cannot bind (port in use, address
-not here) stops ``run`` with a :class:`SettingsError` naming the setting, not a traceback; so does a
-store or saved broker state that cannot be used, with its :class:`~iothub.hub.errors.StoreError`
-naming the file.
+order: drain gRPC (health NOT_SERVING, streams end), stop accepting HTTP, stop webhook delivery (what
+is unsent stays in the outbox), close the broker, drain and flush ingest, close the store. A listener
+that cannot bind (port in use, address not here) stops ``run`` with a :class:`SettingsError` naming
+the setting, not a traceback; so does a store or saved broker state that cannot be used, with its
+:class:`~iothub.hub.errors.StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+from iothub.bridge.grpc import GrpcServer
 from iothub.bridge.http import HttpServer, create_app
 from iothub.bridge.webhooks import WebhookSender
 from iothub.hub.core import Hub
@@ -40,15 +41,23 @@ class Running:
     ports: dict[str, int]
 
     def address(self, name: str) -> str:
-        host = self.hub.settings.http.host if name == "http" else self.hub.settings.mqtt.host
+        settings = self.hub.settings
+        host = {"http": settings.http.host, "grpc": settings.grpc.host}.get(name, settings.mqtt.host)
         return f"{host}:{self.ports[name]}"
 
 
 @asynccontextmanager
 async def serve(settings: Settings) -> AsyncIterator[Running]:
-    async with Hub(settings) as hub, WebhookSender(hub), HttpServer(create_app(hub), settings.http) as http:
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(Hub(settings))
+        await stack.enter_async_context(WebhookSender(hub))
+        http = await stack.enter_async_context(HttpServer(create_app(hub), settings.http))
+        ports = {**hub.ports, "http": http.port}
+        if settings.grpc.port is not None:
+            grpc = await stack.enter_async_context(GrpcServer(hub, settings.grpc))
+            ports["grpc"] = grpc.port
         await asyncio.to_thread(hub.make_first_token)
-        yield Running(hub, {**hub.ports, "http": http.port})
+        yield Running(hub, ports)
 
 
 def tune_gc() -> None:
@@ -66,6 +75,8 @@ def describe(running: Running) -> str:
     if "mqtt_ws" in running.ports:
         parts.append(f"mqtt_ws={running.address('mqtt_ws')}")
     parts.append(f"http=http://{running.address('http')}")
+    if "grpc" in running.ports:
+        parts.append(f"grpc={running.address('grpc')}")
     return "iothub listening: " + " ".join(parts)
 
 
@@ -121,7 +132,7 @@ def startup_error(exc: BaseException, settings: Settings) -> HubError | None:
     if failure is None:
         return None
     reason = os.strerror(failure.errno).lower() if failure.errno and failure.errno > 0 else str(failure)
-    hosts = {"mqtt.host": settings.mqtt.host, "http.host": settings.http.host}
+    hosts = {"mqtt.host": settings.mqtt.host, "http.host": settings.http.host, "grpc.host": settings.grpc.host}
     if isinstance(failure, socket.gaierror):  # a host name that does not resolve
         unresolved = [f"{n} [{env_name(n)}] {h!r}" for n, h in hosts.items() if not _is_address(h)]
         return SettingsError(f"setting {' / '.join(unresolved) or 'host'}: cannot listen there: {failure.strerror}")
@@ -134,6 +145,7 @@ def startup_error(exc: BaseException, settings: Settings) -> HubError | None:
         "mqtt.ws_port": (settings.mqtt.host, settings.mqtt.ws_port),
         "mqtt.tls.port": (settings.mqtt.host, settings.mqtt.tls.port),
         "http.port": (settings.http.host, settings.http.port),
+        "grpc.port": (settings.grpc.host, settings.grpc.port),
     }
     named = [name for name, (_, value) in listeners.items() if value == port and port != 0]
     if len(named) > 1:

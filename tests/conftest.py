@@ -36,6 +36,7 @@ def hub_settings(data_dir: Path, **overrides: Any) -> Settings:
         "data_dir": data_dir,
         "mqtt": {"port": 0, "ws_port": 0},
         "http": {"port": 0},
+        "grpc": {"port": 0},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

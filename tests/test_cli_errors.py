@@ -39,7 +39,7 @@ def refusing_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-FREE = {"--mqtt-port": "0", "--mqtt-ws-port": "0", "--http-port": "0"}
+FREE = {"--mqtt-port": "0", "--mqtt-ws-port": "0", "--http-port": "0", "--grpc-port": "0"}
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,7 @@ FREE = {"--mqtt-port": "0", "--mqtt-ws-port": "0", "--http-port": "0"}
         ("--mqtt-port", "mqtt.port [IOTHUB_MQTT__PORT]"),
         ("--mqtt-ws-port", "mqtt.ws_port [IOTHUB_MQTT__WS_PORT]"),
         ("--http-port", "http.port [IOTHUB_HTTP__PORT]"),
+        ("--grpc-port", "grpc.port [IOTHUB_GRPC__PORT]"),
     ],
 )
 def test_a_busy_port_names_the_setting(tmp_path: Path, taken_port: int, option: str, setting: str) -> None:
@@ -63,7 +64,7 @@ def test_a_busy_port_names_the_setting(tmp_path: Path, taken_port: int, option: 
 def test_two_listeners_on_one_port_are_named_together(tmp_path: Path, taken_port: int) -> None:
     port = str(taken_port)
     code, errors = iothub(tmp_path, "run", "--data-dir", "data", "--mqtt-port", port, "--mqtt-ws-port", "0",
-                          "--http-port", port)  # fmt: skip
+                          "--http-port", port, "--grpc-port", "0")  # fmt: skip
     assert code == 1
     assert errors == [
         "Error: settings mqtt.port [IOTHUB_MQTT__PORT] and http.port [IOTHUB_HTTP__PORT] are the same port, "
@@ -125,13 +126,13 @@ def test_a_fleet_that_never_connects_says_why_and_fails(tmp_path: Path, refusing
     [
         (  # TEST-NET-1, never an address of this machine
             "192.0.2.1",
-            "Error: setting mqtt.host [IOTHUB_MQTT__HOST] 192.0.2.1 / http.host [IOTHUB_HTTP__HOST] 192.0.2.1: "
-            "cannot listen on 192.0.2.1:0: cannot assign requested address",
+            "Error: setting mqtt.host [IOTHUB_MQTT__HOST] 192.0.2.1 / http.host [IOTHUB_HTTP__HOST] 192.0.2.1 / "
+            "grpc.host [IOTHUB_GRPC__HOST] 192.0.2.1: cannot listen on 192.0.2.1:0: cannot assign requested address",
         ),
         (
             "nohost.invalid",
             "Error: setting mqtt.host [IOTHUB_MQTT__HOST] 'nohost.invalid' / http.host [IOTHUB_HTTP__HOST] "
-            "'nohost.invalid': cannot listen there: ",
+            "'nohost.invalid' / grpc.host [IOTHUB_GRPC__HOST] 'nohost.invalid': cannot listen there: ",
         ),
     ],
 )

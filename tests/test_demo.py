@@ -61,7 +61,18 @@ def fleet_online(http: str, token: str, devices: int) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_demo_stops_hub_and_fleet(tmp_path: Path, sig: signal.Signals) -> None:
     env = {**os.environ, "DEVICES": "2", "RATE": "5", "DEMO_SETUP": "0"}  # .venv exists: no pip install
-    args = ["--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "data")]
+    args = [
+        "--mqtt-port",
+        "0",
+        "--mqtt-ws-port",
+        "0",
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     with (tmp_path / "stderr").open("w") as stderr, subprocess.Popen(
         [str(DEMO), *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, start_new_session=True
     ) as demo:  # fmt: skip

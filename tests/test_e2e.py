@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+
+from iothub.v1 import devices_pb2, devices_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 IOTHUB = [sys.executable, "-m", "iothub"]
@@ -26,7 +29,7 @@ def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[st
     """``iothub run`` on free ports; yields it and its addresses, plus the first-start token."""
     env = {**os.environ, "IOTHUB_DATA_DIR": str(tmp_path / "data")}
     with subprocess.Popen(
-        [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0"],
+        [*IOTHUB, "run", "--mqtt-port", "0", "--mqtt-ws-port", "0", "--http-port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -36,12 +39,12 @@ def hub_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[st
         try:
             assert proc.stdout is not None
             line = proc.stdout.readline()  # the hub prints its addresses once bound
-            match = re.match(r"iothub listening: mqtt=(\S+) mqtt_ws=(\S+) http=(\S+)", line)
+            match = re.match(r"iothub listening: mqtt=(\S+) mqtt_ws=(\S+) http=(\S+) grpc=(\S+)", line)
             assert match, f"unexpected first line {line!r}"
             token = re.search(r"token was created \(shown once\): (\S+)", proc.stdout.readline())
             assert token, "no first-start token printed"
-            yield proc, {"mqtt": match[1], "mqtt_ws": match[2], "http": match[3], "token": token[1],
-                         "data_dir": env["IOTHUB_DATA_DIR"]}  # fmt: skip
+            yield proc, {"mqtt": match[1], "mqtt_ws": match[2], "http": match[3], "grpc": match[4],
+                         "token": token[1], "data_dir": env["IOTHUB_DATA_DIR"]}  # fmt: skip
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -113,6 +116,14 @@ def test_run_simulate_kill_and_stop(hub_process: tuple[subprocess.Popen[str], di
 
     assert {d["type"] for d in devices} == {"thermostat", "power_meter", "tracker"}
     assert httpx.get(f"{http}/api/v1/devices").status_code == 401
+    # The gRPC API of the real `iothub run` (on uvloop when installed) sees the same fleet.
+    with grpc.insecure_channel(addr["grpc"]) as channel:
+        listed = devices_pb2_grpc.DeviceServiceStub(channel).ListDevices(
+            devices_pb2.ListDevicesRequest(id_prefix="e2e-"),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=DEADLINE_S,
+        )
+    assert [(d.id, d.presence.reason) for d in listed.devices] == [(d["id"], "last_will") for d in devices]
     metrics = httpx.get(f"{http}/metrics", headers=auth).text
     stored = float(re.search(r"^iothub_messages_stored_total (\S+)$", metrics, re.M)[1])  # type: ignore[index]
     assert stored >= 15
@@ -144,7 +155,7 @@ def test_a_second_hub_on_the_same_ports_says_which(
     _, addr = hub_process
     taken = addr["mqtt"].rsplit(":", 1)[1]
     result = subprocess.run(
-        [*IOTHUB, "run", "--mqtt-port", taken, "--mqtt-ws-port", "0", "--http-port", "0"],
+        [*IOTHUB, "run", "--mqtt-port", taken, "--mqtt-ws-port", "0", "--http-port", "0", "--grpc-port", "0"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

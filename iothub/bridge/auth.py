@@ -21,11 +21,19 @@ from iothub.hub.registry import Scope, TokenRecord
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization`` value (HTTP header or gRPC metadata): None when absent,
+    ``""`` when it is not ``Bearer <token>``."""
+    if header is None:
+        return None
+    kind, _, value = header.partition(" ")
+    return value.strip() if kind.lower() == "bearer" and value.strip() else ""
+
+
 def presented_token(connection: HTTPConnection, query: bool) -> str | None:
     header = connection.headers.get("authorization")
     if header is not None:
-        kind, _, value = header.partition(" ")
-        return value.strip() if kind.lower() == "bearer" and value.strip() else ""
+        return bearer_token(header)
     if query:
         return connection.query_params.get("access_token")
     return None

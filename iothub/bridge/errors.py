@@ -27,3 +27,7 @@ class Forbidden(BridgeError):
 
 class Unavailable(BridgeError):
     """The hub cannot serve this now (it is shutting down)."""
+
+
+class TooSlow(BridgeError):
+    """A live-stream client that fell too far behind (or stopped reading) and was disconnected."""

@@ -113,7 +113,7 @@ async def get_telemetry(request: Request) -> JSONResponse:
     try:
         agg = Agg(q.get("agg", "avg" if step else "last"))
     except ValueError:
-        raise BadRequest(f"parameter 'agg': {q['agg']!r} is not one of avg, min, max, last") from None
+        raise BadRequest(f"parameter 'agg': {q['agg']!r} is not one of {', '.join(Agg)}") from None
     limit = parse_int("limit", q["limit"], 1, MAX_LIMIT) if "limit" in q else DEFAULT_LIMIT
     known = await hub.store.metrics_of(device_id)
     wanted = q.getlist("metric") or known

@@ -6,7 +6,8 @@ are refused and counted like any bad device message.
 
 A command for an offline device fails at once (:class:`DeviceOffline`) unless the caller asks to
 queue it: then it is published when the device subscribes to its commands again (not merely when it
-connects: it would miss what comes before its SUBSCRIBE), within the same timeout. A command for an
+connects: it would miss what comes before its SUBSCRIBE), within the same timeout; a device with a
+persistent session that subscribes to it gets it from the broker's session queue as it reconnects. A command for an
 online device that has no subscription to it yet (it has just connected, say) waits the same way
 rather than being published to nobody. At most ``MAX_QUEUED`` commands wait per device; more are
 refused.
@@ -126,7 +127,9 @@ class Commands:
         if not online and not queue:
             since = f" since {state.presence_view()['since']} ({state.reason.value})" if state else ""
             raise DeviceOffline(f"device {device_id!r} is offline{since}; queue=true delivers it when it reconnects")
-        reachable = online and self.publisher.subscribes(device_id, topic_for(device_id, TopicKind.COMMAND, name))
+        # Published when a session of the device subscribes to it: a persistent session holds it for
+        # an offline device (QoS 1) and delivers it when the device is back, SUBSCRIBE or not.
+        reachable = self.publisher.subscribes(device_id, topic_for(device_id, TopicKind.COMMAND, name))
         if not reachable and len(self._queued[device_id]) >= MAX_QUEUED:
             raise BadCommand(f"device {device_id!r} already has {MAX_QUEUED} queued commands")
         request_id = secrets.token_hex(8)

@@ -143,6 +143,20 @@ class WsSettings(_StreamSection):
     max_pending_commands: int = Field(default=100, ge=1, description="commands awaiting results per connection")
 
 
+class GrpcSettings(_StreamSection):
+    """Stream limits (``queue_size`` ...) apply to each server stream and each Connect subscription."""
+
+    host: str = Field(default="127.0.0.1", description="address the gRPC server binds")
+    port: Port | None = Field(default=50051, description="gRPC API; unset to disable")
+    keepalive_s: float = Field(default=30.0, gt=0, description="an idle connection is pinged this often")
+    keepalive_timeout_s: float = Field(
+        default=10.0, gt=0, description="a ping unanswered this long closes the connection (dead client)"
+    )
+    max_subscriptions: int = Field(default=100, ge=1, description="subscriptions per Connect stream")
+    max_pending_commands: int = Field(default=100, ge=1, description="commands awaiting results per Connect stream")
+    grace_s: float = Field(default=5.0, ge=0, description="how long calls in flight may finish at shutdown")
+
+
 class AlertSettings(_Section):
     queue_size: int = Field(
         default=100_000, ge=100, description="events waiting for rule evaluation; the oldest drop when full"
@@ -204,6 +218,7 @@ class Settings(BaseSettings):
     fanout: FanoutSettings = FanoutSettings()
     sse: SseSettings = SseSettings()
     ws: WsSettings = WsSettings()
+    grpc: GrpcSettings = GrpcSettings()
     alerts: AlertSettings = AlertSettings()
     webhooks: WebhookSettings = WebhookSettings()
     client: ClientSettings = ClientSettings()

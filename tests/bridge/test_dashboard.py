@@ -4,53 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import pytest
 
 from iothub.runner import Running, serve
 from iothub.simulators.fleet import run_fleet
+from tests.bridge.conftest import ARTIFACTS, open_dashboard
 from tests.conftest import device_secret, hub_settings, mqtt_client, telemetry, unique_id
 from tests.mqtt_raw import publish_packet, raw_connect, read_packet
 from tests.simulators.test_fleet import config
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-# What a root, headless, offline machine needs (see the machine notes): no sandbox, no GPU, and no
-# background traffic to hosts this network refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-CHROMIUM_PRESENT = CHROMIUM.exists()
 # Resolves after n animation frames: what the page schedules for its next frame has run by then.
 FRAMES = "n => new Promise(done => { const step = () => (n-- > 0 ? requestAnimationFrame(step) : done()); step(); })"
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not CHROMIUM_PRESENT:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
 
 
 def free_ports(n: int) -> list[int]:
@@ -62,13 +33,6 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-async def open_dashboard(browser: Any, running: Running) -> Any:
-    page = await browser.new_page(viewport={"width": 1400, "height": 900})
-    await page.goto(f"http://{running.address('http')}/#token={running.hub.first_token}")
-    await page.locator("#conn[data-state=live]").wait_for(timeout=10_000)
-    return page
 
 
 async def test_live_devices_values_and_presence(browser: Any, tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ async def test_downsampled_strings_and_flags(hub: Running, events: EventWaiter, 
     ("params", "status", "message"),
     [
         ({"step": "fast"}, 400, "parameter 'step'"),
-        ({"agg": "median", "step": "1m"}, 400, "parameter 'agg': 'median' is not one of avg, min, max, last"),
+        ({"agg": "median", "step": "1m"}, 400, "parameter 'agg': 'median' is not one of avg, min, max, last, count"),
         ({"from": "now", "to": "-1h"}, 400, "'from' is after 'to'"),
         ({"from": "last week"}, 400, "parameter 'from'"),
         ({"limit": "0"}, 400, "parameter 'limit': 0 is outside"),

@@ -343,3 +343,25 @@ async def test_a_persistent_session_keeps_a_device_reachable(hub: Running, event
         request_id = json.loads(message.payload)["id"]
         await again.publish(f"devices/{device}/responses", json.dumps({"id": request_id, "ok": True}), qos=1)
         assert (await pending).ok
+
+
+async def test_a_queued_command_waits_in_a_persistent_session(hub: Running, events: EventWaiter) -> None:
+    device = unique_id()
+    async with mqtt_client(hub, device, clean_session=False) as client:
+        await client.subscribe(f"devices/{device}/commands/+", qos=1)
+    await events.status_of(device, online=False)
+    pending = asyncio.create_task(hub.hub.commands.send(device, "x", {"n": 2}, timeout_s=WAIT_S, queue=True))
+    sample = hub.hub.metrics.registry.get_sample_value
+    for _ in range(200):  # bounded: 10 s; the broker holds it for the device
+        if sample("iothub_mqtt_queued", {"state": "queued"}) == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert sample("iothub_mqtt_queued", {"state": "queued"}) == 1
+    async with mqtt_client(hub, device, clean_session=False) as again:  # back, without a SUBSCRIBE
+        async with asyncio.timeout(WAIT_S):
+            message = await anext(aiter(again.messages))
+        assert isinstance(message.payload, bytes)
+        request = json.loads(message.payload)
+        assert request["args"] == {"n": 2}
+        await again.publish(f"devices/{device}/responses", json.dumps({"id": request["id"], "ok": True}), qos=1)
+        assert (await pending).ok

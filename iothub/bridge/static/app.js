@@ -1,11 +1,14 @@
 // iothub dashboard: the device list from the REST API, kept live by one EventSource on /api/v1/stream.
-// No third-party code. Work per event is bounded by that event's device, never by the fleet's size:
-// rows are updated in place, the summary is counted incrementally, charts redraw at most once a frame.
-import { Chart } from "./chart.js";
+// No third-party code. An event only updates the page's data and marks its device dirty; the screen
+// is brought up to date at most every FLUSH_MS, in one go: the rows on screen (the list is
+// virtualized), the summary (counted incrementally), the feed and the selected device's charts.
+import { Chart, MAX_POINTS, thin } from "./chart.js";
 import { clock, el, formatValue, presence, renderPresence, when } from "./format.js";
 import { DeviceList } from "./list.js";
 
 const MAX_FEED = 200;
+const FLUSH_MS = 250; // events are drawn at most this often
+const FILTER_DEBOUNCE_MS = 120;
 
 const state = {
   token: null,
@@ -17,6 +20,10 @@ const state = {
   series: new Map(), // metric -> [[ts, value], ...] sorted by ts, for the selected device
   charts: new Map(), // metric -> Chart
   chartsFrame: 0,
+  flushTimer: 0,
+  chartsDue: false, // the selected device got points since the last flush
+  summaryDue: false,
+  feedDue: [], // feed items waiting for the next flush, oldest first
   windowMin: 15,
   es: null,
   lastEventId: null,
@@ -42,10 +49,10 @@ async function api(path) {
 
 async function loadDevices() {
   const body = await api("/api/v1/devices");
-  state.devices = new Map(body.devices.map((d) => [d.id, d]));
+  state.devices.clear(); // the list holds this same map
+  for (const d of body.devices) state.devices.set(d.id, d);
   state.online = body.devices.filter((d) => d.online).length;
-  state.list.renderLabels(state.devices);
-  state.list.renderAll(state.devices);
+  state.list.reset();
   renderSummary();
   ensureSelection();
 }
@@ -119,7 +126,8 @@ function device(id) {
   if (!d) {
     d = { id, name: id, type: "", labels: {}, online: false, reason: "unknown", latest: {}, last_seen: null };
     state.devices.set(id, d);
-    renderSummary();
+    state.list.added(d);
+    state.summaryDue = true;
     if (!state.selected) queueMicrotask(ensureSelection);
   }
   return d;
@@ -140,36 +148,60 @@ function onTelemetry(e) {
     const current = d.latest[metric];
     if (!current || Date.parse(current.ts) <= e.ts) d.latest[metric] = { value, ts: iso };
   }
-  state.list.render(d, Object.keys(e.metrics));
+  state.list.changed(d.id, Object.keys(e.metrics));
   if (state.selected === e.device_id) {
     for (const [metric, value] of Object.entries(e.metrics)) {
       if (!state.series.has(metric)) state.series.set(metric, []);
       insertPoint(state.series.get(metric), e.ts, value);
     }
-    scheduleCharts();
+    state.chartsDue = true;
   }
+  scheduleFlush();
 }
 
 function onStatus(e) {
   const d = device(e.device_id);
   if (Boolean(d.online) !== Boolean(e.online)) state.online += e.online ? 1 : -1;
   Object.assign(d, { online: e.online, reason: e.reason, detail: e.detail, since: e.since });
-  state.list.render(d, []);
-  renderSummary();
+  state.list.changed(d.id);
+  state.summaryDue = true;
   if (state.selected === e.device_id) renderDetailPresence(d);
   addFeed("status", e, presence(e).text, e.online ? "online" : "offline");
 }
 
+/** Queue a feed item for the next flush (only the newest MAX_FEED are kept). */
 function addFeed(kind, e, text, tone = "") {
-  const feed = $("feed");
-  const item = el("li", {}, el("time", {}, clock(e.ts || Date.now())), el("span", { class: `kind ${kind} ${tone}` }, kind),
-    e.device_id ? `${e.device_id}: ${text}` : text);
-  feed.prepend(item);
-  $("feed-empty").hidden = true;
-  while (feed.children.length > MAX_FEED) feed.lastChild.remove();
+  state.feedDue.push([kind, e.ts || Date.now(), e.device_id ? `${e.device_id}: ${text}` : text, tone]);
+  if (state.feedDue.length > 2 * MAX_FEED) state.feedDue.splice(0, state.feedDue.length - MAX_FEED);
+  scheduleFlush();
+}
+
+function scheduleFlush() {
+  if (!state.flushTimer) state.flushTimer = setTimeout(flush, FLUSH_MS);
+}
+
+/** Draw what the events since the last flush changed. */
+function flush() {
+  state.flushTimer = 0;
+  state.list.flush();
+  if (state.summaryDue) renderSummary();
+  if (state.feedDue.length) {
+    const items = state.feedDue.slice(-MAX_FEED).reverse().map(([kind, ts, text, tone]) =>
+      el("li", {}, el("time", {}, clock(ts)), el("span", { class: `kind ${kind} ${tone}` }, kind), text));
+    state.feedDue = [];
+    const feed = $("feed");
+    feed.prepend(...items);
+    $("feed-empty").hidden = true;
+    while (feed.children.length > MAX_FEED) feed.lastChild.remove();
+  }
+  if (state.chartsDue) {
+    state.chartsDue = false;
+    drawCharts();
+  }
 }
 
 function renderSummary() {
+  state.summaryDue = false;
   const n = state.devices.size;
   $("summary").textContent = `${n} ${n === 1 ? "device" : "devices"}, ${state.online} online`;
 }
@@ -209,6 +241,7 @@ async function select(id, byUser) {
     history.replaceState(null, "", `#device=${encodeURIComponent(id)}`);
   }
   state.list.select(id);
+  if (!byUser) state.list.reveal(id); // picked by the address: show its row too
   $("detail-head").hidden = false;
   $("detail-presence").hidden = false;
   $("detail-empty").hidden = true;
@@ -265,6 +298,7 @@ function drawCharts() {
     let old = 0;
     while (old < all.length && all[old][0] < since) old++;
     if (old) all.splice(0, old);
+    if (all.length > MAX_POINTS) state.series.set(metric, thin(all, MAX_POINTS / 2));
     if (!state.charts.has(metric)) { state.charts.set(metric, new Chart(metric)); added = true; }
   }
   if (added) { // attached before drawing, so each chart is drawn at its real width
@@ -313,7 +347,7 @@ function init() {
     history.replaceState(null, "", location.pathname + (hash.toString() ? `#${hash}` : ""));
   }
   state.token = localStorage.getItem("iothub-token");
-  state.list = new DeviceList((id) => select(id, true));
+  state.list = new DeviceList((id) => select(id, true), state.devices);
   $("login-form").addEventListener("submit", (event) => {
     event.preventDefault();
     state.token = $("token").value.trim();
@@ -324,8 +358,12 @@ function init() {
     localStorage.removeItem("iothub-token");
     showLogin("");
   });
+  let filterTimer = 0;
   for (const id of ["filter-text", "filter-label", "filter-online"]) {
-    $(id).addEventListener("input", () => { state.list.readFilters(); state.list.renderAll(state.devices); });
+    $(id).addEventListener("input", () => {
+      clearTimeout(filterTimer);
+      filterTimer = setTimeout(() => { state.list.readFilters(); state.list.refilter(); }, FILTER_DEBOUNCE_MS);
+    });
   }
   $("window").addEventListener("change", () => {
     state.windowMin = Number($("window").value);

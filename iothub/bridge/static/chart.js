@@ -2,6 +2,9 @@
 // never stretched): a time axis, a value axis, and a tooltip with the value and time under the pointer.
 // Numbers are a line; booleans are on/off bands (a filled band where on, a thin bar where off; an
 // aggregated window's share of time on shows as the band's opacity). Text values are not charted.
+// SVG rather than a canvas (or a charting library): only the selected device is charted, each series is
+// thinned to about two points per pixel, and the page redraws at most a few times a second, so a
+// drawing is a few dozen elements; in exchange ticks, values and tooltip stay text in the page.
 import { clock, el, formatValue, svg } from "./format.js";
 
 const HEIGHT = 110;
@@ -11,6 +14,48 @@ const RIGHT = 6;
 const TICK_SPACING_PX = 60;
 const TICK_STEPS_S = [5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200];
 const MIN_SPAN_MS = 60_000;
+// A series is thinned once it holds more points than this: about two per pixel of the widest chart.
+export const MAX_POINTS = 1200;
+
+/**
+ * At most 2 x `buckets` + 2 of `points` ([ts, value] sorted by ts), same shape: the time range is cut
+ * into `buckets` equal spans and each keeps its lowest and highest point (booleans count as 0 and 1;
+ * text keeps its first and last), in time order, and the series keeps its first and last point. What
+ * a line or band drawn one span per pixel shows.
+ */
+export function thin(points, buckets) {
+  if (points.length <= 2 * buckets) return points;
+  const from = points[0][0];
+  const span = points[points.length - 1][0] - from || 1;
+  const out = [];
+  let bucket = -1;
+  let lo = null;
+  let hi = null;
+  const close = () => {
+    if (lo === null) return;
+    if (lo === hi) out.push(lo);
+    else if (lo[0] <= hi[0]) out.push(lo, hi);
+    else out.push(hi, lo);
+  };
+  for (const point of points) {
+    const b = Math.min(buckets - 1, Math.floor(((point[0] - from) / span) * buckets));
+    const v = typeof point[1] === "string" ? null : Number(point[1]);
+    if (b !== bucket) {
+      close();
+      bucket = b;
+      lo = hi = point;
+    } else if (v === null) {
+      hi = point; // text: the first and the last of the bucket
+    } else {
+      if (v < Number(lo[1])) lo = point;
+      if (v >= Number(hi[1])) hi = point;
+    }
+  }
+  close();
+  if (out[0] !== points[0]) out.unshift(points[0]);
+  if (out[out.length - 1] !== points[points.length - 1]) out.push(points[points.length - 1]);
+  return out;
+}
 
 /** Round local times between `from` and `to`, at most one per 60 px of `widthPx`, and how to print them. */
 export function timeTicks(from, to, widthPx) {

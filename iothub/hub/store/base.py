@@ -16,6 +16,7 @@ class Agg(enum.StrEnum):
     MIN = "min"
     MAX = "max"
     LAST = "last"
+    COUNT = "count"
 
 
 @dataclass(frozen=True, slots=True)
