@@ -10,19 +10,11 @@ from typing import Any
 import click
 
 from iothub.bridge.targets import check_url
+from iothub.cli_common import data_options, print_data, settings_of
 from iothub.hub.outbox import EVENT_TYPES
 from iothub.hub.rulebook import Rulebook, parse_rule, rule_view
-from iothub.hub.settings import Settings, load_settings
+from iothub.hub.settings import Settings
 from iothub.hub.webhook_admin import WebhookAdmin
-
-
-def _options(fn: Any) -> Any:
-    fn = click.option("--data-dir", type=click.Path(path_type=Path), help="The hub's data dir [./iothub-data].")(fn)
-    return click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file.")(fn)
-
-
-def _settings(config_file: Path | None, data_dir: Path | None) -> Settings:
-    return load_settings(config_file, **({} if data_dir is None else {"data_dir": data_dir}))
 
 
 def _store(settings: Settings, create: bool) -> Path:
@@ -32,10 +24,6 @@ def _store(settings: Settings, create: bool) -> Path:
         default = Settings.model_fields["data_dir"].default
         raise click.ClickException(f"no hub data in {settings.data_dir} (--data-dir; the default is ./{default})")
     return path
-
-
-def _print(data: Any, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else text)
 
 
 @click.group()
@@ -57,7 +45,7 @@ def rules() -> None:
 @click.option("--offline-for", type=float, help="A presence rule: fires when a device is offline this many seconds.")
 @click.option("--device", "devices", multiple=True, help="Only this device; repeat for more [all].")
 @click.option("--label", "labels", multiple=True, help="Only devices with this key=value label; repeat for more.")
-@_options
+@data_options
 def rules_add(
     name: str, metric: str | None, op: str | None, threshold: float | None, range_: tuple[float, float] | None,
     clear: float | None, for_s: float, offline_for: float | None, devices: tuple[str, ...], labels: tuple[str, ...],
@@ -81,7 +69,7 @@ def rules_add(
         spec = {"kind": "metric", "name": name, "metric": metric, "op": op, "for_s": for_s, "select": select}
         spec |= {k: v for k, v in (("threshold", threshold), ("range", range_), ("clear", clear)) if v is not None}
     rule = parse_rule(spec)
-    settings = _settings(config_file, data_dir)
+    settings = settings_of(config_file, data_dir)
     book = Rulebook(_store(settings, create=True), settings.rules)
     book.add(rule)
     book.close()
@@ -90,15 +78,15 @@ def rules_add(
 
 @rules.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_options
+@data_options
 def rules_list(as_json: bool, config_file: Path | None, data_dir: Path | None) -> None:
     """List the rules (from the settings file and added here or over REST)."""
-    settings = _settings(config_file, data_dir)
+    settings = settings_of(config_file, data_dir)
     path = settings.data_dir / "iothub.db"
     found = Rulebook(path, settings.rules).rules() if path.is_file() else [(r, "settings") for r in settings.rules]
     views = [rule_view(rule, source) for rule, source in found]
     lines = [f"{'NAME':20} {'SOURCE':9} RULE"] + [f"{v['name']:20} {v['source']:9} {_describe(v)}" for v in views]
-    _print(views, as_json, "\n".join(lines))
+    print_data(views, as_json, "\n".join(lines))
 
 
 def _describe(view: dict[str, Any]) -> str:
@@ -118,10 +106,10 @@ def _describe(view: dict[str, Any]) -> str:
 
 @rules.command("remove")
 @click.argument("name")
-@_options
+@data_options
 def rules_remove(name: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Remove a rule added here or over REST."""
-    settings = _settings(config_file, data_dir)
+    settings = settings_of(config_file, data_dir)
     Rulebook(_store(settings, create=False), settings.rules).remove(name)
     click.echo(f"rule {name} removed")
 
@@ -132,7 +120,7 @@ def webhooks() -> None:
 
 
 def _admin(config_file: Path | None, data_dir: Path | None, create: bool = False) -> tuple[WebhookAdmin, Settings]:
-    settings = _settings(config_file, data_dir)
+    settings = settings_of(config_file, data_dir)
     return WebhookAdmin(_store(settings, create)), settings
 
 
@@ -144,7 +132,7 @@ def _admin(config_file: Path | None, data_dir: Path | None, create: bool = False
 )  # fmt: skip
 @click.option("--description", default="", help="What the endpoint is for.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_options
+@data_options
 def webhooks_add(
     url: str, events: tuple[str, ...], description: str, as_json: bool, config_file: Path | None,
     data_dir: Path | None,
@@ -158,24 +146,24 @@ def webhooks_add(
     chosen = [e.strip() for given in events for e in given.split(",") if e.strip()]
     endpoint, secret = admin.add(url, chosen, description)
     text = f"endpoint {endpoint['id']} added for {', '.join(endpoint['events'])}\nsecret: {secret}\n(shown once)"
-    _print({**endpoint, "secret": secret}, as_json, text)
+    print_data({**endpoint, "secret": secret}, as_json, text)
 
 
 @webhooks.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_options
+@data_options
 def webhooks_list(as_json: bool, config_file: Path | None, data_dir: Path | None) -> None:
     """List endpoints (never their secrets)."""
     found = _admin(config_file, data_dir)[0].endpoints()
     lines = [f"{'ID':20} {'ENABLED':8} {'EVENTS':50} URL"] + [
         f"{e['id']:20} {'yes' if e['enabled'] else 'no':8} {','.join(e['events']):50} {e['url']}" for e in found
     ]
-    _print(found, as_json, "\n".join(lines))
+    print_data(found, as_json, "\n".join(lines))
 
 
 @webhooks.command("disable")
 @click.argument("endpoint_id")
-@_options
+@data_options
 def webhooks_disable(endpoint_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Stop sending to an endpoint (what is pending waits for enable)."""
     _admin(config_file, data_dir)[0].set_enabled(endpoint_id, False)
@@ -184,7 +172,7 @@ def webhooks_disable(endpoint_id: str, config_file: Path | None, data_dir: Path 
 
 @webhooks.command("enable")
 @click.argument("endpoint_id")
-@_options
+@data_options
 def webhooks_enable(endpoint_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Send to an endpoint again (also one disabled by a 410), starting with what is pending."""
     _admin(config_file, data_dir)[0].set_enabled(endpoint_id, True)
@@ -193,7 +181,7 @@ def webhooks_enable(endpoint_id: str, config_file: Path | None, data_dir: Path |
 
 @webhooks.command("remove")
 @click.argument("endpoint_id")
-@_options
+@data_options
 def webhooks_remove(endpoint_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Remove an endpoint with its deliveries."""
     _admin(config_file, data_dir)[0].remove(endpoint_id)
@@ -202,7 +190,7 @@ def webhooks_remove(endpoint_id: str, config_file: Path | None, data_dir: Path |
 
 @webhooks.command("rotate-secret")
 @click.argument("endpoint_id")
-@_options
+@data_options
 def webhooks_rotate(endpoint_id: str, config_file: Path | None, data_dir: Path | None) -> None:
     """Give an endpoint a new secret and print it; the old one still signs for webhooks.secret_overlap_s."""
     admin, settings = _admin(config_file, data_dir)
@@ -219,7 +207,7 @@ def webhooks_rotate(endpoint_id: str, config_file: Path | None, data_dir: Path |
 @click.option("--id", "delivery_id", type=int, help="One delivery with its attempts (status, latency, response).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_options
+@data_options
 def webhooks_deliveries(
     endpoint_id: str | None, state: str | None, delivery_id: int | None, limit: int, as_json: bool,
     config_file: Path | None, data_dir: Path | None,
@@ -234,12 +222,12 @@ def webhooks_deliveries(
         f"{d['id']:<8} {d['endpoint_id']:20} {d['type']:15} {d['state']:10} {d['attempts']:<8} {d['msg_id']}"
         for d in found
     ]
-    _print(found, as_json, "\n".join(lines))
+    print_data(found, as_json, "\n".join(lines))
 
 
 @webhooks.command("redeliver")
 @click.argument("delivery_id", type=int)
-@_options
+@data_options
 def webhooks_redeliver(delivery_id: int, config_file: Path | None, data_dir: Path | None) -> None:
     """Send a delivery again (a dead one gets a fresh retry schedule; its webhook-id stays)."""
     delivery = _admin(config_file, data_dir)[0].redeliver(delivery_id)
