@@ -3,8 +3,9 @@
 
 The hub's address and credentials come from options, else the ``client`` settings
 (``IOTHUB_CLIENT__URL``, ``IOTHUB_CLIENT__TOKEN``, ``IOTHUB_CLIENT__MQTT_URL``,
-``IOTHUB_CLIENT__USERNAME``, ``IOTHUB_CLIENT__PASSWORD``, or ``[client]`` in iothub.toml), else the
-hub's own listen settings (``http.port``, ``mqtt.port``) on this machine.
+``IOTHUB_CLIENT__USERNAME``, ``IOTHUB_CLIENT__PASSWORD``, ``IOTHUB_CLIENT__GRPC_ADDRESS``, or
+``[client]`` in iothub.toml), else the hub's own listen settings (``http.port``, ``mqtt.port``,
+``grpc.port``) on this machine.
 
 Exit status: 0 done; 1 an error (one line, ``Error: ...``: the hub unreachable, a refused token, an
 unknown or offline device, the device answered with an error); 2 a usage error; 3 a timeout.
@@ -36,17 +37,23 @@ class TimedOut(click.ClickException):
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def target_options(mqtt: bool) -> Callable[[F], F]:
-    """The options that say where the hub is: HTTP URL and token, or (``mqtt``) the broker and account."""
+def target_options(kind: str) -> Callable[[F], F]:
+    """The options that say where the hub is: ``http`` its URL and token, ``grpc`` its gRPC address
+    and token, ``mqtt`` the broker and a service account."""
 
     def decorate(fn: F) -> F:
-        if mqtt:
+        if kind == "mqtt":
             fn = click.option("--password", help="The account's secret [client.password].")(fn)
             fn = click.option("--username", help="MQTT service account, svc:NAME [client.username].")(fn)
             fn = click.option("--mqtt-url", help="The broker, mqtt://host:port [client.mqtt_url, else mqtt.port].")(fn)
         else:
             fn = click.option("--token", help="API token [client.token, IOTHUB_CLIENT__TOKEN].")(fn)
-            fn = click.option("--url", help="The hub's HTTP URL [client.url, else http://127.0.0.1:HTTP.PORT].")(fn)
+            if kind == "grpc":
+                help_ = "The gRPC API, host:port [client.grpc_address, else 127.0.0.1:GRPC.PORT]."
+                fn = click.option("--grpc-address", help=help_)(fn)
+            else:
+                help_ = "The hub's HTTP URL [client.url, else http://127.0.0.1:HTTP.PORT]."
+                fn = click.option("--url", help=help_)(fn)
         return click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML settings file.")(fn)
 
     return decorate
@@ -61,11 +68,14 @@ def make_target(config_file: Path | None, **given: Any) -> Any:
     client = settings.client
     url = given.get("url") or client.url or f"http://{_host(settings.http.host)}:{settings.http.port}"
     mqtt_url = given.get("mqtt_url") or client.mqtt_url or f"mqtt://{_host(settings.mqtt.host)}:{settings.mqtt.port}"
+    grpc_port = settings.grpc.port or 50051
+    grpc_address = given.get("grpc_address") or client.grpc_address or f"{_host(settings.grpc.host)}:{grpc_port}"
     try:
         mqtt_host, mqtt_port = parse_broker_url(mqtt_url)
         return Target(
             url=url, token=given.get("token") or client.token, mqtt_host=mqtt_host, mqtt_port=mqtt_port,
             username=given.get("username") or client.username, password=given.get("password") or client.password,
+            grpc_address=grpc_address,
         )  # fmt: skip
     except (ValueError, WatchError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -100,7 +110,7 @@ def run_async(coroutine: Any) -> Any:
     "--queue", is_flag=True, help="If the device is offline, send it when it reconnects (within the timeout)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the hub's answer as JSON.")
-@target_options(mqtt=False)
+@target_options("http")
 def command(
     device_id: str, name: str, args_json: str, timeout: float, queue: bool, as_json: bool,
     config_file: Path | None, url: str | None, token: str | None,
@@ -133,7 +143,7 @@ def command(
 @click.argument("payload")
 @click.option("--qos", type=click.IntRange(0, 2), default=1, show_default=True)
 @click.option("--retain", is_flag=True, help="Ask the broker to keep it for new subscribers.")
-@target_options(mqtt=True)
+@target_options("mqtt")
 def publish(
     topic: str, payload: str, qos: int, retain: bool, config_file: Path | None, mqtt_url: str | None,
     username: str | None, password: str | None,

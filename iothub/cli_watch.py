@@ -68,7 +68,7 @@ def _watch(channel: str, target: Any, options: dict[str, Any]) -> None:
         types=_split(options["types"]), resume_from=options.get("resume_from"),
     )  # fmt: skip
     as_json = options["as_json"]
-    where = target.mqtt_url if channel == "mqtt" else (target.ws_url if channel == "ws" else target.base)
+    where = {"mqtt": target.mqtt_url, "ws": target.ws_url, "grpc": target.grpc_address}.get(channel, target.base)
 
     def emit(event: Any) -> None:
         click.echo(event.json() if as_json else event.line())
@@ -88,7 +88,7 @@ def _watch(channel: str, target: Any, options: dict[str, Any]) -> None:
 
 @watch.command("sse")
 @_selection_options()
-@target_options(mqtt=False)
+@target_options("http")
 def watch_sse(config_file: Path | None, url: str | None, token: str | None, **options: Any) -> None:
     """The Server-Sent Events stream, /api/v1/stream (needs a read token)."""
     _watch("sse", make_target(config_file, url=url, token=token), options)
@@ -96,15 +96,23 @@ def watch_sse(config_file: Path | None, url: str | None, token: str | None, **op
 
 @watch.command("ws")
 @_selection_options()
-@target_options(mqtt=False)
+@target_options("http")
 def watch_ws(config_file: Path | None, url: str | None, token: str | None, **options: Any) -> None:
     """The WebSocket live protocol, /api/v1/ws (needs a read token)."""
     _watch("ws", make_target(config_file, url=url, token=token), options)
 
 
+@watch.command("grpc")
+@_selection_options()
+@target_options("grpc")
+def watch_grpc(config_file: Path | None, grpc_address: str | None, token: str | None, **options: Any) -> None:
+    """The gRPC API's TelemetryService.Subscribe (needs a read token; plaintext)."""
+    _watch("grpc", make_target(config_file, grpc_address=grpc_address, token=token), options)
+
+
 @watch.command("mqtt")
 @_selection_options()
-@target_options(mqtt=True)
+@target_options("mqtt")
 def watch_mqtt(
     config_file: Path | None, mqtt_url: str | None, username: str | None, password: str | None, **options: Any
 ) -> None:

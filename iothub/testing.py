@@ -8,7 +8,7 @@ Fixtures (async; they need ``pytest-asyncio``, ``pip install 'iothub[testing]'``
   Override the ``iothub_settings`` fixture to change its settings (``{"sse": {"heartbeat_s": 1}}``).
 - ``iothub_fleet``: simulated devices connected to it (:class:`Fleet`); ``@pytest.mark.iothub_fleet(
   devices=3, rate=2.0, profiles=("thermostat",))`` sizes it.
-- ``iothub_sse``, ``iothub_ws``, ``iothub_mqtt``: a client of each channel, subscribed to everything
+- ``iothub_sse``, ``iothub_ws``, ``iothub_grpc``, ``iothub_mqtt``: a client of each channel, subscribed to everything
   before the test starts, with ``await client.expect(event_type, device=..., where=..., timeout=...)``.
 
 ``expect`` returns the earliest matching event not returned before (it may have arrived earlier),
@@ -120,11 +120,15 @@ class HubUnderTest:
         self.token: str = running.hub.first_token
         self.url = f"http://{running.address('http')}"
         self.mqtt_port: int = running.ports["mqtt"]
+        self.grpc_address = running.address("grpc") if "grpc" in running.ports else "127.0.0.1:50051"
         self._secrets: dict[str, str] = {}
 
     @property
     def target(self) -> Target:
-        return Target(url=self.url, token=self.token, mqtt_port=self.mqtt_port, connect_timeout_s=WAIT_S)
+        return Target(
+            url=self.url, token=self.token, mqtt_port=self.mqtt_port, connect_timeout_s=WAIT_S,
+            grpc_address=self.grpc_address,
+        )  # fmt: skip
 
     async def add_device(self, device_id: str, type: str = "test", labels: dict[str, str] | None = None) -> str:
         """Register a device (once) and return its MQTT secret."""
@@ -170,14 +174,14 @@ class HubUnderTest:
 
     @asynccontextmanager
     async def connect(self, channel: str, **selection: Any) -> AsyncIterator[ChannelClient]:
-        """A client of ``channel`` (``sse``, ``ws``, ``mqtt``) with filters (``devices=[...]``,
+        """A client of ``channel`` (``sse``, ``ws``, ``grpc``, ``mqtt``) with filters (``devices=[...]``,
         ``labels``, ``metrics``, ``types``) and ``resume_from``; subscribed when this returns."""
         from iothub.watch.channels import open_channel
 
         target = self.target
         if channel == "mqtt":
             username, password = await self.service_account("iothub-testing", "observer")
-            target = Target(target.url, target.token, "127.0.0.1", self.mqtt_port, username, password, WAIT_S)
+            target = dataclasses.replace(target, username=username, password=password)
         wanted = Selection(**{k: _values(v) for k, v in selection.items()})
         client = ChannelClient(channel)
         async with open_channel(channel, target, wanted) as events:
@@ -233,8 +237,9 @@ if pytest_asyncio is None:
 
         return pytest.fixture(name=name)(fixture)
 
-    iothub_hub, iothub_fleet, iothub_sse, iothub_ws, iothub_mqtt = (
-        _missing_fixture(name) for name in ("iothub_hub", "iothub_fleet", "iothub_sse", "iothub_ws", "iothub_mqtt")
+    iothub_hub, iothub_fleet, iothub_sse, iothub_ws, iothub_grpc, iothub_mqtt = (
+        _missing_fixture(name)
+        for name in ("iothub_hub", "iothub_fleet", "iothub_sse", "iothub_ws", "iothub_grpc", "iothub_mqtt")
     )
 
 else:
@@ -253,6 +258,7 @@ else:
         overrides: dict[str, Any] = {**iothub_settings, "data_dir": tmp_path / "iothub-data"}
         overrides["mqtt"] = {**overrides.get("mqtt", {}), "port": 0, "ws_port": 0}
         overrides["http"] = {**overrides.get("http", {}), "port": 0}
+        overrides["grpc"] = {**overrides.get("grpc", {}), "port": 0}
         async with serve(load_settings(None, **overrides)) as running:
             yield HubUnderTest(running)
 
@@ -273,6 +279,12 @@ else:
     async def iothub_ws(iothub_hub: HubUnderTest) -> AsyncIterator[ChannelClient]:
         """The WebSocket live protocol, subscribed to every event."""
         async with iothub_hub.connect("ws") as client:
+            yield client
+
+    @pytest_asyncio.fixture
+    async def iothub_grpc(iothub_hub: HubUnderTest) -> AsyncIterator[ChannelClient]:
+        """The gRPC API's TelemetryService.Subscribe, subscribed to every event."""
+        async with iothub_hub.connect("grpc") as client:
             yield client
 
     @pytest_asyncio.fixture

@@ -20,6 +20,7 @@ def client_env(hub: HubUnderTest | None, **settings: str) -> dict[str, str]:
     if hub is not None:
         env |= {"IOTHUB_CLIENT__URL": hub.url, "IOTHUB_CLIENT__TOKEN": hub.token}
         env["IOTHUB_CLIENT__MQTT_URL"] = f"mqtt://127.0.0.1:{hub.mqtt_port}"
+        env["IOTHUB_CLIENT__GRPC_ADDRESS"] = hub.grpc_address
     env |= {f"IOTHUB_CLIENT__{k.upper()}": v for k, v in settings.items()}
     return env
 

@@ -31,17 +31,21 @@ async def test_sse_prints_one_readable_line_per_matching_event(tmp_path: Path, i
     ]
 
 
-async def test_ws_json_lines_are_the_hub_events(
-    tmp_path: Path, iothub_hub: HubUnderTest, iothub_sse: ChannelClient
+@pytest.mark.parametrize("channel", ["ws", "grpc"])
+async def test_json_lines_are_the_events_as_sse_sends_them(
+    tmp_path: Path, iothub_hub: HubUnderTest, iothub_sse: ChannelClient, channel: str
 ) -> None:
-    args = ["watch", "ws", "--type", "telemetry", "--metric", "temperature", "--count", "1", "--json"]
+    device = f"json-{channel}"
+    args = ["watch", channel, "--device", device, "--metric", "temperature", "--count", "3", "--json"]
     watch = await start(tmp_path, client_env(iothub_hub), *args)
     await watch.ready()
-    await iothub_hub.send_telemetry("th-3", {"temperature": 19.0, "humidity": 50})
+    await iothub_hub.send_telemetry(device, {"temperature": 19.5, "humidity": 50})  # online, reading, offline
     done = await watch.finished()
     assert done.code == 0, done.err
-    sent = await iothub_sse.expect("telemetry", device="th-3")
-    assert [json.loads(line) for line in done.lines] == [{**sent.data, "metrics": {"temperature": 19.0}}]
+    sent = [await iothub_sse.expect(kind, device=device) for kind in ("status", "telemetry", "status")]
+    expected = [dict(e.data) for e in sent]
+    expected[1]["metrics"] = {"temperature": 19.5}
+    assert [json.loads(line) for line in done.lines] == expected
 
 
 async def test_mqtt_shows_what_devices_publish_as_a_service_account(tmp_path: Path, iothub_hub: HubUnderTest) -> None:
@@ -57,7 +61,7 @@ async def test_mqtt_shows_what_devices_publish_as_a_service_account(tmp_path: Pa
     assert [LINE.match(line).groups() for line in done.lines] == [("th-4", "telemetry", "temperature=22")]  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("channel", ["sse", "ws"])
+@pytest.mark.parametrize("channel", ["sse", "ws", "grpc"])
 async def test_from_replays_what_came_after_an_event_id(
     tmp_path: Path, iothub_hub: HubUnderTest, iothub_sse: ChannelClient, channel: str
 ) -> None:
@@ -70,7 +74,7 @@ async def test_from_replays_what_came_after_an_event_id(
     assert [json.loads(line)["metrics"] for line in done.lines] == [{"n": 2}, {"n": 3}]
 
 
-@pytest.mark.parametrize("channel", ["sse", "ws", "mqtt"])
+@pytest.mark.parametrize("channel", ["sse", "ws", "grpc", "mqtt"])
 async def test_a_timeout_says_what_it_waited_for_and_what_it_saw(
     tmp_path: Path, iothub_hub: HubUnderTest, channel: str
 ) -> None:
@@ -120,6 +124,9 @@ async def test_without_count_the_timeout_is_how_long_to_watch(tmp_path: Path, io
         ("sse", ["--token", "nope"], "GET {url}/api/v1/stream: 401 unknown API token"),
         ("ws", ["--token", "nope"], "{ws}: the hub closed the connection (4401): unknown API token"),
         ("sse", ["--url", "ftp://x"], "hub URL 'ftp://x': expected http://host:port or https://host:port"),
+        ("grpc", ["--label", "site"], "option '--label': 'site' is not key=value"),
+        ("grpc", ["--from", "999999"], "{grpc}: INVALID_ARGUMENT: resume_from 999999 is ahead of the newest event"),
+        ("grpc", ["--token", "nope"], "{grpc}: UNAUTHENTICATED: "),
     ],
 )
 async def test_bad_input_is_one_line_naming_what_is_wrong(
@@ -130,18 +137,20 @@ async def test_bad_input_is_one_line_naming_what_is_wrong(
     done = await run(tmp_path, env, "watch", channel, *args, "--timeout", "5")
     assert done.code == 1, done
     ws = iothub_hub.url.replace("http", "ws") + "/api/v1/ws"
-    expected = "Error: " + error.format(url=iothub_hub.url, ws=ws)
+    expected = "Error: " + error.format(url=iothub_hub.url, ws=ws, grpc=iothub_hub.grpc_address)
     assert done.err.splitlines()[-1].startswith(expected), done.err
     assert len([line for line in done.err.splitlines() if not line.startswith("watching ")]) == 1, done.err
     assert done.out == ""
 
 
 async def test_an_unreachable_hub_is_one_line(tmp_path: Path) -> None:
-    env = client_env(None, url="http://127.0.0.1:9", mqtt_url="mqtt://127.0.0.1:9")
-    for channel in ("sse", "ws", "mqtt"):
+    env = client_env(None, url="http://127.0.0.1:9", mqtt_url="mqtt://127.0.0.1:9", grpc_address="127.0.0.1:9")
+    for channel in ("sse", "ws", "grpc", "mqtt"):
         done = await run(tmp_path, env, "watch", channel, "--timeout", "5")
         assert done.code == 1, done
         [line] = done.err.splitlines()
         assert re.match(
-            r"Error: (cannot reach the hub at (http|ws)://127.0.0.1:9/|cannot connect to mqtt://127.0.0.1:9)", line
+            r"Error: (cannot reach the hub at (http|ws)://127.0.0.1:9/|cannot connect to mqtt://127.0.0.1:9"
+            r"|cannot reach the hub's gRPC API at 127.0.0.1:9: )",
+            line,
         ), line

@@ -54,3 +54,15 @@ def test_mismatches_name_the_first_difference() -> None:
     assert (
         Expectation("telemetry", "th-1", {"t": warm}).describe() == "a telemetry event from th-1 where t passes warm()"
     )
+
+
+async def test_the_grpc_client_sees_what_sse_sees(
+    iothub_hub: HubUnderTest, iothub_grpc: ChannelClient, iothub_sse: ChannelClient
+) -> None:
+    await iothub_hub.send_telemetry("grpc-1", {"temperature": 21.5, "on": True, "mode": "eco"})
+    over_grpc = await iothub_grpc.expect("telemetry", device="grpc-1", where={"on": True, "mode": "eco"})
+    over_sse = await iothub_sse.expect("telemetry", device="grpc-1")
+    assert over_grpc.id == over_sse.id
+    assert over_grpc.data == over_sse.data
+    offline = await iothub_grpc.expect("status", device="grpc-1", where={"online": False})
+    assert offline.values["reason"] == "clean_disconnect"

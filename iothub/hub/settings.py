@@ -194,6 +194,7 @@ class ClientSettings(_Section):
     url: str | None = Field(default=None, description="the hub's HTTP base URL [http://HTTP.HOST:HTTP.PORT]")
     token: str | None = Field(default=None, description="API token for REST, SSE and WebSocket")
     mqtt_url: str | None = Field(default=None, description="the broker, mqtt://host:port [MQTT.HOST:MQTT.PORT]")
+    grpc_address: str | None = Field(default=None, description="the gRPC API, host:port [GRPC.HOST:GRPC.PORT]")
     username: str | None = Field(default=None, description="MQTT service account, svc:NAME")
     password: str | None = Field(default=None, description="the service account's secret")
 

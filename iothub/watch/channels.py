@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 
 from iothub.watch.events import Selection, Target, WatchError, WatchEvent
+from iothub.watch.grpc_channel import open_grpc
 from iothub.watch.mqtt import open_mqtt
 from iothub.watch.sse import open_sse
 from iothub.watch.ws import open_ws
 
 Opener = Callable[[Target, Selection], AbstractAsyncContextManager[AsyncIterator[WatchEvent]]]
-CHANNELS: dict[str, Opener] = {"mqtt": open_mqtt, "sse": open_sse, "ws": open_ws}
+CHANNELS: dict[str, Opener] = {"mqtt": open_mqtt, "sse": open_sse, "ws": open_ws, "grpc": open_grpc}
 
 
 def open_channel(

@@ -73,7 +73,8 @@ def iso_ms(ms: int | None) -> str:
 @dataclass(frozen=True)
 class Target:
     """Where a running hub is and how to get in: HTTP(S) base URL and API token for SSE, WebSocket
-    and REST; broker host and port and a service account for MQTT."""
+    and REST (the token for gRPC too, at ``grpc_address``); broker host and port and a service
+    account for MQTT."""
 
     url: str = "http://127.0.0.1:8080"
     token: str | None = None
@@ -82,6 +83,7 @@ class Target:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 10.0
+    grpc_address: str = "127.0.0.1:50051"
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
