@@ -154,3 +154,20 @@ async def test_an_unreachable_hub_is_one_line(tmp_path: Path) -> None:
             r"|cannot reach the hub's gRPC API at 127.0.0.1:9: )",
             line,
         ), line
+
+
+@pytest.mark.parametrize("channel", ["sse", "ws", "grpc", "mqtt"])
+async def test_a_hub_that_stops_ends_the_watch_with_one_line(tmp_path: Path, channel: str) -> None:
+    from iothub.hub.registry import Role
+    from iothub.runner import serve
+    from tests.conftest import hub_settings
+
+    async with serve(hub_settings(tmp_path / "data")) as running:
+        hub = HubUnderTest(running)
+        _, password = running.hub.registry.add_account("stopping", Role.OBSERVER)
+        watch = await start(tmp_path, client_env(hub, username="svc:stopping", password=password), "watch", channel)
+        await watch.ready()
+    done = await watch.finished()
+    assert done.code == 1, done
+    [error] = done.err.splitlines()[1:]
+    assert error.startswith("Error: "), error

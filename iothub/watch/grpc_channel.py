@@ -59,8 +59,8 @@ def to_events(message: telemetry_pb2.SubscribeResponse) -> list[WatchEvent]:
     return out
 
 
-def _refused(address: str, exc: grpc.aio.AioRpcError) -> WatchError:
-    if exc.code() is grpc.StatusCode.UNAVAILABLE:
+def _refused(address: str, exc: grpc.aio.AioRpcError, connecting: bool = False) -> WatchError:
+    if connecting and exc.code() is grpc.StatusCode.UNAVAILABLE:
         return WatchError(f"cannot reach the hub's gRPC API at {address}: {exc.details()}")
     return WatchError(f"{address}: {exc.code().name}: {exc.details()}")
 
@@ -80,7 +80,7 @@ async def open_grpc(target: Target, selection: Selection) -> AsyncIterator[Async
             async with asyncio.timeout(target.connect_timeout_s):
                 await call.wait_for_connection()
         except grpc.aio.AioRpcError as exc:
-            raise _refused(address, exc) from None
+            raise _refused(address, exc, connecting=True) from None
         except TimeoutError:
             call.cancel()
             raise WatchError(f"{address}: no stream began in {target.connect_timeout_s:g} s") from None

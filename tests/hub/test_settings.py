@@ -89,7 +89,7 @@ def test_unknown_environment_variables_are_refused_with_the_closest_setting(monk
     assert str(refused.value).splitlines()[1:] == [
         "  setting IOTHUB_BROKER__URL: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
         "IOTHUB_HTTP__*, IOTHUB_INGEST__*, IOTHUB_STORE__*, IOTHUB_FANOUT__*, IOTHUB_SSE__*, IOTHUB_WS__*, "
-        "IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_RULES)",
+        "IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_CLIENT__*, IOTHUB_RULES)",
         "  setting IOTHUB_STORE__INFLUX__URL: no such setting "
         "(known: IOTHUB_STORE__BACKEND, IOTHUB_STORE__EVENT_RETENTION)",
     ]
