@@ -171,3 +171,4 @@ async def test_a_hub_that_stops_ends_the_watch_with_one_line(tmp_path: Path, cha
     assert done.code == 1, done
     [error] = done.err.splitlines()[1:]
     assert error.startswith("Error: "), error
+    assert "cannot reach" not in error  # it was reached: it went away
