@@ -15,6 +15,7 @@ from iothub import __version__
 from iothub.cli_alerts import rules, webhooks
 from iothub.cli_common import data_options, registry_of
 from iothub.cli_registry import accounts, devices, tokens
+from iothub.cli_watch import command, publish, watch
 from iothub.hub.errors import HubError
 from iothub.hub.settings import load_settings
 
@@ -111,7 +112,7 @@ def _given(**options: Any) -> dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None and value != {}}
 
 
-for group in (devices, tokens, accounts, rules, webhooks):
+for group in (devices, tokens, accounts, rules, webhooks, watch, command, publish):
     main.add_command(group)
 
 

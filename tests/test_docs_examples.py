@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from iothub.runner import Running, serve
-from iothub.simulators.fleet import run_fleet
-from tests.conftest import WAIT_S, EventWaiter, device_secret, hub_settings, mqtt_client, telemetry, unique_id
-from tests.simulators.test_fleet import config
+from iothub.testing import ChannelClient, Fleet, HubUnderTest
+from tests.conftest import WAIT_S, device_secret, hub_settings, mqtt_client, telemetry, unique_id
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 PUBLISH_TELEMETRY = EXAMPLES / "publish_telemetry.py"
@@ -79,24 +79,17 @@ async def test_publish_telemetry_says_in_one_line_why_it_was_refused(hub: Runnin
     assert "a device id and secret are needed" in err
 
 
-async def test_the_websocket_app_follows_and_commands_a_simulated_device(hub: Running, events: EventWaiter) -> None:
-    cfg = config(hub, devices=1, rate=5, prefix=unique_id("wsapp"), profiles=("thermostat",))
-    device = cfg.device_ids()[0]
-    url = f"ws://{hub.address('http')}/api/v1/ws"
-    stop = asyncio.Event()
-    fleet = asyncio.create_task(run_fleet(cfg, stop))
-    try:
-        first = await events.telemetry_from(device)  # subscribed to its commands by now
-        token = hub.hub.first_token or ""
-        code, out, err = await run_example("--url", url, "--token", token, "--device", device, script=WS_APP)
-        resumed = await run_example(
-            "--url", url, "--token", token, "--device", device, "--count", "1", "--resume-from", str(first.id),
-            script=WS_APP,
-        )  # fmt: skip
-    finally:
-        stop.set()
-        async with asyncio.timeout(WAIT_S):
-            await fleet
+@pytest.mark.iothub_fleet(devices=1, rate=5)
+async def test_the_websocket_app_follows_and_commands_a_simulated_device(
+    iothub_hub: HubUnderTest, iothub_fleet: Fleet, iothub_sse: ChannelClient
+) -> None:
+    device, url, token = iothub_fleet.ids[0], iothub_hub.target.ws_url, iothub_hub.token
+    first = await iothub_sse.expect("telemetry", device=device)
+    code, out, err = await run_example("--url", url, "--token", token, "--device", device, script=WS_APP)
+    resumed = await run_example(
+        "--url", url, "--token", token, "--device", device, "--count", "1", "--resume-from", str(first.id),
+        script=WS_APP,
+    )  # fmt: skip
     assert (code, err) == (0, ""), err
     lines = out.splitlines()
     readings = [line for line in lines if not line.startswith("command ")]
@@ -106,6 +99,7 @@ async def test_the_websocket_app_follows_and_commands_a_simulated_device(hub: Ru
         next(line for line in lines if line.startswith('command ping: ok {"pong": true'))
     ]
     assert resumed[0] == 0, resumed[2]
+    assert first.id is not None
     assert first.id < int(resumed[1].split()[0]) <= int(lines[0].split()[0])  # replayed from after first
 
 

@@ -224,6 +224,17 @@ class WebhookSettings(_Section):
     )
 
 
+class ClientSettings(_Section):
+    """Where the ``iothub`` client verbs (watch, command, publish) find a running hub."""
+
+    url: str | None = Field(default=None, description="the hub's HTTP base URL [http://HTTP.HOST:HTTP.PORT]")
+    token: str | None = Field(default=None, description="API token for REST, SSE and WebSocket")
+    mqtt_url: str | None = Field(default=None, description="the broker, mqtt://host:port [MQTT.HOST:MQTT.PORT]")
+    grpc_address: str | None = Field(default=None, description="the gRPC API, host:port [GRPC.HOST:GRPC.PORT]")
+    username: str | None = Field(default=None, description="MQTT service account, svc:NAME")
+    password: str | None = Field(default=None, description="the service account's secret")
+
+
 class Settings(BaseSettings):
     """Everything the hub reads at start-up."""
 
@@ -248,6 +259,7 @@ class Settings(BaseSettings):
     grpc: GrpcSettings = GrpcSettings()
     alerts: AlertSettings = AlertSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    client: ClientSettings = ClientSettings()
     rules: tuple[Rule, ...] = Field(default=(), description="alert rules; more come over REST or the CLI")
 
     @model_validator(mode="after")

@@ -55,3 +55,28 @@ def signature_headers(msg_id: str, timestamp: int, body: bytes, secrets_: Iterab
         "webhook-timestamp": str(timestamp),
         "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets_),
     }
+
+
+TOLERANCE_S = 300
+
+
+def check(
+    secret: str, headers: dict[str, str], body: bytes, now_s: float, tolerance_s: float = TOLERANCE_S
+) -> str | None:
+    """None when one of the message's ``v1`` signatures verifies with ``secret`` and its timestamp is
+    within ``tolerance_s`` of ``now_s``; otherwise why not. ``headers``: names in lower case."""
+    msg_id, timestamp = headers.get("webhook-id"), headers.get("webhook-timestamp", "")
+    if not msg_id:
+        return "no webhook-id header"
+    if not timestamp.isdigit():
+        return f"webhook-timestamp {timestamp!r} is not epoch seconds"
+    age = now_s - int(timestamp)
+    if abs(age) > tolerance_s:
+        return f"webhook-timestamp is {abs(age):.0f} s {'old' if age > 0 else 'ahead'} (over {tolerance_s:g} s off)"
+    expected = sign(secret, msg_id, int(timestamp), body)
+    given = headers.get("webhook-signature", "").split()
+    if not given:
+        return "no webhook-signature header"
+    if any(hmac.compare_digest(expected, signature) for signature in given):
+        return None
+    return "signature does not match the secret"

@@ -17,11 +17,10 @@ from websockets.uri import parse_uri
 from iothub.bridge.live import CommandStatus, ErrorCode, parse
 from iothub.hub.registry import Scope
 from iothub.runner import Running, serve
-from iothub.simulators.fleet import run_fleet
+from iothub.testing import Fleet, HubUnderTest
 from tests.bridge.ws_client import WsClient, ws_client, ws_url
 from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
 from tests.hub.test_commands import answering_device
-from tests.simulators.test_fleet import config
 
 NO_LONGER = "no longer stored"
 
@@ -144,23 +143,16 @@ async def test_unsubscribe_stops_the_events(hub: Running, client: WsClient) -> N
     assert event["subscription"] == "t"  # and nothing for "s" before it
 
 
-async def test_commands_to_a_simulated_device(hub: Running, client: WsClient, events: EventWaiter) -> None:
-    cfg = config(hub, devices=1, rate=2, prefix=unique_id("wscmd"), profiles=("thermostat",))
-    device = cfg.device_ids()[0]
-    stop = asyncio.Event()
-    fleet = asyncio.create_task(run_fleet(cfg, stop))
-    try:
-        await events.telemetry_from(device)  # it publishes once subscribed to its commands
+@pytest.mark.iothub_fleet(devices=1, rate=2)
+async def test_commands_to_a_simulated_device(iothub_hub: HubUnderTest, iothub_fleet: Fleet) -> None:
+    device = iothub_fleet.ids[0]
+    async with ws_client(iothub_hub.running) as client:
         await client.send("command", ref="r1", device=device, name="ping", timeout=WAIT_S)
         await client.send("command", ref="r2", device=device, name="launch", args={"x": 1}, timeout=WAIT_S)
         results: dict[str, dict[str, Any]] = {}
         while len(results) < 2:
             frame = await client.until(lambda f: f["type"] == "command_result")
             results[frame["ref"]] = frame
-    finally:
-        stop.set()
-        async with asyncio.timeout(WAIT_S):
-            await fleet
     ok, failed = results["r1"], results["r2"]
     assert (ok["status"], ok["device"], ok["name"], ok["result"]["pong"]) == ("ok", device, "ping", True)
     assert isinstance(ok["id"], str)

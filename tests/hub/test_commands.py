@@ -17,6 +17,7 @@ from iothub.hub.commands import BadCommand, CommandTimeout, DeviceOffline, Unkno
 from iothub.hub.registry import Role, Scope
 from iothub.hub.twin import merge_patch
 from iothub.runner import Running, serve
+from iothub.testing import ChannelClient, HubUnderTest
 from tests.conftest import (
     WAIT_S,
     EventWaiter,
@@ -187,21 +188,14 @@ async def test_the_twin(hub: Running, events: EventWaiter, http: httpx.AsyncClie
     assert bad.status_code == 400
 
 
-async def test_simulated_devices_follow_their_desired_state(hub: Running, events: EventWaiter) -> None:
-    from iothub.simulators.fleet import run_fleet
-    from tests.simulators.test_fleet import config
-
-    cfg = config(hub, devices=1, rate=5, prefix="twin", profiles=("thermostat",))
-    device = cfg.device_ids()[0]
+async def test_simulated_devices_follow_their_desired_state(
+    iothub_hub: HubUnderTest, iothub_sse: ChannelClient
+) -> None:
+    hub, device = iothub_hub.running, "twin-0000"
+    await iothub_hub.add_device(device, "thermostat")
     await hub.hub.twins.patch_desired(device, {"setpoint": 18.5, "rate": 20, "colour": "red"})
-    stop = asyncio.Event()
-    fleet = asyncio.create_task(run_fleet(cfg, stop))
-    try:
-        await events.until(lambda e: e.device_id == device and e.data.get("metrics", {}).get("setpoint") == 18.5)
-    finally:
-        stop.set()
-        async with asyncio.timeout(WAIT_S):
-            await fleet
+    async with iothub_hub.fleet(devices=1, rate=5, prefix="twin"):
+        await iothub_sse.expect("telemetry", device=device, where={"setpoint": 18.5})
     twin = await hub.hub.twins.get(device)
     assert twin.reported == {"setpoint": 18.5, "rate": 20, "colour": "red"}
     assert twin.delta() == {}

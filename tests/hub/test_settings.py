@@ -82,14 +82,14 @@ def test_unknown_environment_variables_are_refused_with_the_closest_setting(monk
     ):
         load_settings()
     monkeypatch.delenv("IOTHUB_HTTPX__PORT")
-    monkeypatch.setenv("IOTHUB_CLUSTER__URL", "mqtt://elsewhere:1883")
+    monkeypatch.setenv("IOTHUB_KAFKA__BROKERS", "mqtt://elsewhere:1883")
     monkeypatch.setenv("IOTHUB_STORE__REMOTE__URL", "http://influx")
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert str(refused.value).splitlines()[1:] == [
-        "  setting IOTHUB_CLUSTER__URL: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
+        "  setting IOTHUB_KAFKA__BROKERS: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
         "IOTHUB_BROKER__*, IOTHUB_HTTP__*, IOTHUB_INGEST__*, IOTHUB_STORE__*, IOTHUB_FANOUT__*, IOTHUB_SSE__*, "
-        "IOTHUB_WS__*, IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_RULES)",
+        "IOTHUB_WS__*, IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_CLIENT__*, IOTHUB_RULES)",
         "  setting IOTHUB_STORE__REMOTE__URL: no such setting "
         "(known: IOTHUB_STORE__BACKEND, IOTHUB_STORE__INFLUX__*, IOTHUB_STORE__EVENT_RETENTION)",
     ]

@@ -47,3 +47,25 @@ def test_during_a_rotation_either_secret_verifies() -> None:
 def test_a_malformed_secret_is_refused(bad: str) -> None:
     with pytest.raises(SecretError):
         sign(bad, "msg", 0, b"")
+
+
+def test_check_accepts_what_the_reference_signs_and_says_why_it_refuses() -> None:
+    from iothub.hub.signing import check
+
+    secret, other = new_secret(), new_secret()
+    body = b'{"type":"device.online"}'
+    now = int(time.time())
+    signed = Webhook(secret).sign("msg_9", datetime.fromtimestamp(now, UTC), body.decode())
+    headers = {"webhook-id": "msg_9", "webhook-timestamp": str(now), "webhook-signature": signed}
+    assert check(secret, headers, body, now) is None
+    rotating = {**headers, "webhook-signature": f"{sign(other, 'msg_9', now, body)} {signed}"}
+    assert check(secret, rotating, body, now) is None  # any of the signatures will do
+    assert check(other, headers, body, now) == "signature does not match the secret"
+    assert check(secret, headers, body + b" ", now) == "signature does not match the secret"
+    assert check(secret, headers, body, now + 301) == "webhook-timestamp is 301 s old (over 300 s off)"
+    assert check(secret, headers, body, now - 400) == "webhook-timestamp is 400 s ahead (over 300 s off)"
+    assert check(secret, {**headers, "webhook-timestamp": "soon"}, body, now) == (
+        "webhook-timestamp 'soon' is not epoch seconds"
+    )
+    assert check(secret, {k: v for k, v in headers.items() if k != "webhook-id"}, body, now) == "no webhook-id header"
+    assert check(secret, {**headers, "webhook-signature": ""}, body, now) == "no webhook-signature header"
