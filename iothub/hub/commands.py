@@ -91,6 +91,13 @@ class CommandResult:
         out["latency_ms"] = self.latency_ms
         return out
 
+    def event_data(self) -> dict[str, Any]:
+        """The data of its ``command_result`` event: the view, with the request id as ``request_id``
+        (an event's ``id`` is its event id)."""
+        out = self.view()
+        out["request_id"] = out.pop("id")
+        return out
+
 
 @dataclass
 class _Pending:
@@ -175,7 +182,7 @@ class Commands:
         )  # fmt: skip
         if not pending.future.done():
             pending.future.set_result(result)
-        return result.view()
+        return result.event_data()
 
     async def on_subscribed(self, client_id: str, topic_filter: str) -> None:
         """A client subscribed: deliver the queued commands of that device the filter covers."""

@@ -63,7 +63,8 @@ async def test_a_command_round_trip(hub: Running, events: EventWaiter) -> None:
     assert (result.ok, result.result, result.name) == (True, {"echo": {"times": 3}}, "blink")
     assert result.latency_ms < WAIT_S * 1000
     event = await events.until(lambda e: e.type == "command_result" and e.device_id == device)
-    assert event.data["id"] == result.id
+    assert event.data["request_id"] == result.id
+    assert event.json_with(event.data).startswith(b'{"id":%d,' % event.id)  # the event id stays the event's
 
 
 async def test_command_errors_are_distinct(hub: Running, events: EventWaiter) -> None:

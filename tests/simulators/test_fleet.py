@@ -58,7 +58,7 @@ async def test_devices_answer_commands(hub: Running, events: EventWaiter) -> Non
         setpoint = await send(device, "set_setpoint", {"setpoint": 19.5})
         bad_rate = await send(device, "set_rate", {"rate": -1})
         unknown = await send(device, "fly", {})
-        event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.data["id"] == ping.id)
+        event = await events.until(lambda e: e.type == EventType.COMMAND_RESULT and e.data["request_id"] == ping.id)
     finally:
         stop.set()
         async with asyncio.timeout(10):

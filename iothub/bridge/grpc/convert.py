@@ -92,8 +92,8 @@ def event(e: HubEvent, data: dict[str, Any]) -> events_pb2.Event:
         out.status.CopyFrom(
             events_pb2.Presence(online=data["online"], reason=data["reason"], detail=data.get("detail"), since_ms=e.ts)
         )
-    elif e.type is EventType.COMMAND_RESULT:
-        out.command_result.CopyFrom(command_result(data))
+    elif e.type is EventType.COMMAND_RESULT:  # the request id: request_id (events stored before: id)
+        out.command_result.CopyFrom(command_result({**data, "id": data.get("request_id", data["id"])}))
     else:
         out.alert.CopyFrom(struct(data))
     return out
