@@ -70,7 +70,7 @@ def main() -> None:
 @click.option(
     "--only",
     metavar="NAMES",
-    help="Run only these components, comma-separated: ingest, alerts, webhooks, http, sse, ws "
+    help="Run only these components, comma-separated: ingest, alerts, webhooks, http, sse, ws, grpc "
     "(needs an external broker, broker.url) [all].",
 )
 def run(

@@ -32,6 +32,10 @@ async def follow(address: str, token: str, device: str, last_id: int | None, cou
     metadata = (("authorization", f"Bearer {token}"),)
     seen = 0
     async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            await asyncio.wait_for(channel.channel_ready(), 10)  # an unreachable hub: say so, do not retry
+        except TimeoutError:
+            raise SystemExit(f"Error: cannot reach the hub's gRPC API at {address} (10 s)") from None
         telemetry = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         stream_filter = events_pb2.StreamFilter(devices=[device], types=["telemetry"])
         for attempt in range(10):  # re-open a dropped stream a few times, then give up
@@ -48,7 +52,7 @@ async def follow(address: str, token: str, device: str, last_id: int | None, cou
                         if count is not None and seen >= count:
                             return last_id
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE:
+                if exc.code() not in RETRYABLE or attempt == 9:
                     raise
                 await asyncio.sleep(min(2**attempt * 0.5, 10))
     return last_id

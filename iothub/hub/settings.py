@@ -419,5 +419,6 @@ def _explain(exc: ValidationError) -> str:
         got = err.get("input")
         secret = err["loc"][-1:] in (("url",), ("token",))  # may hold credentials: never echoed
         shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
-        lines.append(f"setting {name} [{env_name(name)}]: {err['msg']}{shown}")
+        message = err["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+        lines.append(f"setting {name} [{env_name(name)}]: {message}{shown}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -152,3 +152,12 @@ def test_a_section_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("IOTHUB_MQTT", "port=1")
     with pytest.raises(SettingsError, match=r"^setting mqtt \[IOTHUB_MQTT\]: expected a JSON object \(Expecting value"):
         load_settings()
+
+
+def test_a_validator_message_stands_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOTHUB_BROKER__URL", "http://x")
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value).splitlines()[1] == (
+        "  setting broker.url [IOTHUB_BROKER__URL]: scheme 'http' is not one of mqtt, mqtts, ws, wss"
+    )

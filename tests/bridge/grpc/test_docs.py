@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -86,3 +87,11 @@ async def test_the_subscribe_example_prints_events_and_where_to_resume(hub: Runn
     assert resume == f"resume_from={second.split()[0]}"
     code, out, err = await run(sys.executable, str(EXAMPLE), *address, "--token", "iothub_nope")
     assert (code, out, err) == (1, "", "Error: UNAUTHENTICATED: unknown API token\n")
+
+
+async def test_the_subscribe_example_says_when_the_hub_cannot_be_reached(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+    code, out, err = await run(sys.executable, str(EXAMPLE), "--address", address, "--token", "t", "--device", "d")
+    assert (code, out, err) == (1, "", f"Error: cannot reach the hub's gRPC API at {address} (10 s)\n")
