@@ -83,13 +83,18 @@ def rules_list(as_json: bool, config_file: Path | None, data_dir: Path | None) -
     """List the rules (from the settings file and added here or over REST)."""
     settings = settings_of(config_file, data_dir)
     path = settings.data_dir / "iothub.db"
-    found = Rulebook(path, settings.rules).rules() if path.is_file() else [(r, "settings") for r in settings.rules]
-    views = [rule_view(rule, source) for rule, source in found]
+    if path.is_file():
+        found, bad = Rulebook(path, settings.rules).catalogue()
+    else:
+        found, bad = [(r, "settings") for r in settings.rules], []
+    views = [rule_view(rule, source) for rule, source in found] + [b.view() for b in bad]
     lines = [f"{'NAME':20} {'SOURCE':9} RULE"] + [f"{v['name']:20} {v['source']:9} {_describe(v)}" for v in views]
     print_data(views, as_json, "\n".join(lines))
 
 
 def _describe(view: dict[str, Any]) -> str:
+    if "invalid" in view:
+        return f"INVALID, skipped: {view['invalid']} (remove it: iothub rules remove {view['name']})"
     if view["kind"] == "offline":
         text = f"offline for {view['offline_for_s']:g} s"
     else:

@@ -16,6 +16,7 @@ from iothub.cli import main
 from iothub.runner import serve
 from tests.bridge.receiver import Reply, receiver
 from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, telemetry, unique_id
+from tests.hub.test_alerts import store_bad_rule
 
 PRIVATE_OK = {"IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true"}
 
@@ -49,6 +50,26 @@ def test_rules_verbs(tmp_path: Path) -> None:
     assert run(tmp_path, "rules", "add", "x", "--metric", "t")[0] == 2
     assert run(tmp_path, "rules", "remove", "gone") == (0, "rule gone removed\n")
     assert run(tmp_path, "rules", "remove", "gone") == (1, "Error: no rule named 'gone'\n")
+
+
+def test_non_finite_numbers_are_refused_and_a_bad_stored_rule_is_listed(tmp_path: Path) -> None:
+    for number in ("nan", "inf", "-inf"):
+        args = ("rules", "add", "x11", "--metric", "t", "--op", ">", "--threshold", number)
+        assert run(tmp_path, *args) == (1, "Error: rule: metric.threshold: Input should be a finite number\n")
+    assert run(tmp_path, "rules", "add", "gone", "--offline-for", "300") == (0, "rule gone added\n")
+    store_bad_rule(tmp_path)
+    out = run(tmp_path, "rules", "list")
+    assert out == (0, (
+        "NAME                 SOURCE    RULE\n"
+        "gone                 api       offline for 300 s\n"
+        "x11                  api       INVALID, skipped: rule: metric: op '>' takes a threshold and no range"
+        " (remove it: iothub rules remove x11)\n"
+    ))  # fmt: skip
+    assert json.loads(run(tmp_path, "rules", "list", "--json")[1])[1]["invalid"] == (
+        "rule: metric: op '>' takes a threshold and no range"
+    )
+    assert run(tmp_path, "rules", "remove", "x11") == (0, "rule x11 removed\n")
+    assert [r["name"] for r in json.loads(run(tmp_path, "rules", "list", "--json")[1])] == ["gone"]
 
 
 def test_webhooks_verbs(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ A transition is an ``alert`` event on the bus (SSE and every live bridge fan it 
 alert history, webhook outbox rows, and an MQTT publish on ``hub/alerts/{rule}/{device}`` (QoS 1).
 Firing alerts are restored from the history at start, so a restart never fires them twice. When a
 rule is removed or changed, its firing alerts resolve with ``reason`` "rule removed" or "rule
-changed" (also at start, for firing alerts of a rule removed while the hub was stopped).
+changed" (also at start, for firing alerts of a rule removed while the hub was stopped). A stored
+rule that does not validate (from an older version, or edited by hand) is logged once, naming how
+to remove it, and skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from iothub.hub.events import EventBus, EventType, Gap, HubEvent, Subscription
 from iothub.hub.fleet import Fleet, iso
 from iothub.hub.ingest import now_ms
 from iothub.hub.metrics import HubMetrics
-from iothub.hub.rulebook import AnyRule, Rulebook
+from iothub.hub.rulebook import AnyRule, BadRule, Rulebook
 from iothub.hub.rules import AlertState, MetricRule, OfflineRule, Transition, due_at, on_presence, on_tick, on_value
 from iothub.hub.store.base import Batch, PendingEvent, Store
 
@@ -62,6 +64,7 @@ class AlertEvaluator:
         self._wake = asyncio.Event()  # stopping, or the rules changed
         self._out: list[Emitted] = []
         self._ended: list[Emitted] = []  # resolved because their rule was removed or changed
+        self._bad: set[tuple[str, str]] = set()  # stored rules that do not validate, logged once
 
     def stop(self) -> None:
         """Evaluate what is buffered, then let :meth:`run` return."""
@@ -74,7 +77,9 @@ class AlertEvaluator:
         """Read the rules again (in a thread) and apply the difference; the alerts of a removed or
         changed rule that were firing resolve (``reason`` says why; :meth:`run` commits them), and
         the rule starts afresh."""
-        rules = {rule.name: rule for rule, _ in await asyncio.to_thread(self.rulebook.rules)}
+        found, bad = await asyncio.to_thread(self.rulebook.catalogue)
+        self._report(bad)
+        rules = {rule.name: rule for rule, _ in found}
         if rules == self.rules:
             return
         for key in [k for k in self.states if self.rules.get(k[0]) != rules.get(k[0])]:
@@ -98,6 +103,14 @@ class AlertEvaluator:
                 for device in self.fleet.devices.values():
                     if not device.online and device.since is not None and self._selects(rule, device.id):
                         self._step(rule, device.id, on_presence(self._state(rule, device.id), False, device.since))
+
+    def _report(self, bad: list[BadRule]) -> None:
+        """Log each stored rule that does not validate once (again if it changes): it is skipped."""
+        seen = {(b.name, b.error) for b in bad}
+        for rule in bad:
+            if (rule.name, rule.error) not in self._bad:
+                log.error("alert rule %r is invalid and skipped: %s; remove it: %s", rule.name, rule.error, rule.remedy)
+        self._bad = seen
 
     def _follow(self) -> None:
         """Read the event bus while there is a rule, and only then."""

@@ -44,7 +44,7 @@ class Transition(enum.StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN compares with nothing
 
 
 class Selector(_Model):

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from iothub.hub import outbox
-from iothub.hub.registry import Role
+from iothub.hub.registry import Role, Scope
 from iothub.runner import Running, serve
 from tests.bridge.receiver import receiver
 from tests.bridge.sse_client import open_stream
@@ -230,3 +230,63 @@ async def test_without_rules_the_evaluator_does_not_read_the_event_bus(tmp_path:
             assert (await http.delete("/api/v1/rules/hot")).status_code == 204
             await alert_of(events, "hot", device_id, "resolved")
             assert "alerts" not in consumers(hub)
+
+
+BAD_SPEC = json.dumps({"kind": "metric", "name": "x11", "metric": "t", "op": ">", "threshold": None})
+
+
+def store_bad_rule(data_dir: Path) -> None:
+    """A stored rule that no longer validates, as an older version (or a hand edit) may leave one."""
+    conn = outbox.connect(data_dir / "iothub.db")
+    try:
+        conn.execute("INSERT INTO alert_rules (name, spec, created) VALUES ('x11', ?, 0)", (BAD_SPEC,))
+    finally:
+        conn.close()
+
+
+async def test_a_non_finite_threshold_over_rest_is_refused_and_not_stored(
+    alerting: tuple[Running, httpx.AsyncClient, EventWaiter],
+) -> None:
+    _, http, _ = alerting
+    for number in ("NaN", "Infinity", "-Infinity"):
+        body = f'{{"kind": "metric", "name": "x11", "metric": "t", "op": ">", "threshold": {number}}}'
+        bad = await http.post("/api/v1/rules", content=body, headers={"content-type": "application/json"})
+        assert (bad.status_code, bad.json()["error"]) == (
+            400,
+            "rule: metric.threshold: Input should be a finite number",
+        )
+    listed = (await http.get("/api/v1/rules")).json()
+    assert ([r["name"] for r in listed["rules"]], listed["invalid"]) == (["hot"], [])
+
+
+async def test_a_bad_stored_rule_is_logged_once_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    async with serve(hub_settings(data, rules=[HOT])) as hub:  # the hub is running when the rule appears
+        store_bad_rule(data)
+        await hub.hub.alerts.reload()
+        await hub.hub.alerts.reload()
+    async with serve(hub_settings(data, rules=[HOT])) as hub:  # and it starts with it
+        events = EventWaiter(hub.hub.bus.subscribe("test"))
+        device_id = unique_id("alert")
+        async with mqtt_client(hub, device_id) as dev:  # the other rules still work
+            await dev.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": 31}), qos=1)
+            await alert_of(events, "hot", device_id, "firing")
+        token = await asyncio.to_thread(hub.hub.registry.create_token, Scope.ADMIN, "test")
+        headers = {"Authorization": f"Bearer {token[1]}"}
+        async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", timeout=WAIT_S, headers=headers) as http:
+            listed = (await http.get("/api/v1/rules")).json()
+            assert [r["name"] for r in listed["rules"]] == ["hot"]
+            assert [(b["name"], b["invalid"]) for b in listed["invalid"]] == [
+                ("x11", "rule: metric: op '>' takes a threshold and no range")
+            ]
+            assert (await http.delete("/api/v1/rules/x11")).status_code == 204
+            assert (await http.get("/api/v1/rules")).json()["invalid"] == []
+    logged = [r.getMessage() for r in caplog.records if "x11" in r.getMessage()]
+    assert (
+        logged
+        == [
+            "alert rule 'x11' is invalid and skipped: rule: metric: op '>' takes a threshold and no range;"
+            " remove it: iothub rules remove x11 (or DELETE /api/v1/rules/x11)"
+        ]
+        * 2
+    )  # once by each hub

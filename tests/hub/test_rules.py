@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -100,6 +101,23 @@ def test_selectors() -> None:
 def test_bad_rules_are_refused_naming_the_field(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(AlertsError, match="^rule: .*" + message.replace("[", r"\[").replace("(", r"\(")):
         metric(**spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"op": ">", "threshold": float("nan")}, "threshold"),
+        ({"op": "<", "threshold": float("inf")}, "threshold"),
+        ({"op": ">", "threshold": 1, "clear": float("-inf")}, "clear"),
+        ({"op": "outside", "range": [0, float("inf")]}, "range.1"),
+        ({"op": ">", "threshold": 1, "for_s": float("nan")}, "for_s"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(AlertsError, match=rf"^rule: metric\.{field}: Input should be a finite number$"):
+        metric(**spec)
+    with pytest.raises(AlertsError, match=rf"^rule: metric\.{field}: Input should be a finite number$"):
+        parse_rule(json.dumps({"kind": "metric", "name": "r", "metric": "t", **spec}))  # NaN, Infinity in JSON
 
 
 def test_a_rule_needs_a_known_kind_and_a_valid_name() -> None:
