@@ -133,12 +133,17 @@ async def test_a_running_hub_uses_what_the_cli_changes(tmp_path: Path) -> None:
         await events.until(lambda e: e.type == "alert" and e.device_id == device_id)
         await r.wait_for(lambda got: len(got) == 2)  # both attempts of the schedule failed: a dead letter
         dead = await poll_cli(data, ("webhooks", "deliveries", "--state", "dead", "--json"), bool)
-        answers["status"] = 204
         code, out = await asyncio.to_thread(run, data, "webhooks", "redeliver", str(dead[0]["id"]))
         assert (code, out) == (0, f"delivery {dead[0]['id']} ({dead[0]['msg_id']}) is pending again\n")
-        await r.wait_for(lambda got: len(got) == 3)
+        await r.wait_for(lambda got: len(got) == 4)  # a fresh schedule: an attempt and a retry again
+        shown_args = ("webhooks", "deliveries", "--id", str(dead[0]["id"]), "--json")
+        await poll_cli(data, shown_args, lambda d: d["state"] == "dead")
+        answers["status"] = 204
+        assert (await asyncio.to_thread(run, data, "webhooks", "redeliver", str(dead[0]["id"])))[0] == 0
+        await r.wait_for(lambda got: len(got) == 5)
         assert {g.msg_id for g in r.received} == {dead[0]["msg_id"]}
-        shown = await poll_cli(
-            data, ("webhooks", "deliveries", "--id", str(dead[0]["id"])), lambda d: d["state"] == "delivered"
-        )
-        assert [a["status"] for a in shown["attempts_log"]] == [500, 500, 204]
+        shown = await poll_cli(data, shown_args, lambda d: d["state"] == "delivered")
+        assert shown["attempts"] == 5  # every attempt is kept and counted, redeliveries' too
+        assert [(a["attempt"], a["status"]) for a in shown["attempts_log"]] == [
+            (1, 500), (2, 500), (3, 500), (4, 500), (5, 204)
+        ]  # fmt: skip

@@ -160,12 +160,12 @@ class WebhookAdmin(outbox.OutboxDb):
         }
 
     def redeliver(self, delivery_id: int) -> dict[str, Any]:
-        """Send a delivery again now (a dead one gets a fresh retry schedule; its message id stays)."""
+        """Send a delivery again now: a fresh retry schedule; its message id and earlier attempts stay."""
         with self._lock:
             changed = (
                 self._db()
                 .execute(
-                    "UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_at = ?, updated = ?"
+                    "UPDATE webhook_outbox SET state = 'pending', schedule_from = attempts, next_at = ?, updated = ?"
                     " WHERE id = ? AND state != 'sending'",
                     (_now(), _now(), delivery_id),
                 )

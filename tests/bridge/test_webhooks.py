@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -346,3 +347,20 @@ async def test_a_locked_database_pauses_the_sender_without_stopping_the_hub(
             await r.wait_for(lambda got: len(got) == 2)  # the sender tried again, and the retry went out
             delivery = await wait_delivery(http, endpoint["id"], "delivered")
             assert [a["status"] for a in delivery["attempts_log"]] == [500, 200]
+
+
+def test_an_outbox_of_an_earlier_version_gains_the_schedule_column(tmp_path: Path) -> None:
+    path = tmp_path / "iothub.db"
+    old = outbox.SCHEMA.replace("    schedule_from INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old != outbox.SCHEMA
+    conn = sqlite3.connect(path)
+    conn.executescript(old)
+    conn.execute("INSERT INTO webhook_outbox (msg_id, endpoint_id, type, body, created, attempts, next_at, updated)"
+                 " VALUES ('m', 'ep', 'device.online', '{}', 0, 3, 0, 0)")  # fmt: skip
+    conn.commit()
+    conn.close()
+    conn = outbox.connect(path)
+    try:
+        assert conn.execute("SELECT attempts, schedule_from FROM webhook_outbox").fetchall() == [(3, 0)]
+    finally:
+        conn.close()
