@@ -80,6 +80,11 @@ def test_webhooks_verbs(tmp_path: Path) -> None:
         "Error: url 'http://10.0.0.1/hook': 10.0.0.1 is a private address (set "
         "webhooks.allow_private_targets [IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS] to allow it)\n"
     )
+    bad_port = run(tmp_path, "webhooks", "add", "http://example.com:99999/", "--events", "alert.firing")
+    assert bad_port == (1, "Error: url 'http://example.com:99999/': port 99999 is not between 1 and 65535\n")
+    numeric = run(tmp_path, "webhooks", "add", "http://2130706433/", "--events", "alert.firing", env=PRIVATE_OK)
+    assert numeric == (1, "Error: url 'http://2130706433/': 2130706433 is an address in a numeric form;"
+                          " write an IPv4 address as a.b.c.d\n")  # fmt: skip
     code, out = run(tmp_path, "webhooks", "add", "https://example.com/h", "--events", "alert.firing,device.offline")
     assert code == 0, out
     found = re.fullmatch(

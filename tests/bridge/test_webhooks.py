@@ -254,6 +254,11 @@ async def test_a_private_target_is_refused_without_the_setting(tmp_path: Path) -
             assert answer.status_code == 400
             assert "127.0.0.1 is a loopback address" in answer.json()["error"]
             assert "IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS" in answer.json()["error"]
+            numeric = await http.post("/api/v1/webhooks", json={"url": "http://0x7f.1/", "events": ["device.online"]})
+            assert (numeric.status_code, numeric.json()["error"]) == (
+                400,
+                "url 'http://0x7f.1/': 0x7f.1 is an address in a numeric form; write an IPv4 address as a.b.c.d",
+            )
             # A name is checked once resolved: localhost (added while the setting was on, say).
             endpoint, _ = hub.hub.webhooks.add(f"http://localhost:{r.port}/hook", ["device.online"])
             await go_online(hub, unique_id("wh"))
@@ -278,6 +283,36 @@ async def test_the_guard_refuses_every_non_global_address(address: str) -> None:
         await resolve(httpx.URL(f"http://{host}/hook"), allow_private=False)
     allowed = await resolve(httpx.URL(f"http://{host}/hook"), allow_private=True)
     assert ipaddress.ip_address(allowed) == ipaddress.ip_address(address)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://example.com:99999/", "port 99999 is not between 1 and 65535"),
+        ("http://example.com:0/", "port 0 is not between 1 and 65535"),
+        ("http://2130706433/", "2130706433 is an address in a numeric form; write an IPv4 address as a.b.c.d"),
+        ("http://0x7f.1/", "0x7f.1 is an address in a numeric form"),
+        ("http://127.1/hook", "127.1 is an address in a numeric form"),
+        ("https://0x7f000001:8443/", "0x7f000001 is an address in a numeric form"),
+        ("http://example.123/", "example.123 is an address in a numeric form"),
+    ],
+)
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_invalid_ports_and_numeric_hosts_are_refused_at_add(url: str, message: str, allow_private: bool) -> None:
+    with pytest.raises(ValueError, match=f"^url {re.escape(repr(url))}: {re.escape(message)}"):
+        check_url(url, allow_private)
+
+
+def test_a_literal_address_with_a_trailing_dot_is_checked_as_the_address() -> None:
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1 is a loopback address"):
+        check_url("http://127.0.0.1./hook", allow_private=False)
+    for fine in (
+        "http://123.example/hook",
+        "https://93.184.215.14:8443/",
+        "http://example.com:65535/",
+        "http://8.8.8.8./",
+    ):
+        assert check_url(fine, allow_private=False) == httpx.URL(fine)
 
 
 async def test_the_guard_lets_a_global_address_through() -> None:
