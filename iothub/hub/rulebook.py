@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from iothub.devices.payloads import describe
 from iothub.hub import outbox
 from iothub.hub.errors import AlertsError, NameTaken, UnknownName
-from iothub.hub.rules import RULE, MetricRule, OfflineRule
+from iothub.hub.rules import KIND_ERROR, KINDS, RULE, MetricRule, OfflineRule
 
 AnyRule = MetricRule | OfflineRule
 
@@ -34,7 +34,19 @@ def parse_rule(data: str | bytes | dict[str, Any]) -> AnyRule:
     try:
         return RULE.validate_json(data) if isinstance(data, str | bytes) else RULE.validate_python(data)
     except ValidationError as exc:
-        raise AlertsError(f"rule: {describe(exc)}") from None
+        raise AlertsError(f"rule: {_kind_problem(exc) or describe(exc)}") from None
+
+
+def _kind_problem(exc: ValidationError) -> str | None:
+    """What is wrong with ``kind``, in words (pydantic speaks of tags and discriminators)."""
+    for err in exc.errors(include_url=False):
+        if err["type"] == KIND_ERROR:
+            if not isinstance(err["input"], dict):
+                return f"expected an object, got {type(err['input']).__name__}"
+            if "kind" not in err["input"]:
+                return f"field 'kind': missing (one of {', '.join(KINDS)})"
+            return f"field 'kind': {err['input']['kind']!r} is not one of {', '.join(KINDS)}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, TypeAdapter, model_validator
 
 from iothub.devices.topics import ID_PATTERN
 
@@ -97,7 +97,20 @@ class OfflineRule(_Model):
     select: Selector = Selector()
 
 
-Rule = Annotated[MetricRule | OfflineRule, Field(discriminator="kind")]
+KINDS = ("metric", "offline")
+KIND_ERROR = "rule_kind"
+
+
+def _kind(value: object) -> object:
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+Rule = Annotated[
+    Annotated[MetricRule, Tag("metric")] | Annotated[OfflineRule, Tag("offline")],
+    Discriminator(
+        _kind, custom_error_type=KIND_ERROR, custom_error_message=f"'kind' must be one of {', '.join(KINDS)}"
+    ),
+]
 
 
 RULE = TypeAdapter(Rule)

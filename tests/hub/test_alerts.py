@@ -131,6 +131,12 @@ async def test_rules_over_rest_say_what_is_wrong(alerting: tuple[Running, httpx.
         400,
         "rule: metric: clear 31.0 must not be above threshold 30.0 for >",
     )
+    for spec, error in (
+        ({"name": "warm"}, "rule: field 'kind': missing (one of metric, offline)"),
+        ({"kind": "weird", "name": "warm"}, "rule: field 'kind': 'weird' is not one of metric, offline"),
+    ):
+        answer = await http.post("/api/v1/rules", json=spec)
+        assert (answer.status_code, answer.json()["error"]) == (400, error)
     taken = await http.post("/api/v1/rules", json=HOT)
     assert (taken.status_code, taken.json()["error"]) == (409, "rule 'hot' is defined in the settings file")
     assert (await http.post("/api/v1/rules", json={**HOT, "name": "warm"})).status_code == 201
