@@ -86,7 +86,7 @@ class Hub:
         self.webhooks = WebhookAdmin(settings.data_dir / "iothub.db")
         self.rulebook = Rulebook(settings.data_dir / "iothub.db", settings.rules)
         self.alerts = AlertEvaluator(
-            self.rulebook, self.store, self.bus, self.fleet, self.labels.get, self.publish, self.metrics,
+            self.rulebook, self.store, self.bus, self.fleet, self.labels, self.publish, self.metrics,
             settings.alerts.queue_size,
         )  # fmt: skip
         self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)

@@ -9,6 +9,9 @@ Two kinds, told apart by ``kind``:
   crosses ``clear`` (hysteresis; for ``>``/``>=`` a ``clear`` at or below the threshold, for ``<``/``<=``
   at or above it; unset: the threshold itself). Booleans count as 1 and 0; strings never match.
 * ``offline``: a device offline for longer than ``offline_for_s``; resolves when it is back online.
+  The evaluator counts from when the device went offline, or from when it started watching (the
+  hub started, the rule was added, the device was registered) if that is later: a registered
+  device that never connected fires too.
 
 ``select`` narrows the devices: ``devices`` (ids) and ``labels`` (every one must match); both empty
 means every device.

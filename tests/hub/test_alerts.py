@@ -13,11 +13,21 @@ import httpx
 import pytest
 
 from iothub.hub import outbox
+from iothub.hub.ingest import now_ms
 from iothub.hub.registry import Role, Scope
 from iothub.runner import Running, serve
 from tests.bridge.receiver import receiver
 from tests.bridge.sse_client import open_stream
-from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
+from tests.conftest import (
+    WAIT_S,
+    EventWaiter,
+    device_secret,
+    hub_settings,
+    mqtt_client,
+    service_client,
+    telemetry,
+    unique_id,
+)
 
 HOT = {"kind": "metric", "name": "hot", "metric": "temperature", "op": ">", "threshold": 30, "clear": 28}
 WEBHOOKS = {"allow_private_targets": True, "retry_schedule_s": [0.2], "poll_s": 0.2}
@@ -296,3 +306,40 @@ async def test_a_bad_stored_rule_is_logged_once_and_skipped(tmp_path: Path, capl
         ]
         * 2
     )  # once by each hub
+
+
+async def test_an_offline_rule_fires_for_a_registered_device_that_never_connected(
+    alerting: tuple[Running, httpx.AsyncClient, EventWaiter],
+) -> None:
+    hub, http, events = alerting
+    never, later = unique_id("never"), unique_id("later")
+    device_secret(hub, never)  # registered, as an operator would
+    added = now_ms()
+    rule = {"kind": "offline", "name": "gone", "offline_for_s": 0.3, "select": {"devices": [never, later]}}
+    assert (await http.post("/api/v1/rules", json=rule)).status_code == 201
+    fired = await alert_of(events, "gone", never, "firing")
+    assert fired.ts - added >= 300  # counted from when the rule was added
+    assert fired.data["offline_since"] is None
+    registered = now_ms()
+    device_secret(hub, later)  # registered after the rule: counted from then
+    assert (await alert_of(events, "gone", later, "firing")).ts - registered >= 300
+    async with mqtt_client(hub, never):
+        await alert_of(events, "gone", never, "resolved")
+
+
+async def test_an_offline_rule_counts_from_the_start_for_a_device_offline_before_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    device_id, never = unique_id("alert"), unique_id("never")
+    async with serve(hub_settings(data)) as hub:
+        device_secret(hub, never)  # registered, as an operator would
+        events = EventWaiter(hub.hub.bus.subscribe("test"))
+        async with mqtt_client(hub, device_id):
+            await events.status_of(device_id, online=True)
+        await events.status_of(device_id, online=False)
+    gone = {"kind": "offline", "name": "gone", "offline_for_s": 0.5}
+    started = now_ms()
+    async with serve(hub_settings(data, rules=[gone])) as hub:
+        events = EventWaiter(hub.hub.bus.subscribe("test"))
+        for device in (device_id, never):
+            fired = await alert_of(events, "gone", device, "firing")
+            assert fired.ts - started >= 500  # not at once: the hub saw the device offline only from its start
