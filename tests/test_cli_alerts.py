@@ -72,6 +72,12 @@ def test_non_finite_numbers_are_refused_and_a_bad_stored_rule_is_listed(tmp_path
     assert [r["name"] for r in json.loads(run(tmp_path, "rules", "list", "--json")[1])] == ["gone"]
 
 
+def test_disable_says_new_events_are_not_queued(tmp_path: Path) -> None:
+    code, out = run(tmp_path, "webhooks", "disable", "--help")
+    assert code == 0
+    assert "events that happen while it is disabled are not queued for it" in " ".join(out.split())
+
+
 def test_webhooks_verbs(tmp_path: Path) -> None:
     assert run(tmp_path, "webhooks", "list")[0] == 1  # no hub data yet
     code, out = run(tmp_path, "webhooks", "add", "http://10.0.0.1/hook", "--events", "alert.firing")
@@ -149,6 +155,15 @@ async def test_a_running_hub_uses_what_the_cli_changes(tmp_path: Path) -> None:
         assert {g.msg_id for g in r.received} == {dead[0]["msg_id"]}
         shown = await poll_cli(data, shown_args, lambda d: d["state"] == "delivered")
         assert shown["attempts"] == 5  # every attempt is kept and counted, redeliveries' too
+        code, readable = await asyncio.to_thread(run, data, *shown_args[:-1])  # without --json
+        assert code == 0
+        assert readable.splitlines()[0] == (
+            f"delivery {shown['id']} ({shown['msg_id']}): alert.firing to {shown['endpoint_id']}, delivered, 5 attempts"
+        )
+        assert readable.splitlines()[3].split() == ["ATTEMPT", "TIME", "STATUS", "LATENCY", "OUTCOME", "RESPONSE"]
+        assert [line.split()[0:3:2] for line in readable.splitlines()[4:]] == [
+            ["1", "500"], ["2", "500"], ["3", "500"], ["4", "500"], ["5", "204"]
+        ]  # fmt: skip
         assert [(a["attempt"], a["status"]) for a in shown["attempts_log"]] == [
             (1, 500), (2, 500), (3, 500), (4, 500), (5, 204)
         ]  # fmt: skip

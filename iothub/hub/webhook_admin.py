@@ -82,7 +82,8 @@ class WebhookAdmin(outbox.OutboxDb):
         return _endpoint(row, _now())
 
     def set_enabled(self, endpoint_id: str, enabled: bool) -> dict[str, Any]:
-        """Enable (its pending deliveries go out again) or disable an endpoint."""
+        """Enable (its pending deliveries go out again) or disable an endpoint (new events are not
+        queued for a disabled endpoint: :func:`outbox.record` writes rows for enabled ones only)."""
         with self._lock:
             self._db().execute(
                 "UPDATE webhook_endpoints SET enabled = ?, disabled_reason = ? WHERE id = ?",

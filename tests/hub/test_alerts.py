@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -327,7 +328,10 @@ async def test_an_offline_rule_fires_for_a_registered_device_that_never_connecte
         await alert_of(events, "gone", never, "resolved")
 
 
-async def test_an_offline_rule_counts_from_the_start_for_a_device_offline_before_it(tmp_path: Path) -> None:
+async def test_an_offline_rule_counts_from_the_start_for_a_device_offline_before_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "iothub.hub.core")
     data = tmp_path / "data"
     device_id, never = unique_id("alert"), unique_id("never")
     async with serve(hub_settings(data)) as hub:
@@ -343,3 +347,8 @@ async def test_an_offline_rule_counts_from_the_start_for_a_device_offline_before
         for device in (device_id, never):
             fired = await alert_of(events, "gone", device, "firing")
             assert fired.ts - started >= 500  # not at once: the hub saw the device offline only from its start
+    started_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hub started")]
+    assert [line.partition(";")[0] for line in started_lines] == [
+        "hub started: 0 devices registered, 0 seen in earlier runs",
+        "hub started: 2 devices registered, 1 seen in earlier runs",  # one never connected
+    ]
