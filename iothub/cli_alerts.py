@@ -83,13 +83,18 @@ def rules_list(as_json: bool, config_file: Path | None, data_dir: Path | None) -
     """List the rules (from the settings file and added here or over REST)."""
     settings = settings_of(config_file, data_dir)
     path = settings.data_dir / "iothub.db"
-    found = Rulebook(path, settings.rules).rules() if path.is_file() else [(r, "settings") for r in settings.rules]
-    views = [rule_view(rule, source) for rule, source in found]
+    if path.is_file():
+        found, bad = Rulebook(path, settings.rules).catalogue()
+    else:
+        found, bad = [(r, "settings") for r in settings.rules], []
+    views = [rule_view(rule, source) for rule, source in found] + [b.view() for b in bad]
     lines = [f"{'NAME':20} {'SOURCE':9} RULE"] + [f"{v['name']:20} {v['source']:9} {_describe(v)}" for v in views]
     print_data(views, as_json, "\n".join(lines))
 
 
 def _describe(view: dict[str, Any]) -> str:
+    if "invalid" in view:
+        return f"INVALID, skipped: {view['invalid']} (remove it: iothub rules remove {view['name']})"
     if view["kind"] == "offline":
         text = f"offline for {view['offline_for_s']:g} s"
     else:
@@ -165,7 +170,11 @@ def webhooks_list(as_json: bool, config_file: Path | None, data_dir: Path | None
 @click.argument("endpoint_id")
 @data_options
 def webhooks_disable(endpoint_id: str, config_file: Path | None, data_dir: Path | None) -> None:
-    """Stop sending to an endpoint (what is pending waits for enable)."""
+    """Stop sending to an endpoint.
+
+    Deliveries already queued for it wait and go out on enable; events that happen while it is
+    disabled are not queued for it at all (it never gets them).
+    """
     _admin(config_file, data_dir)[0].set_enabled(endpoint_id, False)
     click.echo(f"endpoint {endpoint_id} disabled")
 
@@ -174,7 +183,7 @@ def webhooks_disable(endpoint_id: str, config_file: Path | None, data_dir: Path 
 @click.argument("endpoint_id")
 @data_options
 def webhooks_enable(endpoint_id: str, config_file: Path | None, data_dir: Path | None) -> None:
-    """Send to an endpoint again (also one disabled by a 410), starting with what is pending."""
+    """Send to an endpoint again (also one disabled by a 410), starting with what was queued before it was disabled."""
     _admin(config_file, data_dir)[0].set_enabled(endpoint_id, True)
     click.echo(f"endpoint {endpoint_id} enabled")
 
@@ -215,7 +224,8 @@ def webhooks_deliveries(
     """List deliveries, newest first, or show one with its attempt log (--id)."""
     admin = _admin(config_file, data_dir)[0]
     if delivery_id is not None:
-        click.echo(json.dumps(admin.delivery(delivery_id), indent=2))
+        one = admin.delivery(delivery_id)
+        print_data(one, as_json, _delivery_text(one))
         return
     found = admin.deliveries(endpoint_id, state, limit)
     lines = [f"{'ID':8} {'ENDPOINT':20} {'TYPE':15} {'STATE':10} {'ATTEMPTS':8} MSG"] + [
@@ -223,6 +233,25 @@ def webhooks_deliveries(
         for d in found
     ]
     print_data(found, as_json, "\n".join(lines))
+
+
+def _delivery_text(d: dict[str, Any]) -> str:
+    lines = [
+        f"delivery {d['id']} ({d['msg_id']}): {d['type']} to {d['endpoint_id']}, {d['state']}, "
+        f"{d['attempts']} attempt{'' if d['attempts'] == 1 else 's'}",
+        f"created {d['created']}, updated {d['updated']}"
+        + (f", next attempt {d['next_attempt']}" if d["next_attempt"] else ""),
+        f"body: {json.dumps(d['body'], separators=(',', ':'))}",
+    ]
+    if d["attempts_log"]:
+        lines.append(f"{'ATTEMPT':8} {'TIME':25} {'STATUS':7} {'LATENCY':>10} {'OUTCOME':10} RESPONSE")
+    for a in d["attempts_log"]:
+        status = "-" if a["status"] is None else str(a["status"])
+        response = " ".join(a["response"].split())[:80]
+        lines.append(
+            f"{a['attempt']:<8} {a['ts']:25} {status:7} {a['latency_ms']:>7.1f} ms {a['outcome']:10} {response}"
+        )
+    return "\n".join(lines)
 
 
 @webhooks.command("redeliver")

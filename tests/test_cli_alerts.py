@@ -16,6 +16,7 @@ from iothub.cli import main
 from iothub.runner import serve
 from tests.bridge.receiver import Reply, receiver
 from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, telemetry, unique_id
+from tests.hub.test_alerts import store_bad_rule
 
 PRIVATE_OK = {"IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true"}
 
@@ -51,6 +52,32 @@ def test_rules_verbs(tmp_path: Path) -> None:
     assert run(tmp_path, "rules", "remove", "gone") == (1, "Error: no rule named 'gone'\n")
 
 
+def test_non_finite_numbers_are_refused_and_a_bad_stored_rule_is_listed(tmp_path: Path) -> None:
+    for number in ("nan", "inf", "-inf"):
+        args = ("rules", "add", "x11", "--metric", "t", "--op", ">", "--threshold", number)
+        assert run(tmp_path, *args) == (1, "Error: rule: metric.threshold: Input should be a finite number\n")
+    assert run(tmp_path, "rules", "add", "gone", "--offline-for", "300") == (0, "rule gone added\n")
+    store_bad_rule(tmp_path)
+    out = run(tmp_path, "rules", "list")
+    assert out == (0, (
+        "NAME                 SOURCE    RULE\n"
+        "gone                 api       offline for 300 s\n"
+        "x11                  api       INVALID, skipped: rule: metric: op '>' takes a threshold and no range"
+        " (remove it: iothub rules remove x11)\n"
+    ))  # fmt: skip
+    assert json.loads(run(tmp_path, "rules", "list", "--json")[1])[1]["invalid"] == (
+        "rule: metric: op '>' takes a threshold and no range"
+    )
+    assert run(tmp_path, "rules", "remove", "x11") == (0, "rule x11 removed\n")
+    assert [r["name"] for r in json.loads(run(tmp_path, "rules", "list", "--json")[1])] == ["gone"]
+
+
+def test_disable_says_new_events_are_not_queued(tmp_path: Path) -> None:
+    code, out = run(tmp_path, "webhooks", "disable", "--help")
+    assert code == 0
+    assert "events that happen while it is disabled are not queued for it" in " ".join(out.split())
+
+
 def test_webhooks_verbs(tmp_path: Path) -> None:
     assert run(tmp_path, "webhooks", "list")[0] == 1  # no hub data yet
     code, out = run(tmp_path, "webhooks", "add", "http://10.0.0.1/hook", "--events", "alert.firing")
@@ -59,6 +86,11 @@ def test_webhooks_verbs(tmp_path: Path) -> None:
         "Error: url 'http://10.0.0.1/hook': 10.0.0.1 is a private address (set "
         "webhooks.allow_private_targets [IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS] to allow it)\n"
     )
+    bad_port = run(tmp_path, "webhooks", "add", "http://example.com:99999/", "--events", "alert.firing")
+    assert bad_port == (1, "Error: url 'http://example.com:99999/': port 99999 is not between 1 and 65535\n")
+    numeric = run(tmp_path, "webhooks", "add", "http://2130706433/", "--events", "alert.firing", env=PRIVATE_OK)
+    assert numeric == (1, "Error: url 'http://2130706433/': 2130706433 is an address in a numeric form;"
+                          " write an IPv4 address as a.b.c.d\n")  # fmt: skip
     code, out = run(tmp_path, "webhooks", "add", "https://example.com/h", "--events", "alert.firing,device.offline")
     assert code == 0, out
     found = re.fullmatch(
@@ -112,12 +144,26 @@ async def test_a_running_hub_uses_what_the_cli_changes(tmp_path: Path) -> None:
         await events.until(lambda e: e.type == "alert" and e.device_id == device_id)
         await r.wait_for(lambda got: len(got) == 2)  # both attempts of the schedule failed: a dead letter
         dead = await poll_cli(data, ("webhooks", "deliveries", "--state", "dead", "--json"), bool)
-        answers["status"] = 204
         code, out = await asyncio.to_thread(run, data, "webhooks", "redeliver", str(dead[0]["id"]))
         assert (code, out) == (0, f"delivery {dead[0]['id']} ({dead[0]['msg_id']}) is pending again\n")
-        await r.wait_for(lambda got: len(got) == 3)
+        await r.wait_for(lambda got: len(got) == 4)  # a fresh schedule: an attempt and a retry again
+        shown_args = ("webhooks", "deliveries", "--id", str(dead[0]["id"]), "--json")
+        await poll_cli(data, shown_args, lambda d: d["state"] == "dead")
+        answers["status"] = 204
+        assert (await asyncio.to_thread(run, data, "webhooks", "redeliver", str(dead[0]["id"])))[0] == 0
+        await r.wait_for(lambda got: len(got) == 5)
         assert {g.msg_id for g in r.received} == {dead[0]["msg_id"]}
-        shown = await poll_cli(
-            data, ("webhooks", "deliveries", "--id", str(dead[0]["id"])), lambda d: d["state"] == "delivered"
+        shown = await poll_cli(data, shown_args, lambda d: d["state"] == "delivered")
+        assert shown["attempts"] == 5  # every attempt is kept and counted, redeliveries' too
+        code, readable = await asyncio.to_thread(run, data, *shown_args[:-1])  # without --json
+        assert code == 0
+        assert readable.splitlines()[0] == (
+            f"delivery {shown['id']} ({shown['msg_id']}): alert.firing to {shown['endpoint_id']}, delivered, 5 attempts"
         )
-        assert [a["status"] for a in shown["attempts_log"]] == [500, 500, 204]
+        assert readable.splitlines()[3].split() == ["ATTEMPT", "TIME", "STATUS", "LATENCY", "OUTCOME", "RESPONSE"]
+        assert [line.split()[0:3:2] for line in readable.splitlines()[4:]] == [
+            ["1", "500"], ["2", "500"], ["3", "500"], ["4", "500"], ["5", "204"]
+        ]  # fmt: skip
+        assert [(a["attempt"], a["status"]) for a in shown["attempts_log"]] == [
+            (1, 500), (2, 500), (3, 500), (4, 500), (5, 204)
+        ]  # fmt: skip

@@ -40,8 +40,9 @@ def _limit(request: Request, default: int = 100) -> int:
 
 
 async def list_rules(request: Request) -> JSONResponse:
-    rules = await asyncio.to_thread(hub_of(request).rulebook.rules)
-    return JSONResponse({"rules": [rule_view(rule, source) for rule, source in rules]})
+    rules, bad = await asyncio.to_thread(hub_of(request).rulebook.catalogue)
+    views = [rule_view(rule, source) for rule, source in rules]
+    return JSONResponse({"rules": views, "invalid": [b.view() for b in bad]})
 
 
 async def add_rule(request: Request) -> JSONResponse:

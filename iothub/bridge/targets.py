@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 
 import httpx
@@ -51,8 +52,12 @@ def check_url(url: str, allow_private: bool) -> httpx.URL:
         raise ValueError(f"url {url!r}: an endpoint URL is http:// or https:// with a host")
     if parsed.userinfo:
         raise ValueError(f"url {url!r}: credentials in the URL are not allowed (sign with the secret instead)")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ValueError(f"url {url!r}: port {parsed.port} is not between 1 and 65535")
+    host = parsed.host.removesuffix(".")
+    if _numeric_host(host):
+        raise ValueError(f"url {url!r}: {host} is an address in a numeric form; write an IPv4 address as a.b.c.d")
     if not allow_private:
-        host = parsed.host
         if host == "localhost" or host.endswith(".localhost"):
             raise ValueError(f"url {url!r}: {host} is loopback ({_SETTING})")
         try:
@@ -63,6 +68,22 @@ def check_url(url: str, allow_private: bool) -> httpx.URL:
         if reason is not None:
             raise ValueError(f"url {url!r}: {host} is a {reason} address ({_SETTING})")
     return parsed
+
+
+def _numeric_host(host: str) -> bool:
+    """Whether ``host`` is an IPv4 address written other than as ``a.b.c.d`` (``2130706433``,
+    ``0x7f.1``, ``127.1``): a host whose last label is a number is an address to URL parsers and
+    to ``getaddrinfo``, in forms the guard would otherwise only meet when it resolves."""
+    if ":" in host:
+        return False  # IPv6, checked as an address
+    last = host.rsplit(".", 1)[-1]
+    if not (last.isdigit() or re.fullmatch(r"0[xX][0-9a-fA-F]*", last)):
+        return False
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return True
+    return False
 
 
 _SETTING = "set webhooks.allow_private_targets [IOTHUB_WEBHOOKS__ALLOW_PRIVATE_TARGETS] to allow it"

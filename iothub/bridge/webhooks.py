@@ -311,7 +311,7 @@ class WebhookSender:
         if status == 410:
             reason = "410 Gone: the receiver wants no more deliveries"  # no URL: it may hold a secret
             return Outcome(status, latency_ms, outcome, text, State.PENDING, now, disable=reason)
-        retries = delivery.attempts  # made before this attempt, which failed: the first is not a retry
+        retries = delivery.retries  # made before this failed attempt in this schedule: the first is not a retry
         schedule = self.settings.retry_schedule_s
         if retries >= len(schedule):
             return Outcome(status, latency_ms, outcome, text, State.DEAD, now)

@@ -11,7 +11,9 @@ A transition is an ``alert`` event on the bus (SSE and every live bridge fan it 
 alert history, webhook outbox rows, and an MQTT publish on ``hub/alerts/{rule}/{device}`` (QoS 1).
 Firing alerts are restored from the history at start, so a restart never fires them twice. When a
 rule is removed or changed, its firing alerts resolve with ``reason`` "rule removed" or "rule
-changed" (also at start, for firing alerts of a rule removed while the hub was stopped).
+changed" (also at start, for firing alerts of a rule removed while the hub was stopped). A stored
+rule that does not validate (from an older version, or edited by hand) is logged once, naming how
+to remove it, and skipped.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import asyncio
 import heapq
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from iothub.hub.errors import StoreError
 from iothub.hub.events import EventBus, EventType, Gap, HubEvent, Subscription
 from iothub.hub.fleet import Fleet, iso
 from iothub.hub.ingest import now_ms
+from iothub.hub.labels import LabelDirectory
 from iothub.hub.metrics import HubMetrics
-from iothub.hub.rulebook import AnyRule, Rulebook
+from iothub.hub.rulebook import AnyRule, BadRule, Rulebook
 from iothub.hub.rules import AlertState, MetricRule, OfflineRule, Transition, due_at, on_presence, on_tick, on_value
 from iothub.hub.store.base import Batch, PendingEvent, Store
 
@@ -40,14 +43,14 @@ Emitted = tuple[str, dict[str, Any]]  # a transition to commit: (device, the ale
 
 class AlertEvaluator:
     def __init__(
-        self, rulebook: Rulebook, store: Store, bus: EventBus, fleet: Fleet, labels: Callable[[str], Mapping[str, str]],
+        self, rulebook: Rulebook, store: Store, bus: EventBus, fleet: Fleet, directory: LabelDirectory,
         publish: Callable[[str, bytes], Awaitable[None]], metrics: HubMetrics, queue_size: int,
     ) -> None:  # fmt: skip
         self.rulebook = rulebook
         self.store = store
         self.bus = bus
         self.fleet = fleet
-        self.labels = labels
+        self.directory = directory  # the registered devices and their labels
         self.publish = publish
         self.metrics = metrics
         self.queue_size = queue_size
@@ -62,6 +65,12 @@ class AlertEvaluator:
         self._wake = asyncio.Event()  # stopping, or the rules changed
         self._out: list[Emitted] = []
         self._ended: list[Emitted] = []  # resolved because their rule was removed or changed
+        self._bad: set[tuple[str, str]] = set()  # stored rules that do not validate, logged once
+        self._watch_from: dict[str, int] = {}  # when each rule was loaded (epoch ms): offline time counts from then
+        self._sweep_due = True  # the offline rules or the registered devices changed
+        self._swept_version = -1  # the label directory's version at the last sweep
+        self._known: set[str] = set()  # the devices known (registered or seen) at the last sweep
+        self._known_loaded = False  # whether the registered devices were among them
 
     def stop(self) -> None:
         """Evaluate what is buffered, then let :meth:`run` return."""
@@ -74,9 +83,14 @@ class AlertEvaluator:
         """Read the rules again (in a thread) and apply the difference; the alerts of a removed or
         changed rule that were firing resolve (``reason`` says why; :meth:`run` commits them), and
         the rule starts afresh."""
-        rules = {rule.name: rule for rule, _ in await asyncio.to_thread(self.rulebook.rules)}
-        if rules == self.rules:
-            return
+        found, bad = await asyncio.to_thread(self.rulebook.catalogue)
+        self._report(bad)
+        rules = {rule.name: rule for rule, _ in found}
+        if rules != self.rules:
+            self._apply(rules)
+        self._sweep()
+
+    def _apply(self, rules: dict[str, AnyRule]) -> None:
         for key in [k for k in self.states if self.rules.get(k[0]) != rules.get(k[0])]:
             state = self.states.pop(key)
             self._timers.pop(key, None)
@@ -84,7 +98,10 @@ class AlertEvaluator:
                 reason = "rule changed" if key[0] in rules else "rule removed"
                 data = self._data(self.rules[key[0]], key[1], Transition.RESOLVED, state)
                 self._ended.append((key[1], data | {"reason": reason}))
-        added = [r for name, r in rules.items() if self.rules.get(name) != r]
+        now = now_ms()
+        self._watch_from = {name: self._watch_from.get(name, now) if self.rules.get(name) == r else now
+                            for name, r in rules.items()}  # fmt: skip
+        self._sweep_due = True
         self.rules = rules
         self._by_metric = {}
         for rule in rules.values():
@@ -93,11 +110,45 @@ class AlertEvaluator:
         self._offline = [r for r in rules.values() if isinstance(r, OfflineRule)]
         self._follow()
         self._wake.set()
-        for rule in added:
-            if isinstance(rule, OfflineRule):
-                for device in self.fleet.devices.values():
-                    if not device.online and device.since is not None and self._selects(rule, device.id):
-                        self._step(rule, device.id, on_presence(self._state(rule, device.id), False, device.since))
+
+    def _sweep(self) -> None:
+        """Offline rules watch every registered device, one never seen or offline since before the
+        rule was loaded too: its offline time counts from when the rule was loaded (the hub started,
+        or the rule was added), or from when the device went offline if that is later. Runs when the
+        rules or the registered devices changed; devices no longer known stop being watched."""
+        version = self.directory.version
+        if not self._sweep_due and version == self._swept_version:
+            return
+        self._sweep_due, self._swept_version = False, version
+        if not self._offline:
+            return
+        known = set(self.directory.device_ids()) | self.fleet.devices.keys()
+        before, self._known = self._known, known
+        arrived = now_ms() if self._known_loaded else 0  # devices registered since the last sweep count from now
+        self._known_loaded = self.directory.loaded
+        offline = {rule.name for rule in self._offline}
+        for key in [k for k, st in self.states.items() if k[0] in offline and k[1] not in known and not st.firing]:
+            del self.states[key]
+            self._timers.pop(key, None)
+        for rule in self._offline:
+            watched_from = self._watch_from[rule.name]
+            for device_id in known:
+                if (rule.name, device_id) in self.states or not self._selects(rule, device_id):
+                    continue
+                device = self.fleet.get(device_id)
+                if device is not None and device.online:
+                    continue
+                went = (device.since or 0) if device is not None else 0
+                since = max(watched_from, 0 if device_id in before else arrived, went)
+                self._step(rule, device_id, on_presence(self._state(rule, device_id), False, since))
+
+    def _report(self, bad: list[BadRule]) -> None:
+        """Log each stored rule that does not validate once (again if it changes): it is skipped."""
+        seen = {(b.name, b.error) for b in bad}
+        for rule in bad:
+            if (rule.name, rule.error) not in self._bad:
+                log.error("alert rule %r is invalid and skipped: %s; remove it: %s", rule.name, rule.error, rule.remedy)
+        self._bad = seen
 
     def _follow(self) -> None:
         """Read the event bus while there is a rule, and only then."""
@@ -174,7 +225,7 @@ class AlertEvaluator:
         return self._due[0][0] if self._due else None
 
     def _selects(self, rule: AnyRule, device_id: str) -> bool:
-        return rule.select.matches(device_id, self.labels(device_id))
+        return rule.select.matches(device_id, self.directory.get(device_id))
 
     def _state(self, rule: AnyRule, device_id: str) -> AlertState:
         return self.states.setdefault((rule.name, device_id), AlertState())

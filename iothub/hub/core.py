@@ -86,7 +86,7 @@ class Hub:
         self.webhooks = WebhookAdmin(settings.data_dir / "iothub.db")
         self.rulebook = Rulebook(settings.data_dir / "iothub.db", settings.rules)
         self.alerts = AlertEvaluator(
-            self.rulebook, self.store, self.bus, self.fleet, self.labels.get, self.publish, self.metrics,
+            self.rulebook, self.store, self.bus, self.fleet, self.labels, self.publish, self.metrics,
             settings.alerts.queue_size,
         )  # fmt: skip
         self.auth = Authenticator(self.registry, settings.mqtt.allow_anonymous)
@@ -150,7 +150,11 @@ class Hub:
             stack.callback(stopped.set)
             tasks.create_task(self._watch_registry(stopped), name="iothub-registry-watch")
             self._stack = stack.pop_all()
-        log.info("hub started with %d known devices; data in %s", len(self.fleet), self.settings.data_dir)
+        registered = await asyncio.to_thread(self.registry.device_count)
+        log.info(
+            "hub started: %d devices registered, %d seen in earlier runs; data in %s",
+            registered, len(self.fleet), self.settings.data_dir,
+        )  # fmt: skip
         return self
 
     async def _ingest_then_alerts(self) -> None:

@@ -32,6 +32,7 @@ class Claimed:
     url: str
     body: str
     attempts: int  # made before this one
+    retries: int  # of those, made since the current retry schedule began (a redelivery starts one)
     secrets: tuple[str, ...]  # newest first; two during a rotation
 
 
@@ -95,15 +96,16 @@ class Deliveries:
             marks = ",".join("?" * len(ids))
             conn.execute(f"UPDATE webhook_outbox SET state = 'sending' WHERE id IN ({marks})", ids)
             rows = conn.execute(
-                "SELECT o.id, o.msg_id, o.endpoint_id, e.url, o.body, o.attempts, e.secret, e.previous_secret,"
-                " e.previous_until FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id"
+                "SELECT o.id, o.msg_id, o.endpoint_id, e.url, o.body, o.attempts, o.schedule_from, e.secret,"
+                " e.previous_secret, e.previous_until"
+                " FROM webhook_outbox o JOIN webhook_endpoints e ON e.id = o.endpoint_id"
                 f" WHERE o.id IN ({marks}) ORDER BY o.next_at, o.id",
                 ids,
             ).fetchall()
         claimed = []
-        for i, msg_id, endpoint_id, url, body, attempts, secret, previous, until in rows:
+        for i, msg_id, endpoint_id, url, body, attempts, schedule_from, secret, previous, until in rows:
             keys = (secret, previous) if previous and until is not None and until > now_ms else (secret,)
-            claimed.append(Claimed(i, msg_id, endpoint_id, url, body, attempts, keys))
+            claimed.append(Claimed(i, msg_id, endpoint_id, url, body, attempts, attempts - schedule_from, keys))
         return claimed
 
     def finish(self, done: list[tuple[Claimed, Outcome, int]]) -> None:

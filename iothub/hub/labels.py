@@ -35,6 +35,7 @@ class LabelDirectory:
         self._labels: dict[str, Mapping[str, str]] = {}
         self._lock = threading.Lock()
         self._loaded = False
+        self.version = 0  # grows with every change: readers tell whether the set of devices may differ
         registry.on_device_change(self._changed)
 
     def get(self, device_id: str) -> Mapping[str, str]:
@@ -43,6 +44,10 @@ class LabelDirectory:
 
     def __contains__(self, device_id: object) -> bool:
         return device_id in self._labels
+
+    def device_ids(self) -> list[str]:
+        """Every registered device's id."""
+        return list(self._labels)
 
     @property
     def loaded(self) -> bool:
@@ -61,6 +66,7 @@ class LabelDirectory:
         with self._lock:
             self._labels = dict(self._registry.device_labels())
             self._loaded = True
+            self.version += 1
 
     def _changed(self, device_id: str, _: DeviceRecord | None) -> None:
         with self._lock:
@@ -69,3 +75,4 @@ class LabelDirectory:
                 self._labels.pop(device_id, None)
             else:
                 self._labels[device_id] = record.labels
+            self.version += 1

@@ -11,6 +11,9 @@ the hub. The delivery side (:class:`~iothub.hub.deliveries.Deliveries`) moves ea
        └──── retry ◀──────┤ (failure, attempts left; 410 disables the endpoint and keeps it pending)
                           └──── last attempt failed ──▶ dead   (redeliver puts it back to pending)
 
+``attempts`` counts every attempt ever made (the attempt log keeps them all); ``schedule_from`` is
+how many were made before the current retry schedule began (a redelivery starts a fresh one).
+
 A row left ``sending`` by a killed hub is ``pending`` again at the next start: at least once.
 
 Tables (besides the store's): ``webhook_endpoints``, ``webhook_outbox``, ``webhook_attempts`` (one row
@@ -54,6 +57,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     created INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
+    schedule_from INTEGER NOT NULL DEFAULT 0,
     next_at INTEGER NOT NULL,
     updated INTEGER NOT NULL
 );
@@ -192,6 +196,9 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")  # as the store: a commit survives the process, kill -9 included
     conn.executescript(SCHEMA)
+    columns = {name for _, name, *_ in conn.execute("PRAGMA table_info(webhook_outbox)")}
+    if "schedule_from" not in columns:  # a file of an earlier version
+        conn.execute("ALTER TABLE webhook_outbox ADD COLUMN schedule_from INTEGER NOT NULL DEFAULT 0")
     return conn
 
 

@@ -204,6 +204,9 @@ class Registry:
     def devices(self) -> list[DeviceRecord]:
         return [self._device(row) for row in self._query("SELECT * FROM devices ORDER BY id")]
 
+    def device_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM devices")[0][0])
+
     def device_labels(self) -> dict[str, dict[str, str]]:
         """Every registered device's labels (what the hub keeps in memory for routing)."""
         return {i: json.loads(labels) for i, labels in self._query("SELECT id, labels FROM devices")}

@@ -11,6 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from iothub.devices.payloads import describe
 from iothub.hub import outbox
 from iothub.hub.errors import AlertsError, NameTaken, UnknownName
-from iothub.hub.rules import RULE, MetricRule, OfflineRule
+from iothub.hub.rules import KIND_ERROR, KINDS, RULE, MetricRule, OfflineRule
 
 AnyRule = MetricRule | OfflineRule
 
@@ -33,7 +34,34 @@ def parse_rule(data: str | bytes | dict[str, Any]) -> AnyRule:
     try:
         return RULE.validate_json(data) if isinstance(data, str | bytes) else RULE.validate_python(data)
     except ValidationError as exc:
-        raise AlertsError(f"rule: {describe(exc)}") from None
+        raise AlertsError(f"rule: {_kind_problem(exc) or describe(exc)}") from None
+
+
+def _kind_problem(exc: ValidationError) -> str | None:
+    """What is wrong with ``kind``, in words (pydantic speaks of tags and discriminators)."""
+    for err in exc.errors(include_url=False):
+        if err["type"] == KIND_ERROR:
+            if not isinstance(err["input"], dict):
+                return f"expected an object, got {type(err['input']).__name__}"
+            if "kind" not in err["input"]:
+                return f"field 'kind': missing (one of {', '.join(KINDS)})"
+            return f"field 'kind': {err['input']['kind']!r} is not one of {', '.join(KINDS)}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class BadRule:
+    """A stored rule that no longer validates (written by an older version, or edited by hand)."""
+
+    name: str
+    error: str
+
+    def view(self) -> dict[str, Any]:
+        return {"name": self.name, "source": "api", "invalid": self.error, "remove": self.remedy}
+
+    @property
+    def remedy(self) -> str:
+        return f"iothub rules remove {self.name} (or DELETE /api/v1/rules/{self.name})"
 
 
 class Rulebook(outbox.OutboxDb):
@@ -42,14 +70,27 @@ class Rulebook(outbox.OutboxDb):
         self.configured = tuple(configured)
 
     def rules(self) -> list[tuple[AnyRule, str]]:
-        """Every rule with where it comes from (``settings`` or ``api``), settings first."""
+        """Every valid rule with where it comes from (``settings`` or ``api``), settings first."""
+        return self.catalogue()[0]
+
+    def catalogue(self) -> tuple[list[tuple[AnyRule, str]], list[BadRule]]:
+        """The valid rules (as :meth:`rules`), and the stored ones that do not validate."""
         with self._lock:
-            rows = self._db().execute("SELECT spec FROM alert_rules ORDER BY name").fetchall()
-        return [(r, "settings") for r in self.configured] + [(parse_rule(spec), "api") for (spec,) in rows]
+            rows = self._db().execute("SELECT name, spec FROM alert_rules ORDER BY name").fetchall()
+        found: list[tuple[AnyRule, str]] = [(r, "settings") for r in self.configured]
+        bad = []
+        for name, spec in rows:
+            try:
+                found.append((parse_rule(spec), "api"))
+            except AlertsError as exc:
+                bad.append(BadRule(name, str(exc)))
+        return found, bad
 
     def add(self, rule: AnyRule) -> None:
         if any(r.name == rule.name for r in self.configured):
             raise NameTaken(f"rule {rule.name!r} is defined in the settings file")
+        if parse_rule(rule.model_dump_json()) != rule:  # what is stored must read back as the same rule
+            raise AlertsError(f"rule {rule.name!r} does not survive storing; check its numbers")
         with self._lock:
             try:
                 self._db().execute(

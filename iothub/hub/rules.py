@@ -9,6 +9,9 @@ Two kinds, told apart by ``kind``:
   crosses ``clear`` (hysteresis; for ``>``/``>=`` a ``clear`` at or below the threshold, for ``<``/``<=``
   at or above it; unset: the threshold itself). Booleans count as 1 and 0; strings never match.
 * ``offline``: a device offline for longer than ``offline_for_s``; resolves when it is back online.
+  The evaluator counts from when the device went offline, or from when it started watching (the
+  hub started, the rule was added, the device was registered) if that is later: a registered
+  device that never connected fires too.
 
 ``select`` narrows the devices: ``devices`` (ids) and ``labels`` (every one must match); both empty
 means every device.
@@ -21,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, TypeAdapter, model_validator
 
 from iothub.devices.topics import ID_PATTERN
 
@@ -44,7 +47,7 @@ class Transition(enum.StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN compares with nothing
 
 
 class Selector(_Model):
@@ -97,7 +100,20 @@ class OfflineRule(_Model):
     select: Selector = Selector()
 
 
-Rule = Annotated[MetricRule | OfflineRule, Field(discriminator="kind")]
+KINDS = ("metric", "offline")
+KIND_ERROR = "rule_kind"
+
+
+def _kind(value: object) -> object:
+    return value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+Rule = Annotated[
+    Annotated[MetricRule, Tag("metric")] | Annotated[OfflineRule, Tag("offline")],
+    Discriminator(
+        _kind, custom_error_type=KIND_ERROR, custom_error_message=f"'kind' must be one of {', '.join(KINDS)}"
+    ),
+]
 
 
 RULE = TypeAdapter(Rule)

@@ -82,7 +82,8 @@ class WebhookAdmin(outbox.OutboxDb):
         return _endpoint(row, _now())
 
     def set_enabled(self, endpoint_id: str, enabled: bool) -> dict[str, Any]:
-        """Enable (its pending deliveries go out again) or disable an endpoint."""
+        """Enable (its pending deliveries go out again) or disable an endpoint (new events are not
+        queued for a disabled endpoint: :func:`outbox.record` writes rows for enabled ones only)."""
         with self._lock:
             self._db().execute(
                 "UPDATE webhook_endpoints SET enabled = ?, disabled_reason = ? WHERE id = ?",
@@ -160,12 +161,12 @@ class WebhookAdmin(outbox.OutboxDb):
         }
 
     def redeliver(self, delivery_id: int) -> dict[str, Any]:
-        """Send a delivery again now (a dead one gets a fresh retry schedule; its message id stays)."""
+        """Send a delivery again now: a fresh retry schedule; its message id and earlier attempts stay."""
         with self._lock:
             changed = (
                 self._db()
                 .execute(
-                    "UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_at = ?, updated = ?"
+                    "UPDATE webhook_outbox SET state = 'pending', schedule_from = attempts, next_at = ?, updated = ?"
                     " WHERE id = ? AND state != 'sending'",
                     (_now(), _now(), delivery_id),
                 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,21 @@ import httpx
 import pytest
 
 from iothub.hub import outbox
-from iothub.hub.registry import Role
+from iothub.hub.ingest import now_ms
+from iothub.hub.registry import Role, Scope
 from iothub.runner import Running, serve
 from tests.bridge.receiver import receiver
 from tests.bridge.sse_client import open_stream
-from tests.conftest import WAIT_S, EventWaiter, hub_settings, mqtt_client, service_client, telemetry, unique_id
+from tests.conftest import (
+    WAIT_S,
+    EventWaiter,
+    device_secret,
+    hub_settings,
+    mqtt_client,
+    service_client,
+    telemetry,
+    unique_id,
+)
 
 HOT = {"kind": "metric", "name": "hot", "metric": "temperature", "op": ">", "threshold": 30, "clear": 28}
 WEBHOOKS = {"allow_private_targets": True, "retry_schedule_s": [0.2], "poll_s": 0.2}
@@ -131,6 +142,12 @@ async def test_rules_over_rest_say_what_is_wrong(alerting: tuple[Running, httpx.
         400,
         "rule: metric: clear 31.0 must not be above threshold 30.0 for >",
     )
+    for spec, error in (
+        ({"name": "warm"}, "rule: field 'kind': missing (one of metric, offline)"),
+        ({"kind": "weird", "name": "warm"}, "rule: field 'kind': 'weird' is not one of metric, offline"),
+    ):
+        answer = await http.post("/api/v1/rules", json=spec)
+        assert (answer.status_code, answer.json()["error"]) == (400, error)
     taken = await http.post("/api/v1/rules", json=HOT)
     assert (taken.status_code, taken.json()["error"]) == (409, "rule 'hot' is defined in the settings file")
     assert (await http.post("/api/v1/rules", json={**HOT, "name": "warm"})).status_code == 201
@@ -230,3 +247,108 @@ async def test_without_rules_the_evaluator_does_not_read_the_event_bus(tmp_path:
             assert (await http.delete("/api/v1/rules/hot")).status_code == 204
             await alert_of(events, "hot", device_id, "resolved")
             assert "alerts" not in consumers(hub)
+
+
+BAD_SPEC = json.dumps({"kind": "metric", "name": "x11", "metric": "t", "op": ">", "threshold": None})
+
+
+def store_bad_rule(data_dir: Path) -> None:
+    """A stored rule that no longer validates, as an older version (or a hand edit) may leave one."""
+    conn = outbox.connect(data_dir / "iothub.db")
+    try:
+        conn.execute("INSERT INTO alert_rules (name, spec, created) VALUES ('x11', ?, 0)", (BAD_SPEC,))
+    finally:
+        conn.close()
+
+
+async def test_a_non_finite_threshold_over_rest_is_refused_and_not_stored(
+    alerting: tuple[Running, httpx.AsyncClient, EventWaiter],
+) -> None:
+    _, http, _ = alerting
+    for number in ("NaN", "Infinity", "-Infinity"):
+        body = f'{{"kind": "metric", "name": "x11", "metric": "t", "op": ">", "threshold": {number}}}'
+        bad = await http.post("/api/v1/rules", content=body, headers={"content-type": "application/json"})
+        assert (bad.status_code, bad.json()["error"]) == (
+            400,
+            "rule: metric.threshold: Input should be a finite number",
+        )
+    listed = (await http.get("/api/v1/rules")).json()
+    assert ([r["name"] for r in listed["rules"]], listed["invalid"]) == (["hot"], [])
+
+
+async def test_a_bad_stored_rule_is_logged_once_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "data"
+    async with serve(hub_settings(data, rules=[HOT])) as hub:  # the hub is running when the rule appears
+        store_bad_rule(data)
+        await hub.hub.alerts.reload()
+        await hub.hub.alerts.reload()
+    async with serve(hub_settings(data, rules=[HOT])) as hub:  # and it starts with it
+        events = EventWaiter(hub.hub.bus.subscribe("test"))
+        device_id = unique_id("alert")
+        async with mqtt_client(hub, device_id) as dev:  # the other rules still work
+            await dev.publish(f"devices/{device_id}/telemetry", telemetry({"temperature": 31}), qos=1)
+            await alert_of(events, "hot", device_id, "firing")
+        token = await asyncio.to_thread(hub.hub.registry.create_token, Scope.ADMIN, "test")
+        headers = {"Authorization": f"Bearer {token[1]}"}
+        async with httpx.AsyncClient(base_url=f"http://{hub.address('http')}", timeout=WAIT_S, headers=headers) as http:
+            listed = (await http.get("/api/v1/rules")).json()
+            assert [r["name"] for r in listed["rules"]] == ["hot"]
+            assert [(b["name"], b["invalid"]) for b in listed["invalid"]] == [
+                ("x11", "rule: metric: op '>' takes a threshold and no range")
+            ]
+            assert (await http.delete("/api/v1/rules/x11")).status_code == 204
+            assert (await http.get("/api/v1/rules")).json()["invalid"] == []
+    logged = [r.getMessage() for r in caplog.records if "x11" in r.getMessage()]
+    assert (
+        logged
+        == [
+            "alert rule 'x11' is invalid and skipped: rule: metric: op '>' takes a threshold and no range;"
+            " remove it: iothub rules remove x11 (or DELETE /api/v1/rules/x11)"
+        ]
+        * 2
+    )  # once by each hub
+
+
+async def test_an_offline_rule_fires_for_a_registered_device_that_never_connected(
+    alerting: tuple[Running, httpx.AsyncClient, EventWaiter],
+) -> None:
+    hub, http, events = alerting
+    never, later = unique_id("never"), unique_id("later")
+    device_secret(hub, never)  # registered, as an operator would
+    added = now_ms()
+    rule = {"kind": "offline", "name": "gone", "offline_for_s": 0.3, "select": {"devices": [never, later]}}
+    assert (await http.post("/api/v1/rules", json=rule)).status_code == 201
+    fired = await alert_of(events, "gone", never, "firing")
+    assert fired.ts - added >= 300  # counted from when the rule was added
+    assert fired.data["offline_since"] is None
+    registered = now_ms()
+    device_secret(hub, later)  # registered after the rule: counted from then
+    assert (await alert_of(events, "gone", later, "firing")).ts - registered >= 300
+    async with mqtt_client(hub, never):
+        await alert_of(events, "gone", never, "resolved")
+
+
+async def test_an_offline_rule_counts_from_the_start_for_a_device_offline_before_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "iothub.hub.core")
+    data = tmp_path / "data"
+    device_id, never = unique_id("alert"), unique_id("never")
+    async with serve(hub_settings(data)) as hub:
+        device_secret(hub, never)  # registered, as an operator would
+        events = EventWaiter(hub.hub.bus.subscribe("test"))
+        async with mqtt_client(hub, device_id):
+            await events.status_of(device_id, online=True)
+        await events.status_of(device_id, online=False)
+    gone = {"kind": "offline", "name": "gone", "offline_for_s": 0.5}
+    started = now_ms()
+    async with serve(hub_settings(data, rules=[gone])) as hub:
+        events = EventWaiter(hub.hub.bus.subscribe("test"))
+        for device in (device_id, never):
+            fired = await alert_of(events, "gone", device, "firing")
+            assert fired.ts - started >= 500  # not at once: the hub saw the device offline only from its start
+    started_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("hub started")]
+    assert [line.partition(";")[0] for line in started_lines] == [
+        "hub started: 0 devices registered, 0 seen in earlier runs",
+        "hub started: 2 devices registered, 1 seen in earlier runs",  # one never connected
+    ]

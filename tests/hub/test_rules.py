@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from iothub.hub.errors import AlertsError
 from iothub.hub.rulebook import parse_rule
 from iothub.hub.rules import AlertState, MetricRule, OfflineRule, Selector, Transition, on_presence, on_tick, on_value
+from iothub.hub.settings import Settings
 
 
 def metric(**spec: Any) -> MetricRule:
@@ -102,10 +105,38 @@ def test_bad_rules_are_refused_naming_the_field(spec: dict[str, Any], message: s
         metric(**spec)
 
 
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"op": ">", "threshold": float("nan")}, "threshold"),
+        ({"op": "<", "threshold": float("inf")}, "threshold"),
+        ({"op": ">", "threshold": 1, "clear": float("-inf")}, "clear"),
+        ({"op": "outside", "range": [0, float("inf")]}, "range.1"),
+        ({"op": ">", "threshold": 1, "for_s": float("nan")}, "for_s"),
+    ],
+)
+def test_nan_and_infinity_are_refused_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(AlertsError, match=rf"^rule: metric\.{field}: Input should be a finite number$"):
+        metric(**spec)
+    with pytest.raises(AlertsError, match=rf"^rule: metric\.{field}: Input should be a finite number$"):
+        parse_rule(json.dumps({"kind": "metric", "name": "r", "metric": "t", **spec}))  # NaN, Infinity in JSON
+
+
 def test_a_rule_needs_a_known_kind_and_a_valid_name() -> None:
-    with pytest.raises(AlertsError, match="rule: "):
+    with pytest.raises(AlertsError, match=r"^rule: field 'kind': 'weather' is not one of metric, offline$"):
         parse_rule({"kind": "weather", "name": "x"})
+    with pytest.raises(AlertsError, match=r"^rule: field 'kind': missing \(one of metric, offline\)$"):
+        parse_rule('{"name": "x"}')
+    with pytest.raises(AlertsError, match=r"^rule: expected an object, got list$"):
+        parse_rule("[]")
     with pytest.raises(AlertsError, match=r"rule: metric\.name: String should match pattern"):
         parse_rule({"kind": "metric", "name": "a/b", "metric": "t", "op": ">", "threshold": 1})
     with pytest.raises(AlertsError, match=r"rule: offline\.offline_for_s: Input should be greater than 0"):
         parse_rule({"kind": "offline", "name": "x", "offline_for_s": 0})
+
+
+def test_the_settings_file_names_a_bad_kind_and_a_non_finite_number() -> None:
+    with pytest.raises(ValidationError, match="'kind' must be one of metric, offline"):
+        Settings(rules=[{"kind": "weird", "name": "x"}])
+    with pytest.raises(ValidationError, match="threshold\n  Input should be a finite number"):
+        Settings(rules=[{"kind": "metric", "name": "x", "metric": "t", "op": ">", "threshold": float("inf")}])
