@@ -12,7 +12,7 @@ both); the baseline is measured in the same run, against the same hub build.
 (c) SendCommand: a device that answers at once (an MQTT client in the hub's process), 8 concurrent
     callers: round trips/s and p50/p99 ms, gRPC and REST.
 
-    python bench/grpc.py [--seconds 6] [--only a,b,c]
+    python bench/grpc_api.py [--seconds 6] [--only a,b,c]
 """
 
 from __future__ import annotations
@@ -20,21 +20,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's directory is first on sys.path and its name would hide the grpc package.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))  # the repository: iothub and bench.sse
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: bench.sse
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+import time
+from typing import Any
 
-import psutil  # noqa: E402
+import psutil
 
 START_S = 1.5  # clients connect before the timed window starts
 DRAIN_S = 1.0
