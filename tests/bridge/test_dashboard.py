@@ -310,3 +310,18 @@ async def test_presence_reads_the_same_in_the_list_the_detail_and_the_feed(brows
     await expect(page.locator("#feed li").first).to_contain_text(f"{left}: offline · clean disconnect")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-presence.png"))
+
+
+async def test_the_label_filter_keeps_values_that_contain_an_equals_sign(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    base = unique_id("eq")
+    matching, other = f"{base}-a", f"{base}-b"
+    hub.hub.registry.add_device(matching, labels={"query": "a=b=c"})
+    hub.hub.registry.add_device(other, labels={"query": "a"})
+    page = await open_utc_dashboard(browser, hub)
+    await expect(page.locator(f'tr[data-device-id="{other}"]')).to_be_visible()
+    await page.select_option("#filter-label", "query=a=b=c")
+    await expect(page.locator(f'tr[data-device-id="{matching}"]')).to_be_visible()
+    await expect(page.locator(f'tr[data-device-id="{other}"]')).to_be_hidden()
+    await expect(page.locator("#list-count")).to_have_text("1 of 2")
