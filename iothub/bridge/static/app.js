@@ -9,6 +9,9 @@ import { DeviceList } from "./list.js";
 const MAX_FEED = 200;
 const FLUSH_MS = 250; // events are drawn at most this often
 const FILTER_DEBOUNCE_MS = 120;
+// A series over MAX_POINTS is thinned to this many, so live points can add a quarter before the next
+// thinning (each thinning of an already thinned series shifts its spans and loses a little).
+const THINNED_POINTS = (MAX_POINTS * 3) / 4;
 
 const state = {
   token: null,
@@ -298,7 +301,7 @@ function drawCharts() {
     let old = 0;
     while (old < all.length && all[old][0] < since) old++;
     if (old) all.splice(0, old);
-    if (all.length > MAX_POINTS) state.series.set(metric, thin(all, MAX_POINTS / 2));
+    if (all.length > MAX_POINTS) state.series.set(metric, thin(all, THINNED_POINTS));
     if (!state.charts.has(metric)) { state.charts.set(metric, new Chart(metric)); added = true; }
   }
   if (added) { // attached before drawing, so each chart is drawn at its real width
