@@ -8,7 +8,8 @@ object a WebSocket client would send, parsed by the session's own :func:`~iothub
 Event frames come from the ``grpc`` channel as they are (serialized once per event, each an element
 of ``repeated Event events = 1``); a subscription's ``SubscriptionEvents`` is a batch of them joined,
 with its ``subscription`` field (and the gap, if any) in front: byte concatenations, no encoding.
-How a stream ends: the client half-closes (OK), or the session's :class:`~iothub.bridge.live.End`
+How a stream ends: the client half-closes (its subscriptions end, the results of the commands it
+sent are delivered, each within its timeout, then OK), or the session's :class:`~iothub.bridge.live.End`
 maps to a status through the bridge's errors (:data:`END_ERRORS`), then :mod:`iothub.bridge.grpc.status`'s one table.
 """
 
@@ -176,7 +177,8 @@ class HubService:
         self.streams.watchdog.watched.add(stream.watched)
         try:
             await context.send_initial_metadata(())
-            end = await session.run(as_json(message) async for message in requests)
+            # A half-close still reads: the results of the commands sent come first, then OK.
+            end = await session.run((as_json(message) async for message in requests), half_close=True)
         finally:
             self.streams.watchdog.watched.discard(stream.watched)
             self.sessions.discard(session)
