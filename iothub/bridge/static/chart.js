@@ -59,6 +59,13 @@ export function thin(points, limit) {
   return out;
 }
 
+/** Insert `[ts, value]` into a series sorted by time (live points nearly always go last). */
+export function insertPoint(points, ts, value) {
+  let i = points.length;
+  while (i > 0 && points[i - 1][0] > ts) i--;
+  points.splice(i, 0, [ts, value]);
+}
+
 /** Round local times between `from` and `to`, at most one per 60 px of `widthPx`, and how to print them. */
 export function timeTicks(from, to, widthPx) {
   const most = Math.max(2, Math.floor(widthPx / TICK_SPACING_PX));
