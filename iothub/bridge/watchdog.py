@@ -1,10 +1,14 @@
 """Open streams the hub ends from outside: a write blocked too long, or an API token revoked since.
 
-Each live channel (SSE, WebSocket) keeps one :class:`Watchdog` and registers a :class:`Watched` per
-open connection. The connection marks its writes (``sending_since``: set before, cleared after: two
-attribute stores, cheaper than a timeout around every write); once a second the watchdog ends a
+Each live channel (SSE, WebSocket, gRPC) keeps one :class:`Watchdog` and registers a :class:`Watched`
+per open connection. The connection marks its writes (``sending_since``: set before, cleared after:
+two attribute stores, cheaper than a timeout around every write); once a second the watchdog ends a
 connection whose write has been blocked for ``send_timeout_s``, and every connection opened with a
 token revoked since (here, or by another process sharing the registry).
+
+What the two-way channels (WebSocket, gRPC) share is here too: :class:`WatchedChannel`, a stream
+core channel with its watchdog and how it closes, and :class:`WatchedWriter`, one connection's
+writes taken in turn (``async with writer.turn(): ...``) and marked for the watchdog.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
+from iothub.bridge.streams import Channel, Encode, Limits, StreamMetrics
+from iothub.hub.core import Hub
 from iothub.hub.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -67,3 +73,58 @@ class Watchdog:
 
     def _revoked_tokens(self) -> set[str]:
         return {token.id for token in self.registry.tokens() if token.revoked is not None}
+
+
+@dataclass(eq=False)
+class WatchedWriter:
+    """One connection's writes, one at a time. The watchdog sees a write as in progress from the
+    moment one waits for its turn, so a client that stops reading is found whatever was being
+    written. ``lock`` alone serialises a write the watchdog need not see (a close frame)."""
+
+    watched: Watched | None = None  # set once the connection is registered with the watchdog
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _writers: int = 0  # writes waiting or in progress
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        watched = self.watched
+        loop = asyncio.get_running_loop()
+        self._writers += 1
+        if watched is not None and watched.sending_since is None:
+            watched.sending_since = loop.time()
+        try:
+            async with self.lock:
+                yield
+        finally:
+            self._writers -= 1
+            if watched is not None:  # progress: the next writer's wait starts now
+                watched.sending_since = loop.time() if self._writers else None
+
+
+class WatchedChannel:
+    """A two-way channel's part of the stream core (counted in ``iothub_stream_*{channel=name}``),
+    its :class:`Watchdog`, and its end: :meth:`run` routes events, :meth:`watch` runs the watchdog,
+    :meth:`close` (once the hub stops, or the fan-out ends) calls ``on_close`` and stops routing."""
+
+    def __init__(self, hub: Hub, name: str, label: str, encode: Encode[bytes], limits: Limits, send_timeout_s: float):
+        self.channel: Channel[bytes] = Channel(name, hub.bus, hub.store, hub.labels, encode, limits)
+        StreamMetrics.of(hub.metrics.registry).add(self.channel)
+        self.watchdog = Watchdog(label, hub.registry, send_timeout_s)
+        self.closing = asyncio.Event()
+        self.on_close: list[Callable[[], None]] = []  # what else ends at close (the open connections)
+
+    async def run(self) -> None:
+        """Route events until the hub's fan-out ends or :meth:`close`."""
+        try:
+            await self.channel.run()
+        finally:
+            self.close()
+
+    async def watch(self) -> None:
+        await self.watchdog.run(self.closing)
+
+    def close(self) -> None:
+        self.closing.set()
+        for callback in self.on_close:
+            callback()
+        self.channel.close()

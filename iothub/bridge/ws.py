@@ -41,9 +41,9 @@ from iothub.bridge.live import (
     SessionLimits,
     parse,
 )
-from iothub.bridge.streams import Channel, Limits, StreamMetrics
+from iothub.bridge.streams import Limits
 from iothub.bridge.uvicorn_ws import ABORT, SEND_TEXTS
-from iothub.bridge.watchdog import Ending, Watchdog, Watched
+from iothub.bridge.watchdog import Ending, Watched, WatchedChannel, WatchedWriter
 from iothub.hub.core import Hub
 from iothub.hub.events import HubEvent
 from iothub.hub.records import Scope, TokenRecord
@@ -77,18 +77,17 @@ def _reason(message: str) -> str:
     return message if len(encoded) <= 123 else encoded[:120].decode(errors="ignore") + "..."
 
 
-class WsHub:
-    """The WebSocket channel of the stream core, the open connections, and their watchdog."""
+class WsHub(WatchedChannel):
+    """The WebSocket channel of the stream core, the open connections, and their watchdog. Closing
+    it (:meth:`close`) tells every connection the hub is stopping (1001) and stops routing."""
 
     def __init__(self, hub: Hub, settings: WsSettings) -> None:
+        limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
+        super().__init__(hub, "ws", "WebSocket", ws_frame, limits, settings.send_timeout_s)
         self.hub = hub
         self.settings = settings
-        limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
-        self.channel: Channel[bytes] = Channel("ws", hub.bus, hub.store, hub.labels, ws_frame, limits)
-        StreamMetrics.of(hub.metrics.registry).add(self.channel)
         self.session_limits = SessionLimits(settings.max_subscriptions, settings.max_pending_commands)
-        self.watchdog = Watchdog("WebSocket", hub.registry, settings.send_timeout_s)
-        self.closing = asyncio.Event()
+        self.on_close.append(self._end_all)
         self.connections: set[_Connection] = set()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
@@ -96,22 +95,9 @@ class WsHub:
             "iothub_ws_connections", "Open WebSocket connections", (), lambda: [((), len(self.connections))]
         )
 
-    async def run(self) -> None:
-        """Route events to WebSocket clients until the hub's fan-out ends or :meth:`close`."""
-        try:
-            await self.channel.run()
-        finally:
-            self.close()
-
-    async def watch(self) -> None:
-        await self.watchdog.run(self.closing)
-
-    def close(self) -> None:
-        """Tell every connection the hub is stopping (1001) and stop routing."""
-        self.closing.set()
+    def _end_all(self) -> None:
         for connection in list(self.connections):
             connection.end(EndReason.STOPPING, "the hub is shutting down")
-        self.channel.close()
 
     async def wait_closed(self, timeout_s: float) -> None:
         """Until every connection has been closed (at most ``timeout_s``)."""
@@ -140,9 +126,8 @@ class _Connection:
     ws: WsHub
     session: Session[bytes] | None = None
     watched: Watched | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _writer: WatchedWriter = field(default_factory=WatchedWriter)
     _prefixes: dict[str, bytes] = field(default_factory=dict)
-    _writers: int = 0  # writes waiting or in progress
     _end: End | None = None  # why the hub ends it before it has a session
     _authenticating: asyncio.Task[Any] | None = None
 
@@ -170,7 +155,7 @@ class _Connection:
         if token is None:  # the client went before it sent a token
             return
         session = self.session = Session(ws.channel, ws.hub.commands, self, token, ws.session_limits)
-        self.watched = Watched(token.id, self._ended_by_watchdog)
+        self.watched = self._writer.watched = Watched(token.id, self._ended_by_watchdog)
         ws.watchdog.watched.add(self.watched)
         end: End | None = None
         try:
@@ -239,20 +224,8 @@ class _Connection:
         await self._write([_json(reply.view())])
 
     async def _write(self, frames: list[bytes]) -> None:
-        """One write at a time. The watchdog sees a write as in progress from the moment one waits
-        for its turn, so a client that stops reading is found whatever was being written."""
-        watched = self.watched
-        loop = asyncio.get_running_loop()
-        self._writers += 1
-        if watched is not None and watched.sending_since is None:
-            watched.sending_since = loop.time()
-        try:
-            async with self._lock:
-                await self._send_texts(frames)
-        finally:
-            self._writers -= 1
-            if watched is not None:  # progress: the next writer's wait starts now
-                watched.sending_since = loop.time() if self._writers else None
+        async with self._writer.turn():
+            await self._send_texts(frames)
 
     async def _send_texts(self, frames: list[bytes]) -> None:
         send_texts: Callable[[list[bytes]], Awaitable[None]] | None = self.websocket.scope["extensions"].get(SEND_TEXTS)
@@ -287,7 +260,7 @@ class _Connection:
         if end.reason is not EndReason.STOPPING:
             log.info("closing a WebSocket (%d): %s", code, end.message)
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S), self._lock:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S), self._writer.lock:
                 await self.websocket.close(code, _reason(end.message))
         except TimeoutError:
             self.abort()

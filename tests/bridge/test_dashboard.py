@@ -310,3 +310,81 @@ async def test_presence_reads_the_same_in_the_list_the_detail_and_the_feed(brows
     await expect(page.locator("#feed li").first).to_contain_text(f"{left}: offline · clean disconnect")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-presence.png"))
+
+
+async def test_the_label_filter_keeps_values_that_contain_an_equals_sign(browser: Any, hub: Running) -> None:
+    from playwright.async_api import expect
+
+    base = unique_id("eq")
+    matching, other = f"{base}-a", f"{base}-b"
+    hub.hub.registry.add_device(matching, labels={"query": "a=b=c"})
+    hub.hub.registry.add_device(other, labels={"query": "a"})
+    page = await open_utc_dashboard(browser, hub)
+    await expect(page.locator(f'tr[data-device-id="{other}"]')).to_be_visible()
+    await page.select_option("#filter-label", "query=a=b=c")
+    await expect(page.locator(f'tr[data-device-id="{matching}"]')).to_be_visible()
+    await expect(page.locator(f'tr[data-device-id="{other}"]')).to_be_hidden()
+    await expect(page.locator("#list-count")).to_have_text("1 of 2")
+
+
+# Keeps every EventSource the page opens in window.sources, so a test can hand the page a stream event.
+KEEP_SOURCES = """{
+    const Original = window.EventSource;
+    window.sources = [];
+    window.EventSource = class extends Original {
+        constructor(...args) { super(...args); window.sources.push(this); }
+    };
+}"""
+GAPS = """n => { const es = window.sources[window.sources.length - 1];
+    const gap = '{"missed": 1, "reason": "test"}';
+    for (let i = 0; i < n; i++) es.dispatchEvent(new MessageEvent("gap", { data: gap })); }"""
+
+
+async def until_count(items: list[Any], n: int) -> None:
+    for _ in range(200):  # bounded: 10 s
+        if len(items) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(items)} of {n} device list requests came")
+
+
+async def test_the_device_list_loads_one_at_a_time_and_keeps_the_events_that_arrive_meanwhile(
+    browser: Any, hub: Running
+) -> None:
+    """Gaps ask for the device list again: one request at a time, any number of gaps while it runs
+    make one follow-up, and an event that arrives while it loads survives its older snapshot."""
+    from playwright.async_api import expect
+
+    device_id = unique_id("gappy")
+    async with mqtt_client(hub, device_id) as device:
+        await device.publish(f"devices/{device_id}/telemetry", telemetry({"t": 1}), qos=1)
+        page = await browser.new_page(viewport={"width": 1400, "height": 900})
+        await page.add_init_script(KEEP_SOURCES)
+        await page.goto(f"http://{hub.address('http')}/#token={hub.hub.first_token}")
+        await page.locator("#conn[data-state=live]").wait_for(timeout=10_000)
+        value = page.locator(f'tr[data-device-id="{device_id}"] [data-metric="t"] .v')
+        await expect(value).to_have_text("1")
+        held: list[Any] = []
+
+        async def hold(route: Any) -> None:
+            held.append(route)
+
+        await page.route(lambda url: url.endswith("/api/v1/devices"), hold)
+        await page.evaluate(GAPS, 3)
+        await until_count(held, 1)
+        snapshot = await held[0].fetch()  # the fleet as it is now: t = 1
+        await device.publish(f"devices/{device_id}/telemetry", telemetry({"t": 2}), qos=1)
+        await expect(value).to_have_text("2")  # live while the list loads
+        await page.evaluate(FRAMES, 2)
+        assert len(held) == 1  # one request at a time
+        await held[0].fulfill(response=snapshot)  # the older snapshot comes in: the event is kept
+        await until_count(held, 2)  # the three gaps' one follow-up, asked for once the first is shown
+        await expect(value).to_have_text("2")
+        await held[1].continue_()
+        await page.evaluate(GAPS, 1)  # a gap after the follow-up: one more load, none queued before it
+        await until_count(held, 3)
+        await held[2].continue_()
+        await page.evaluate(FRAMES, 2)
+        assert len(held) == 3
+        await expect(value).to_have_text("2")
+        await expect(page.locator("#summary")).to_contain_text("device")

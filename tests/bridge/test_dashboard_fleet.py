@@ -91,13 +91,15 @@ async def test_the_page_stays_responsive_with_500_devices(browser: Any, tmp_path
 
 
 async def test_a_long_series_is_thinned_to_the_lows_and_highs_of_each_span(browser: Any, hub: Running) -> None:
-    """What the charts keep of a series that outgrows them (``thin`` in chart.js): at most two points
-    per span and the ends, in time order, every span's low and high kept."""
+    """What the charts keep of a series that outgrows them (``thin`` in chart.js): at most ``MAX_POINTS``,
+    two per span and the ends, in time order, every span's low and high kept; a series already thinned
+    is left as it is."""
     page = await open_dashboard(browser, hub)
-    thin = """async ([n, buckets]) => {
-        const { thin } = await import("/static/chart.js");
+    thin = """async (n) => {
+        const { MAX_POINTS, thin } = await import("/static/chart.js");
         const points = Array.from({ length: n }, (_, i) => [1000 * i, Math.sin(i / 7) * 10 + (i === 4321 ? 99 : 0)]);
-        const kept = thin(points, buckets);
+        const kept = thin(points, MAX_POINTS);
+        const buckets = Math.floor((MAX_POINTS - 2) / 2);
         const span = (1000 * (n - 1)) / buckets;
         const lows = [], highs = [];
         for (const [ts, v] of points) {
@@ -107,16 +109,19 @@ async def test_a_long_series_is_thinned_to_the_lows_and_highs_of_each_span(brows
         }
         const keptValues = new Set(kept.map(([, v]) => v));
         return {
+            limit: MAX_POINTS,
             length: kept.length,
+            again: thin(kept, MAX_POINTS) === kept,
             ordered: kept.every((p, i) => i === 0 || kept[i - 1][0] < p[0]),
             ends: kept[0][0] === 0 && kept[kept.length - 1][0] === 1000 * (n - 1),
             extremes: lows.every((v) => keptValues.has(v)) && highs.every((v) => keptValues.has(v)),
             max: Math.max(...kept.map(([, v]) => v)),
-            untouched: thin(points.slice(0, 50), buckets).length,
+            untouched: thin(points.slice(0, 50), MAX_POINTS).length,
         };
     }"""
-    result = await page.evaluate(thin, [20_000, 600])
-    assert result["length"] <= 1202
+    result = await page.evaluate(thin, 20_000)
+    assert result["limit"] - 10 < result["length"] <= result["limit"]
+    assert result["again"]  # not thinned a second time
     assert result["ordered"]
     assert result["ends"]
     assert result["extremes"]

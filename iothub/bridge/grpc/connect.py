@@ -8,13 +8,13 @@ object a WebSocket client would send, parsed by the session's own :func:`~iothub
 Event frames come from the ``grpc`` channel as they are (serialized once per event, each an element
 of ``repeated Event events = 1``); a subscription's ``SubscriptionEvents`` is a batch of them joined,
 with its ``subscription`` field (and the gap, if any) in front: byte concatenations, no encoding.
-How a stream ends: the client half-closes (OK), or the session's :class:`~iothub.bridge.live.End`
+How a stream ends: the client half-closes (its subscriptions end, the results of the commands it
+sent are delivered, each within its timeout, then OK), or the session's :class:`~iothub.bridge.live.End`
 maps to a status through the bridge's errors (:data:`END_ERRORS`), then :mod:`iothub.bridge.grpc.status`'s one table.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 from collections.abc import AsyncIterator
@@ -41,7 +41,7 @@ from iothub.bridge.live import (
     Subscribed,
     Unsubscribed,
 )
-from iothub.bridge.watchdog import Ending, Watched
+from iothub.bridge.watchdog import Ending, Watched, WatchedWriter
 from iothub.hub.core import Hub
 from iothub.hub.registry import Scope
 from iothub.v1 import hub_pb2
@@ -111,10 +111,8 @@ class _Stream:
     """One Connect stream: the :class:`~iothub.bridge.live.Outbox` of its session."""
 
     context: Context
-    watched: Watched | None = None
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    writer: WatchedWriter = field(default_factory=WatchedWriter)
     _suffixes: dict[str, bytes] = field(default_factory=dict)
-    _writers: int = 0  # writes waiting or in progress
 
     async def deliver(self, subscription: str, delivery: Delivery[bytes]) -> None:
         suffix = self._suffixes.get(subscription)
@@ -130,21 +128,9 @@ class _Stream:
         await self._write([reply_message(reply).SerializeToString()])
 
     async def _write(self, messages: list[bytes]) -> None:
-        """One write at a time. The watchdog sees a write as in progress from the moment one waits
-        for its turn, so a client that stops reading is found whatever was being written."""
-        watched = self.watched
-        loop = asyncio.get_running_loop()
-        self._writers += 1
-        if watched is not None and watched.sending_since is None:
-            watched.sending_since = loop.time()
-        try:
-            async with self._lock:
-                for message in messages:
-                    await self.context.write(message)
-        finally:
-            self._writers -= 1
-            if watched is not None:  # progress: the next writer's wait starts now
-                watched.sending_since = loop.time() if self._writers else None
+        async with self.writer.turn():
+            for message in messages:
+                await self.context.write(message)
 
 
 class HubService:
@@ -171,14 +157,17 @@ class HubService:
             raise Unavailable("the hub is shutting down")
         stream = _Stream(context)
         session: Session[bytes] = Session(self.streams.channel, self.hub.commands, stream, token, self.limits)
-        stream.watched = Watched(token.id, functools.partial(self._ended_by_watchdog, session, token.id))
+        watched = stream.writer.watched = Watched(
+            token.id, functools.partial(self._ended_by_watchdog, session, token.id)
+        )
         self.sessions.add(session)
-        self.streams.watchdog.watched.add(stream.watched)
+        self.streams.watchdog.watched.add(watched)
         try:
             await context.send_initial_metadata(())
-            end = await session.run(as_json(message) async for message in requests)
+            # A half-close still reads: the results of the commands sent come first, then OK.
+            end = await session.run((as_json(message) async for message in requests), half_close=True)
         finally:
-            self.streams.watchdog.watched.discard(stream.watched)
+            self.streams.watchdog.watched.discard(watched)
             self.sessions.discard(session)
         if end is not None:
             raise END_ERRORS[end.reason](end.message)

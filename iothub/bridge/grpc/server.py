@@ -76,10 +76,14 @@ class GrpcServer:
         reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         self.port = self._bind(server)
         await server.start()
+        try:
+            for name in ["", *names]:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self._tasks.__aenter__()
+        except BaseException:  # not entered: nothing will leave it, so stop the server here
+            await server.stop(None)
+            raise
         self._server = server
-        for name in ["", *names]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await self._tasks.__aenter__()
         self._tasks.create_task(self.streams.run(), name="iothub-grpc-streams")
         self._tasks.create_task(self.streams.watch(), name="iothub-grpc-watch")
         return self

@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from iothub.bridge.errors import BridgeError, TooSlow, Unauthorized, Unavailable
 from iothub.bridge.grpc.convert import batches, event_frame, field, gap
 from iothub.bridge.grpc.status import Context
-from iothub.bridge.streams import Channel, Consumer, Limits, StreamFilter, StreamMetrics
-from iothub.bridge.watchdog import Ending, Watchdog, Watched
+from iothub.bridge.streams import Consumer, Limits, StreamFilter
+from iothub.bridge.watchdog import Ending, Watched, WatchedChannel
 from iothub.hub.core import Hub
 from iothub.hub.settings import GrpcSettings
 
@@ -46,34 +46,15 @@ class _Open:
     ended: BridgeError | None = None
 
 
-class GrpcStreams:
-    """Runs the channel (:meth:`run`) and the watchdog (:meth:`watch`); :meth:`serve` runs one stream."""
+class GrpcStreams(WatchedChannel):
+    """Runs the channel (:meth:`run`) and the watchdog (:meth:`watch`); :meth:`serve` runs one stream.
+    :meth:`close` ends every stream (UNAVAILABLE) and stops routing; ``on_close`` ends Connect's."""
 
     def __init__(self, hub: Hub, settings: GrpcSettings) -> None:
+        limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
+        super().__init__(hub, "grpc", "gRPC", event_frame, limits, settings.send_timeout_s)
         self.hub = hub
         self.settings = settings
-        limits = Limits(settings.queue_size, settings.max_dropped, settings.replay_limit)
-        self.channel: Channel[bytes] = Channel("grpc", hub.bus, hub.store, hub.labels, event_frame, limits)
-        StreamMetrics.of(hub.metrics.registry).add(self.channel)
-        self.watchdog = Watchdog("gRPC", hub.registry, settings.send_timeout_s)
-        self.closing = asyncio.Event()
-        self.on_close: list[Callable[[], None]] = []  # what else ends at close (Connect's sessions)
-
-    async def run(self) -> None:
-        try:
-            await self.channel.run()
-        finally:
-            self.close()
-
-    async def watch(self) -> None:
-        await self.watchdog.run(self.closing)
-
-    def close(self) -> None:
-        """End every stream (UNAVAILABLE) and stop routing."""
-        self.closing.set()
-        for callback in self.on_close:
-            callback()
-        self.channel.close()
 
     async def serve(
         self,

@@ -7,6 +7,10 @@ each feed it the client's frames and give it an :class:`Outbox` that writes the 
     end = await session.run(frames)  # frames: the client's text frames, until it goes
     # end is None when the client went, else why the hub ends the connection (an End)
 
+A transport whose client can stop sending and still read (gRPC's half-close) runs it with
+``half_close=True``: when ``frames`` end, the subscriptions end at once, the commands already sent
+are waited for (each bounded by its timeout) and their results written, then the session ends (None).
+
 Everything a session runs (the reader, one task per subscription, one per waiting command) lives in
 one TaskGroup inside :meth:`Session.run`; when the session ends, they all end. A message the
 hub refuses is answered with an ``error`` reply and the session goes on; what ends it is the client
@@ -105,9 +109,13 @@ class Session(Generic[F]):
     ended: End | None = None
     _ending: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: asyncio.TaskGroup | None = None
+    _commands: set[asyncio.Task[None]] = field(default_factory=set)  # commands waiting or answering
+    _half_close: bool = False
 
-    async def run(self, frames: AsyncIterator[str | bytes]) -> End | None:
-        """Serve the client until it goes (None) or the hub ends the session (why)."""
+    async def run(self, frames: AsyncIterator[str | bytes], half_close: bool = False) -> End | None:
+        """Serve the client until it goes (None) or the hub ends the session (why). With
+        ``half_close``, the end of ``frames`` means the client still reads: see the module."""
+        self._half_close = half_close
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
@@ -140,7 +148,18 @@ class Session(Generic[F]):
                 await self.handle(parse(frame))
             except ProtocolError as exc:
                 await self.outbox.reply(exc.reply())
-        raise _Stop  # the client went
+        if self._half_close:
+            await self._finish()
+        raise _Stop  # the client went, or is answered
+
+    async def _finish(self) -> None:
+        """After a half-close: end the subscriptions, then wait for the commands to be answered."""
+        for subscription in self.subscriptions.values():
+            subscription.unsubscribed = True
+            self.channel.detach(subscription.consumer)
+        waiting = [s.task for s in self.subscriptions.values() if s.task is not None] + [*self._commands]
+        if waiting:  # the subscriptions end after the write in progress; the commands within their timeout
+            await asyncio.wait(waiting)
 
     async def handle(self, message: ClientMessage) -> None:
         """Act on one client message; :class:`ProtocolError` when it is refused."""
@@ -244,7 +263,9 @@ class Session(Generic[F]):
             )
         self.pending.add(message.ref)
         assert self._tasks is not None
-        self._tasks.create_task(self._send_command(message), name="live-command")
+        task = self._tasks.create_task(self._send_command(message), name="live-command")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
 
     async def _send_command(self, message: Command) -> None:
         try:

@@ -2,13 +2,17 @@
 // No third-party code. An event only updates the page's data and marks its device dirty; the screen
 // is brought up to date at most every FLUSH_MS, in one go: the rows on screen (the list is
 // virtualized), the summary (counted incrementally), the feed and the selected device's charts.
-import { Chart, MAX_POINTS, thin } from "./chart.js";
+import { Chart, MAX_POINTS, insertPoint, thin } from "./chart.js";
 import { clock, el, formatValue, presence, renderPresence, when } from "./format.js";
 import { DeviceList } from "./list.js";
+import { ListLoader } from "./loader.js";
 
 const MAX_FEED = 200;
 const FLUSH_MS = 250; // events are drawn at most this often
 const FILTER_DEBOUNCE_MS = 120;
+// A series over MAX_POINTS is thinned to this many, so live points can add a quarter before the next
+// thinning (each thinning of an already thinned series shifts its spans and loses a little).
+const THINNED_POINTS = (MAX_POINTS * 3) / 4;
 
 const state = {
   token: null,
@@ -47,15 +51,18 @@ async function api(path) {
   return response.json();
 }
 
-async function loadDevices() {
-  const body = await api("/api/v1/devices");
+/** Show a loaded device list, then re-apply the events that arrived while it loaded. */
+function showDevices(body, events) {
   state.devices.clear(); // the list holds this same map
   for (const d of body.devices) state.devices.set(d.id, d);
   state.online = body.devices.filter((d) => d.online).length;
+  for (const [apply, e, arrival] of events) apply(e, arrival);
   state.list.reset();
   renderSummary();
   ensureSelection();
 }
+
+const loader = new ListLoader(() => api("/api/v1/devices"), showDevices);
 
 // -- connection -----------------------------------------------------------------------------------
 
@@ -78,7 +85,7 @@ function connect() {
     state.retryMs = 1000;
     if (state.hadError) {
       state.hadError = false;
-      loadDevices().catch(() => {}); // presence may have changed while we were away
+      loader.load().catch(() => {}); // presence may have changed while we were away
     }
   };
   es.onerror = () => {
@@ -102,7 +109,7 @@ function connect() {
   es.addEventListener("gap", (message) => {
     const gap = JSON.parse(message.data);
     addFeed("gap", { device_id: "", ts: Date.now() }, `missed ${gap.missed ?? "some"} events (${gap.reason})`);
-    loadDevices().catch(() => {});
+    loader.load().catch(() => {});
   });
 }
 
@@ -133,22 +140,20 @@ function device(id) {
   return d;
 }
 
-/** Insert `[ts, value]` into a series sorted by time (live points nearly always go last). */
-function insertPoint(points, ts, value) {
-  let i = points.length;
-  while (i > 0 && points[i - 1][0] > ts) i--;
-  points.splice(i, 0, [ts, value]);
-}
-
-function onTelemetry(e) {
+/** What a telemetry event changes in its device (`at`: when it arrived, as ISO text). */
+function applyTelemetry(e, at) {
   const d = device(e.device_id);
   const iso = new Date(e.ts).toISOString();
-  d.last_seen = new Date().toISOString();
+  if (!d.last_seen || Date.parse(d.last_seen) < Date.parse(at)) d.last_seen = at;
   for (const [metric, value] of Object.entries(e.metrics)) {
     const current = d.latest[metric];
     if (!current || Date.parse(current.ts) <= e.ts) d.latest[metric] = { value, ts: iso };
   }
   state.list.changed(d.id, Object.keys(e.metrics));
+}
+
+function onTelemetry(e) {
+  loader.remember(applyTelemetry, e, new Date().toISOString());
   if (state.selected === e.device_id) {
     for (const [metric, value] of Object.entries(e.metrics)) {
       if (!state.series.has(metric)) state.series.set(metric, []);
@@ -159,13 +164,18 @@ function onTelemetry(e) {
   scheduleFlush();
 }
 
-function onStatus(e) {
+/** What a status event changes in its device. */
+function applyStatus(e) {
   const d = device(e.device_id);
   if (Boolean(d.online) !== Boolean(e.online)) state.online += e.online ? 1 : -1;
   Object.assign(d, { online: e.online, reason: e.reason, detail: e.detail, since: e.since });
   state.list.changed(d.id);
   state.summaryDue = true;
-  if (state.selected === e.device_id) renderDetailPresence(d);
+}
+
+function onStatus(e) {
+  loader.remember(applyStatus, e);
+  if (state.selected === e.device_id) renderDetailPresence(state.devices.get(e.device_id));
   addFeed("status", e, presence(e).text, e.online ? "online" : "offline");
 }
 
@@ -298,7 +308,7 @@ function drawCharts() {
     let old = 0;
     while (old < all.length && all[old][0] < since) old++;
     if (old) all.splice(0, old);
-    if (all.length > MAX_POINTS) state.series.set(metric, thin(all, MAX_POINTS / 2));
+    if (all.length > MAX_POINTS) state.series.set(metric, thin(all, THINNED_POINTS));
     if (!state.charts.has(metric)) { state.charts.set(metric, new Chart(metric)); added = true; }
   }
   if (added) { // attached before drawing, so each chart is drawn at its real width
@@ -319,6 +329,7 @@ function drawCharts() {
 
 function showLogin(message) {
   disconnect();
+  loader.cancel(); // a device list still loading is not shown
   $("app").hidden = true;
   $("logout").hidden = true;
   $("login").hidden = false;
@@ -331,7 +342,7 @@ async function start() {
   $("app").hidden = false;
   $("logout").hidden = false;
   try {
-    await loadDevices();
+    await loader.load();
   } catch (err) {
     if (err.message === "unauthorized") return;
   }

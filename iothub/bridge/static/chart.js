@@ -18,13 +18,15 @@ const MIN_SPAN_MS = 60_000;
 export const MAX_POINTS = 1200;
 
 /**
- * At most 2 x `buckets` + 2 of `points` ([ts, value] sorted by ts), same shape: the time range is cut
- * into `buckets` equal spans and each keeps its lowest and highest point (booleans count as 0 and 1;
+ * At most `limit` of `points` ([ts, value] sorted by ts), same shape; `points` itself when it holds no
+ * more than that (so a thinned series is never thinned again). The time range is cut into
+ * (`limit` - 2) / 2 equal spans and each keeps its lowest and highest point (booleans count as 0 and 1;
  * text keeps its first and last), in time order, and the series keeps its first and last point. What
  * a line or band drawn one span per pixel shows.
  */
-export function thin(points, buckets) {
-  if (points.length <= 2 * buckets) return points;
+export function thin(points, limit) {
+  if (points.length <= limit) return points;
+  const buckets = Math.max(1, Math.floor((limit - 2) / 2));
   const from = points[0][0];
   const span = points[points.length - 1][0] - from || 1;
   const out = [];
@@ -55,6 +57,13 @@ export function thin(points, buckets) {
   if (out[0] !== points[0]) out.unshift(points[0]);
   if (out[out.length - 1] !== points[points.length - 1]) out.push(points[points.length - 1]);
   return out;
+}
+
+/** Insert `[ts, value]` into a series sorted by time (live points nearly always go last). */
+export function insertPoint(points, ts, value) {
+  let i = points.length;
+  while (i > 0 && points[i - 1][0] > ts) i--;
+  points.splice(i, 0, [ts, value]);
 }
 
 /** Round local times between `from` and `to`, at most one per 60 px of `widthPx`, and how to print them. */

@@ -74,8 +74,8 @@ export class DeviceList {
     const { text, label, online } = this.filters;
     if (text && !(this.keys.get(d.id) ?? searchKey(d)).includes(text)) return false;
     if (label) {
-      const [key, value] = label.split("=");
-      if ((d.labels || {})[key] !== value) return false;
+      const at = label.indexOf("="); // keys have no "=", values may: split at the first
+      if ((d.labels || {})[label.slice(0, at)] !== label.slice(at + 1)) return false;
     }
     if (online && String(Boolean(d.online)) !== online) return false;
     return true;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +76,38 @@ async def test_two_subscriptions_and_a_command_on_one_stream(
     assert dict(result.result) == {"echo": {"times": 2.0}}
     assert result.id
     assert await call.code() == grpc.StatusCode.OK  # the client half-closed: the stream ends cleanly
+
+
+async def test_a_half_close_ends_the_subscriptions_and_still_delivers_command_results(
+    hub: Running, channel: grpc.aio.Channel, admin: Metadata, events: EventWaiter
+) -> None:
+    device = unique_id("late")
+    registry = hub.hub.metrics.registry
+
+    def consumers() -> float | None:
+        return registry.get_sample_value("iothub_stream_clients", {"channel": "grpc"})
+
+    async with answering_device(hub, events, device, answer=False) as client:
+        call = connect(channel, admin)
+        await call.write(subscribe("mine", devices=[device]))
+        await until(call, kind("subscribed"))
+        command = hub_pb2.CommandMessage(ref="c1", device=device, name="blink", timeout_s=WAIT_S)
+        await call.write(hub_pb2.ClientMessage(command=command))
+        async with asyncio.timeout(WAIT_S):  # the device has the command ...
+            request = json.loads(bytes((await anext(client.messages)).payload))
+        await call.done_writing()  # ... and the client is done sending
+        for _ in range(100):  # bounded: 5 s for the subscription to end
+            if consumers() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert consumers() == 0
+        reply = {"id": request["id"], "ok": True, "result": {"late": True}}
+        await client.publish(f"devices/{device}/responses", json.dumps(reply), qos=1)
+        result = (await until(call, kind("command_result"))).command_result
+    assert (result.ref, result.status, dict(result.result)) == ("c1", "ok", {"late": True})
+    async with asyncio.timeout(WAIT_S):
+        assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
 
 
 async def test_refused_messages_get_the_protocols_error_codes(channel: grpc.aio.Channel, admin: Metadata) -> None:

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from iothub.bridge.grpc import GrpcServer
 from iothub.runner import Running, describe, serve
 from iothub.v1 import telemetry_pb2, telemetry_pb2_grpc
 from tests.bridge.grpc.conftest import Metadata, bearer
@@ -164,3 +166,21 @@ async def test_a_client_that_stops_reading_is_ended_and_counted(tmp_path: Path) 
         call.cancel()
     assert 'iothub_stream_disconnected_slow_total{channel="grpc"} 1.0' in metrics().decode()
     assert 'iothub_stream_clients{channel="grpc"} 0.0' in metrics().decode()
+
+
+class _BrokenHealth(health.aio.HealthServicer):  # type: ignore[misc]
+    """A health service that fails to take its first status: a step after the server started."""
+
+    async def set(self, service: str, status: object) -> None:
+        raise RuntimeError("health is broken")
+
+
+async def test_a_server_that_fails_to_start_is_stopped(hub: Running) -> None:
+    server = GrpcServer(hub.hub, hub.hub.settings.grpc.model_copy(update={"port": 0}))
+    server.health = _BrokenHealth()
+    with pytest.raises(RuntimeError, match="health is broken"):
+        async with server:
+            raise AssertionError("entered a server whose health failed")
+    assert server.port
+    with pytest.raises(ConnectionRefusedError):  # nothing listens on its port any more
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), WAIT_S)
