@@ -11,7 +11,11 @@ resumes from its last id with nothing missed or repeated.
 
 The tail reads when woken and every ``broker.tail_poll_s`` otherwise, ``PAGE`` events per read.
 Each event read is also shown to an observer (:meth:`iothub.hub.core.Hub`'s fleet update), so
-presence and latest values learnt by another process reach this one's REST views and commands.
+presence and latest values learnt by another process reach this one's REST views and commands. The
+observer must not block the tail: what it has to await (publishing the commands queued for a device
+seen coming online) it returns as a coroutine, which runs as a task in the tail's own task group.
+An event the observer fails on is logged and still delivered; :attr:`SharedEventBus.last_id` moves
+past a page only once the page has been handed to the subscribers, so a failure never skips events.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from iothub.hub.events import EventBus, HubEvent
 from iothub.hub.metrics import HubMetrics
@@ -27,7 +32,8 @@ from iothub.hub.store.base import Store
 
 log = logging.getLogger(__name__)
 PAGE = 5000
-Observer = Callable[[list[HubEvent]], Awaitable[None]]
+Observer = Callable[[HubEvent], Coroutine[Any, Any, None] | None]
+"""Sees one event; may return follow-up work, run as a task the tail does not wait for."""
 
 
 class SharedEventBus(EventBus):
@@ -42,6 +48,8 @@ class SharedEventBus(EventBus):
         self._stopping = False
         self.finished = asyncio.Event()  # set once :meth:`run` has returned
         self.last_id = 0
+        self._tasks: asyncio.TaskGroup | None = None
+        self._follow_ups: set[asyncio.Task[None]] = set()
 
     def publish(self, events: list[HubEvent]) -> None:
         """Events this process committed: the tail delivers them, in order with everyone else's."""
@@ -57,20 +65,31 @@ class SharedEventBus(EventBus):
         self._nudge.set()
 
     async def run(self) -> None:
+        """Tail the log until :meth:`stop`; follow-up work still running then is cancelled."""
         try:
-            while True:
-                stopping = self._stopping
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
                 try:
-                    await self.catch_up()
-                except Exception as exc:  # a store that fails now may answer at the next poll
-                    log.error("reading the shared event log after id %d failed: %s", self.last_id, exc)
-                if stopping:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._nudge.wait(), self._poll_s)
-                self._nudge.clear()
+                    await self._tail()
+                finally:
+                    self._tasks = None
+                    for task in self._follow_ups:
+                        task.cancel()
         finally:
             self.finished.set()
+
+    async def _tail(self) -> None:
+        while True:
+            stopping = self._stopping
+            try:
+                await self.catch_up()
+            except Exception as exc:  # a store that fails now may answer at the next poll
+                log.error("reading the shared event log after id %d failed: %s", self.last_id, exc)
+            if stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self._poll_s)
+            self._nudge.clear()
 
     async def catch_up(self) -> None:
         """Deliver every event committed after :attr:`last_id`."""
@@ -78,8 +97,32 @@ class SharedEventBus(EventBus):
             page = await self._store.events_after(self.last_id, PAGE)
             if not page:
                 return
-            self.last_id = page[-1].id
-            await self._observe(page)
+            for event in page:
+                self._show(event)
             super().publish(page)
+            self.last_id = page[-1].id
             if len(page) < PAGE:
                 return
+
+    def _show(self, event: HubEvent) -> None:
+        """Show ``event`` to the observer; start what it returns. A failure is logged, never raised."""
+        try:
+            follow_up = self._observe(event)
+        except Exception:
+            log.exception("updating the fleet from event %d (%s of %s) failed", event.id, event.type, event.device_id)
+            return
+        if follow_up is None:
+            return
+        if self._tasks is None:  # not tailing (stopped): nothing may run after the tail
+            follow_up.close()
+            return
+        task = self._tasks.create_task(self._logged(follow_up, event), name=f"iothub-follow-up-{event.id}")
+        self._follow_ups.add(task)
+        task.add_done_callback(self._follow_ups.discard)
+
+    @staticmethod
+    async def _logged(work: Coroutine[Any, Any, None], event: HubEvent) -> None:
+        try:
+            await work
+        except Exception as exc:
+            log.error("acting on event %d (%s of %s) failed: %s", event.id, event.type, event.device_id, exc)
