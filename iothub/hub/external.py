@@ -19,7 +19,7 @@ that) and subscribes again.
   hub cannot see connections, so :meth:`subscribes` answers True and :meth:`connected_devices` is
   empty (disabling a device cannot disconnect it here: the broker's ACL has to).
 * Commands, twin documents and ``hub/status`` go out through the same connection (:meth:`publish`,
-  which waits up to ``PUBLISH_TIMEOUT_S`` for the broker's acknowledgement; a broker delivering a
+  which waits up to ``broker.publish_timeout_s`` for the broker's acknowledgement; a broker delivering a
   backlog to the hub may acknowledge only after it); the hub's Last Will is ``hub/status`` offline.
 """
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SHARED_KINDS = ("telemetry", "status", "state/reported")
 RESPONSES = "devices/+/responses"
-PUBLISH_TIMEOUT_S = 10.0
 FIRST_BACKOFF_S = 0.1
 
 
@@ -166,9 +165,10 @@ class ExternalBroker:
             await self._connection_made.wait_for(lambda: self.connections >= count)
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        """Publish through the hub's connection, waiting up to ``PUBLISH_TIMEOUT_S`` for it to be up."""
+        """Publish through the hub's connection, waiting up to ``broker.publish_timeout_s`` for it to be up."""
+        limit = self.settings.publish_timeout_s
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            async with asyncio.timeout(limit):
                 while True:
                     client = self._client
                     if client is not None:
@@ -181,7 +181,7 @@ class ExternalBroker:
                     await self._connected.wait()
         except (TimeoutError, aiomqtt.MqttError) as exc:
             why = (
-                f"no acknowledgement within {PUBLISH_TIMEOUT_S:g} s (a backlog ahead of it?)"
+                f"no acknowledgement within {limit:g} s (a backlog ahead of it?)"
                 if self.connected
                 else "it is not reachable"
             )

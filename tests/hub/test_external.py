@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import grpc
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -21,6 +22,7 @@ from iothub.hub.errors import SettingsError
 from iothub.hub.external import ExternalBroker
 from iothub.runner import Running, components, serve, startup_error
 from iothub.simulators.fleet import FleetConfig, run_fleet
+from iothub.v1 import commands_pb2, commands_pb2_grpc
 from tests.bridge.sse_client import open_stream
 from tests.bridge.ws_client import ws_client
 from tests.conformance.brokers import _free_port, mosquitto
@@ -28,8 +30,11 @@ from tests.conftest import WAIT_S, EventWaiter, hub_settings, telemetry, unique_
 
 
 @asynccontextmanager
-async def external_hub(tmp_path: Path, port: int, **overrides: Any) -> AsyncIterator[Running]:
+async def external_hub(
+    tmp_path: Path, port: int, broker_settings: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[Running]:
     broker = {"url": f"mqtt://127.0.0.1:{port}", "client_id": unique_id("hub"), "reconnect_max_s": 0.5}
+    broker.update(broker_settings or {})
     async with serve(hub_settings(tmp_path / "data", broker=broker, **overrides)) as running:
         yield running
 
@@ -161,3 +166,42 @@ async def test_an_unreachable_broker_stops_the_start_with_the_setting_named(tmp_
         f"setting broker.url [IOTHUB_BROKER__URL]: cannot connect to mqtt://127.0.0.1:{port}"
     )
     assert "secret" not in str(refused)
+
+
+async def test_commands_through_an_unreachable_broker_fail_as_unavailable(tmp_path: Path) -> None:
+    """REST 503, gRPC UNAVAILABLE, WebSocket status ``unavailable``; the WebSocket session stays up."""
+    device = unique_id()
+    port = _free_port()
+    broker: Any = mosquitto(tmp_path / "broker", port=port)
+    await broker.__aenter__()
+    try:
+        async with external_hub(tmp_path, port, {"publish_timeout_s": 0.3}) as running, admin(running) as http:
+            events = EventWaiter(running.hub.bus.subscribe("test"))
+            running.hub.registry.add_device(device, type="test")
+            async with aiomqtt.Client("127.0.0.1", port, identifier=device, timeout=WAIT_S) as client:
+                await client.publish(f"devices/{device}/status", b'{"online": true}', qos=1, retain=True)
+                await events.status_of(device, online=True)
+            await broker.__aexit__(None, None, None)
+            broker = None
+            response = await http.post(f"/api/v1/devices/{device}/commands/echo", json={"args": {}})
+            assert response.status_code == 503, response.text
+            assert "not reachable" in response.json()["error"]
+            async with ws_client(running) as ws:
+                await ws.send("command", ref="c1", device=device, name="echo", timeout=5)
+                frame = await ws.until(lambda f: f.get("type") == "command_result")
+                assert (frame["ref"], frame["status"]) == ("c1", "unavailable")
+                await ws.send("ping", data="still here")
+                assert (await ws.until(lambda f: f.get("type") == "pong"))["data"] == "still here"
+            async with grpc.aio.insecure_channel(running.address("grpc")) as channel:
+                stub = commands_pb2_grpc.CommandServiceStub(channel)
+                metadata = (("authorization", f"Bearer {running.hub.first_token}"),)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.SendCommand(
+                        commands_pb2.SendCommandRequest(device_id=device, name="echo"),
+                        metadata=metadata,
+                        timeout=WAIT_S,
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if broker is not None:
+            await broker.__aexit__(None, None, None)
