@@ -1,10 +1,12 @@
 """The hub on an external MQTT broker (EMQX, HiveMQ, VerneMQ, Mosquitto): an ``aiomqtt`` subscriber.
 
-``async with ExternalBroker(...)``: connected and subscribed on entry (or a :class:`SettingsError`
-naming ``broker.url`` when the first connection fails within ``broker.connect_timeout_s``); on exit,
-disconnected. In between, one task keeps the connection: when it drops, it reconnects after a
-jittered backoff (0.1 s doubling up to ``broker.reconnect_max_s``, each wait between half and all of
-that) and subscribes again.
+``ExternalBroker(...)`` checks the TLS settings (a :class:`SettingsError` naming ``broker.cafile``
+when its CA file cannot be loaded). ``async with`` it: connected and subscribed on entry (or a
+:class:`SettingsError` naming ``broker.url`` when the first connection fails within
+``broker.connect_timeout_s``); on exit, disconnected. In between, one task, in a task group the
+broker owns, keeps the connection: when it drops, or anything at all goes wrong with it, it logs why,
+reconnects after a jittered backoff (0.1 s doubling up to ``broker.reconnect_max_s``, each wait between
+half and all of that) and subscribes again.
 
 * Session: ``clean_session=0`` under a stable ``broker.client_id`` and QoS 1 subscriptions, so the
   broker keeps what devices publish while this hub is away and hands it over when it is back.
@@ -72,6 +74,16 @@ def _tap_queue(tap: BrokerTap) -> type[asyncio.Queue[aiomqtt.Message]]:
     return TapQueue
 
 
+def _tls_context(settings: BrokerSettings) -> ssl.SSLContext:
+    """The TLS context of ``mqtts://`` and ``wss://``; a :class:`SettingsError` naming ``broker.cafile``."""
+    try:
+        return ssl.create_default_context(cafile=str(settings.cafile) if settings.cafile else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(
+            f"setting broker.cafile [IOTHUB_BROKER__CAFILE]: cannot load {settings.cafile}: {exc}"
+        ) from None
+
+
 class ExternalBroker:
     def __init__(self, settings: BrokerSettings, tap: BrokerTap, *, ingest: bool, will: tuple[str, bytes]) -> None:
         assert settings.url is not None
@@ -80,9 +92,11 @@ class ExternalBroker:
         self._tap = tap
         self._ingest = ingest
         self._will = aiomqtt.Will(will[0], will[1], qos=1, retain=True)
+        self._tls = _tls_context(settings) if self.address.tls else None
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stack = contextlib.AsyncExitStack()
         self._first_error: Exception | None = None
         self.connections = 0  # successful connections so far (the first, then reconnects)
         self._connection_made = asyncio.Condition()
@@ -97,24 +111,19 @@ class ExternalBroker:
 
     def _new_client(self) -> aiomqtt.Client:
         a = self.address
-        tls: ssl.SSLContext | None = None
-        if a.tls:
-            tls = ssl.create_default_context(cafile=str(self.settings.cafile) if self.settings.cafile else None)
         return aiomqtt.Client(
             a.host, a.port, username=a.username, password=a.password, identifier=self.settings.client_id,
             protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, will=self._will, transport=a.transport,
-            websocket_path=a.path, tls_context=tls, keepalive=self.settings.keepalive_s,
+            websocket_path=a.path, tls_context=self._tls, keepalive=self.settings.keepalive_s,
             timeout=self.settings.connect_timeout_s, queue_type=_tap_queue(self._tap),
         )  # fmt: skip
 
     async def __aenter__(self) -> ExternalBroker:
-        self._task = asyncio.create_task(self._keep_connected(), name="iothub-external-broker")
-        waiter = asyncio.create_task(self._connected.wait())
-        try:
-            await asyncio.wait({waiter, self._task}, timeout=self.settings.connect_timeout_s,
-                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        finally:
-            waiter.cancel()
+        tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._task = tasks.create_task(self._keep_connected(), name="iothub-external-broker")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                await self._connected.wait()
         if not self._connected.is_set():
             await self._stop()
             reason = self._first_error or "no answer"
@@ -128,9 +137,8 @@ class ExternalBroker:
     async def _stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
             self._task = None
+        await self._stack.aclose()  # the task group waits for the task to end
 
     async def _keep_connected(self) -> None:
         delay = FIRST_BACKOFF_S
@@ -153,6 +161,10 @@ class ExternalBroker:
                     self._first_error = exc
                 if self._connected.is_set():
                     log.warning("lost the external broker %s: %s; reconnecting", self.address, exc)
+            except Exception as exc:  # a bug or an unforeseen failure: keep trying, but say so
+                if self._first_error is None:
+                    self._first_error = exc
+                log.exception("the connection to the external broker %s failed; reconnecting", self.address)
             finally:
                 self._client = None
                 self._connected.clear()

@@ -205,3 +205,14 @@ async def test_commands_through_an_unreachable_broker_fail_as_unavailable(tmp_pa
     finally:
         if broker is not None:
             await broker.__aexit__(None, None, None)
+
+
+async def test_a_missing_cafile_stops_the_start_with_the_setting_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    settings = hub_settings(tmp_path, broker={"url": "mqtts://127.0.0.1:1", "cafile": str(missing)})
+    with pytest.raises(Exception) as failed:  # noqa: PT011 (the runner reads the error out of the group)
+        async with asyncio.timeout(WAIT_S), serve(settings):
+            pass
+    refused = startup_error(failed.value, settings)
+    assert isinstance(refused, SettingsError)
+    assert str(refused).startswith(f"setting broker.cafile [IOTHUB_BROKER__CAFILE]: cannot load {missing}: ")
