@@ -13,7 +13,8 @@ half and all of that) and subscribes again.
 * Subscriptions: device telemetry, status and reported twin state through the shared subscription
   ``$share/{broker.group}/devices/+/...`` (several hubs split the load, each message reaches one of
   them) when this process runs ingest; command responses on ``devices/+/responses`` without sharing,
-  because only the process that sent a command can match its answer (the others ignore it).
+  because only the process that sent a command can match its answer (the others ignore it). A filter
+  the broker refuses (SUBACK 0x80) is logged as an error; on the first connection it stops the start.
 * Every message goes straight to the ingest tap, as the embedded broker's do. The broker has it
   acknowledged as soon as it arrives: there is no durable acknowledgement in this mode (a hub killed
   between receipt and commit loses what ingest held); a message refused for a full ingest queue is lost.
@@ -52,10 +53,20 @@ class BrokerUnavailable(HubError):
     """The external broker is not connected (the hub is reconnecting); the message says where."""
 
 
+class RefusedSubscription(HubError):
+    """The broker refused one of the hub's subscriptions (its ACL, most likely)."""
+
+
 def subscriptions(group: str, ingest: bool) -> list[tuple[str, int]]:
     """The topic filters (QoS 1) a hub process subscribes to."""
     shared = [(f"$share/{group}/devices/+/{kind}", 1) for kind in SHARED_KINDS] if ingest else []
     return [*shared, (RESPONSES, 1)]
+
+
+def refused(filters: list[tuple[str, int]], granted: tuple[int, ...] | list[Any]) -> list[str]:
+    """The filters a SUBACK refused (0x80, or an MQTT 5 reason code of 0x80 and above)."""
+    codes = [int(getattr(g, "value", g)) for g in granted]
+    return [topic for (topic, _), code in zip(filters, codes, strict=False) if code >= 0x80]
 
 
 def backoff(previous: float, ceiling: float) -> tuple[float, float]:
@@ -95,6 +106,7 @@ class ExternalBroker:
         self._tls = _tls_context(settings) if self.address.tls else None
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
+        self._settled = asyncio.Event()  # connected and subscribed, or the start refused for good
         self._task: asyncio.Task[None] | None = None
         self._stack = contextlib.AsyncExitStack()
         self._first_error: Exception | None = None
@@ -123,9 +135,11 @@ class ExternalBroker:
         self._task = tasks.create_task(self._keep_connected(), name="iothub-external-broker")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.settings.connect_timeout_s):
-                await self._connected.wait()
+                await self._settled.wait()
         if not self._connected.is_set():
             await self._stop()
+            if isinstance(self._first_error, RefusedSubscription):
+                raise SettingsError(f"setting broker.url [IOTHUB_BROKER__URL]: {self._first_error} (check its ACL)")
             reason = self._first_error or "no answer"
             raise SettingsError(f"setting broker.url [IOTHUB_BROKER__URL]: cannot connect to {self.address}: {reason}")
         log.info("connected to the external broker %s as %s", self.address, self.settings.client_id)
@@ -145,10 +159,21 @@ class ExternalBroker:
         while True:
             try:
                 async with self._new_client() as client:
-                    await client.subscribe(subscriptions(self.settings.group, self._ingest))
+                    filters = subscriptions(self.settings.group, self._ingest)
+                    denied = refused(filters, await client.subscribe(filters))
+                    if denied:
+                        why = f"the broker {self.address} refused the subscription to {', '.join(denied)}"
+                        log.error(
+                            "%s (setting broker.url [IOTHUB_BROKER__URL]: check the broker's ACL for its user)", why
+                        )
+                        if self.connections == 0:  # at start: stop it, saying why
+                            self._first_error = RefusedSubscription(why)
+                            self._settled.set()
+                            return
                     self._client = client
                     self.connections += 1
                     self._connected.set()
+                    self._settled.set()
                     async with self._connection_made:
                         self._connection_made.notify_all()
                     delay = FIRST_BACKOFF_S

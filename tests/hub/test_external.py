@@ -216,3 +216,36 @@ async def test_a_missing_cafile_stops_the_start_with_the_setting_named(tmp_path:
     refused = startup_error(failed.value, settings)
     assert isinstance(refused, SettingsError)
     assert str(refused).startswith(f"setting broker.cafile [IOTHUB_BROKER__CAFILE]: cannot load {missing}: ")
+
+
+DYNSEC = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+
+def refusing(tmp_path: Path, *patterns: str) -> str:
+    """Mosquitto configuration refusing anonymous clients the subscriptions ``patterns`` (SUBACK 0x80).
+    Its plain ``acl_file`` does not refuse a SUBSCRIBE (it filters deliveries); the dynamic security
+    plugin does. The broker stays root to read the file in the test's private temporary directory."""
+    acls = [{"acltype": "subscribePattern", "topic": p, "priority": 0, "allow": False} for p in patterns]
+    config = {
+        "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True, "subscribe": True,
+                             "unsubscribe": True},
+        "clients": [], "groups": [{"groupname": "anonymous", "roles": [{"rolename": "refuse"}]}],
+        "roles": [{"rolename": "refuse", "acls": acls}], "anonymousGroup": "anonymous",
+    }  # fmt: skip
+    path = tmp_path / "dynsec.json"
+    path.write_text(json.dumps(config))
+    return f"user root\nplugin {DYNSEC}\nplugin_opt_config_file {path}\n"
+
+
+async def test_a_refused_subscription_stops_the_start_naming_the_filter(tmp_path: Path) -> None:
+    async with mosquitto(tmp_path / "broker", extra=refusing(tmp_path, "devices/+/responses")) as port:
+        settings = hub_settings(tmp_path / "data", broker={"url": f"mqtt://127.0.0.1:{port}", "connect_timeout_s": 5})
+        with pytest.raises(Exception) as failed:  # noqa: PT011 (the runner reads the error out of the group)
+            async with asyncio.timeout(WAIT_S), serve(settings):
+                pass
+    refused = startup_error(failed.value, settings)
+    assert isinstance(refused, SettingsError)
+    assert str(refused) == (
+        f"setting broker.url [IOTHUB_BROKER__URL]: the broker mqtt://127.0.0.1:{port} refused the subscription"
+        " to devices/+/responses (check its ACL)"
+    )
