@@ -15,6 +15,8 @@ half and all of that) and subscribes again.
   them) when this process runs ingest; command responses on ``devices/+/responses`` without sharing,
   because only the process that sent a command can match its answer (the others ignore it). A filter
   the broker refuses (SUBACK 0x80) is logged as an error; on the first connection it stops the start.
+* Retained status and reported state are read once at start through a second connection without
+  sharing (:meth:`ExternalBroker._read_retained`): a broker need not send them to a shared one.
 * Every message goes straight to the ingest tap, as the embedded broker's do. The broker has it
   acknowledged as soon as it arrives: there is no durable acknowledgement in this mode (a hub killed
   between receipt and commit loses what ingest held); a message refused for a full ingest queue is lost.
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 SHARED_KINDS = ("telemetry", "status", "state/reported")
 RESPONSES = "devices/+/responses"
 FIRST_BACKOFF_S = 0.1
+RETAINED_KINDS = ("status", "state/reported")
+RETAINED_QUIET_S = 0.5
 
 
 class BrokerUnavailable(HubError):
@@ -74,11 +78,32 @@ def backoff(previous: float, ceiling: float) -> tuple[float, float]:
     return random.uniform(previous / 2, previous), min(previous * 2, ceiling)
 
 
-def _tap_queue(tap: BrokerTap) -> type[asyncio.Queue[aiomqtt.Message]]:
-    """aiomqtt's incoming-message queue, replaced by a straight hand-over to the ingest tap."""
+class _StartRetained:
+    """While the hub reads the retained messages at start (:meth:`ExternalBroker._read_retained`),
+    they come from that reading connection alone: a broker that sends them to the shared subscription
+    as well (Mosquitto does) would deliver each twice, and a reported state twice is a stale one."""
+
+    def __init__(self, active: bool) -> None:
+        self.reading = active
+        self.read = 0  # retained messages the reading connection handed to ingest
+
+
+def _tap_queue(
+    tap: BrokerTap, start: _StartRetained, heard: asyncio.Event | None = None
+) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """aiomqtt's incoming-message queue, replaced by a straight hand-over to the ingest tap. With
+    ``heard`` (the connection reading retained messages at start), only retained messages are handed
+    over, and ``heard`` is set for each."""
 
     class TapQueue(asyncio.Queue[aiomqtt.Message]):
         def put_nowait(self, item: aiomqtt.Message) -> None:
+            if heard is None and item.retain and start.reading:
+                return  # the reading connection brings it
+            if heard is not None:
+                if not item.retain:
+                    return  # live: the shared subscription brings it
+                heard.set()
+                start.read += 1
             payload = item.payload
             tap.on_publish(None, item.topic.value, payload if isinstance(payload, bytes) else str(payload).encode())
 
@@ -108,6 +133,8 @@ class ExternalBroker:
         self._connected = asyncio.Event()
         self._settled = asyncio.Event()  # connected and subscribed, or the start refused for good
         self._task: asyncio.Task[None] | None = None
+        self._retained_task: asyncio.Task[None] | None = None
+        self.start_retained = _StartRetained(active=ingest)
         self._stack = contextlib.AsyncExitStack()
         self._first_error: Exception | None = None
         self.connections = 0  # successful connections so far (the first, then reconnects)
@@ -121,14 +148,51 @@ class ExternalBroker:
     def ports(self) -> dict[str, int]:
         return {}  # nothing listens here
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self, retained: asyncio.Event | None = None) -> aiomqtt.Client:
+        """The hub's client; with ``retained``, the short-lived one of :meth:`_read_retained`."""
         a = self.address
+        identifier = self.settings.client_id if retained is None else f"{self.settings.client_id}-retained"
         return aiomqtt.Client(
-            a.host, a.port, username=a.username, password=a.password, identifier=self.settings.client_id,
-            protocol=aiomqtt.ProtocolVersion.V311, clean_session=False, will=self._will, transport=a.transport,
-            websocket_path=a.path, tls_context=self._tls, keepalive=self.settings.keepalive_s,
-            timeout=self.settings.connect_timeout_s, queue_type=_tap_queue(self._tap),
+            a.host, a.port, username=a.username, password=a.password, identifier=identifier,
+            protocol=aiomqtt.ProtocolVersion.V311, clean_session=retained is not None,
+            will=self._will if retained is None else None, transport=a.transport, websocket_path=a.path,
+            tls_context=self._tls, keepalive=self.settings.keepalive_s, timeout=self.settings.connect_timeout_s,
+            queue_type=_tap_queue(self._tap, self.start_retained, retained),
         )  # fmt: skip
+
+    async def _read_retained(self) -> None:
+        """Hand the retained device status and reported state to ingest, once, at start.
+
+        A broker need not send retained messages to a shared subscription (MQTT 5 says it must not;
+        Mosquitto and VerneMQ do not), so a hub with a new data dir would not learn of devices already
+        online. A second connection, with a clean session, subscribes without sharing, takes what
+        arrives with the retain flag (live messages come through the shared subscription) until
+        ``RETAINED_QUIET_S`` pass with none, within ``broker.connect_timeout_s``, and disconnects. Until
+        then the hub's own connection ignores retained messages (see :class:`_StartRetained`).
+        """
+        heard = asyncio.Event()
+        try:
+            async with self._new_client(heard) as client:
+                filters = [(f"devices/+/{kind}", 1) for kind in RETAINED_KINDS]
+                denied = refused(filters, await client.subscribe(filters))
+                if denied:
+                    log.error("the broker %s refused the subscription to %s: retained device status and "
+                              "state are not read at start", self.address, ", ".join(denied))  # fmt: skip
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.connect_timeout_s):
+                        while True:
+                            heard.clear()
+                            try:
+                                await asyncio.wait_for(heard.wait(), RETAINED_QUIET_S)
+                            except TimeoutError:
+                                break
+        except Exception as exc:  # the hub runs on without them; devices' next status tells
+            log.warning("could not read the retained device status from %s: %s", self.address, exc)
+            return
+        finally:
+            self.start_retained.reading = False
+        log.info("read %d retained device status and state messages from %s", self.start_retained.read, self.address)
 
     async def __aenter__(self) -> ExternalBroker:
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -143,12 +207,16 @@ class ExternalBroker:
             reason = self._first_error or "no answer"
             raise SettingsError(f"setting broker.url [IOTHUB_BROKER__URL]: cannot connect to {self.address}: {reason}")
         log.info("connected to the external broker %s as %s", self.address, self.settings.client_id)
+        if self._ingest:
+            self._retained_task = tasks.create_task(self._read_retained(), name="iothub-retained-read")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stop()
 
     async def _stop(self) -> None:
+        if self._retained_task is not None:
+            self._retained_task.cancel()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -195,6 +263,12 @@ class ExternalBroker:
                 self._connected.clear()
             wait, delay = backoff(delay, self.settings.reconnect_max_s)
             await asyncio.sleep(wait)
+
+    async def wait_retained_read(self) -> int:
+        """Wait until the retained messages have been read at start; how many were."""
+        if self._retained_task is not None:
+            await asyncio.shield(self._retained_task)
+        return self.start_retained.read
 
     async def wait_connections(self, count: int) -> None:
         """Wait until the hub has connected (and subscribed) ``count`` times in all."""

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from iothub.cli import main
 from iothub.hub.errors import SettingsError
 from iothub.hub.external import ExternalBroker
+from iothub.hub.registry import Registry
 from iothub.runner import Running, components, serve, startup_error
 from iothub.simulators.fleet import FleetConfig, run_fleet
 from iothub.v1 import commands_pb2, commands_pb2_grpc
@@ -249,3 +250,34 @@ async def test_a_refused_subscription_stops_the_start_naming_the_filter(tmp_path
         f"setting broker.url [IOTHUB_BROKER__URL]: the broker mqtt://127.0.0.1:{port} refused the subscription"
         " to devices/+/responses (check its ACL)"
     )
+
+
+async def test_a_hub_with_a_new_data_dir_learns_the_retained_status_and_state(tmp_path: Path) -> None:
+    """Mosquitto sends no retained message to a shared subscription: the hub reads them without one."""
+    device = unique_id()
+    data = tmp_path / "data"
+    data.mkdir()
+    registry = Registry(data / "registry.db")
+    try:
+        registry.add_device(device, type="test")
+    finally:
+        registry.close()
+    async with mosquitto(tmp_path / "broker") as port:
+        async with aiomqtt.Client("127.0.0.1", port, identifier=device, timeout=WAIT_S) as client:
+            await client.publish(f"devices/{device}/status", b'{"online": true}', qos=1, retain=True)
+            state = json.dumps({"version": 3, "state": {"led": "on"}}).encode()
+            await client.publish(f"devices/{device}/state/reported", state, qos=1, retain=True)
+        async with external_hub(tmp_path, port) as running:
+            broker = running.hub.broker
+            assert isinstance(broker, ExternalBroker)
+            async with asyncio.timeout(WAIT_S):
+                assert await broker.wait_retained_read() == 2
+        # Stopped: ingest has drained what the read handed it.
+        assert running.hub.fleet.get(device) is not None
+        assert running.hub.fleet.get(device).online  # type: ignore[union-attr]
+    registry = Registry(data / "registry.db")
+    try:
+        _, _, reported, reported_version = registry.twin(device)
+    finally:
+        registry.close()
+    assert (reported_version, reported) == (3, {"led": "on"})
