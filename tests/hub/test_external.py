@@ -131,7 +131,7 @@ async def test_a_restarted_broker_gets_the_hub_back_subscribed(tmp_path: Path) -
 
 def test_only_names_known_components_and_needs_an_external_broker(tmp_path: Path) -> None:
     embedded = hub_settings(tmp_path)
-    external = hub_settings(tmp_path, broker={"url": "mqtt://127.0.0.1:1"})
+    external = hub_settings(tmp_path, broker={"url": "mqtt://127.0.0.1:1", "client_id": "hub-sse"})
     assert components(None, embedded) == components("ingest,alerts,webhooks,http,sse,ws,grpc", embedded)
     assert components(" sse, ws ", external) == {"sse", "ws"}
     with pytest.raises(SettingsError, match=r"^--only: unknown component 'grcp' \(choose from ingest, alerts,"):
@@ -140,12 +140,18 @@ def test_only_names_known_components_and_needs_an_external_broker(tmp_path: Path
         components(" , ", external)
     with pytest.raises(SettingsError, match=r"needs an external broker: set broker.url \[IOTHUB_BROKER__URL\]"):
         components("ingest", embedded)
+    default_id = hub_settings(tmp_path, broker={"url": "mqtt://127.0.0.1:1"})
+    assert components(None, default_id) == components("ingest,alerts,webhooks,http,sse,ws,grpc", embedded)
+    own_id = r"^--only runs part of a hub beside others: set broker.client_id \[IOTHUB_BROKER__CLIENT_ID\] to a name"
+    with pytest.raises(SettingsError, match=own_id):
+        components("sse,ws", default_id)
 
 
 def test_run_refuses_bad_only_in_one_line(tmp_path: Path) -> None:
     runner = CliRunner()
     args = ["run", "--data-dir", str(tmp_path)]
-    unknown = runner.invoke(main, [*args, "--only", "sse,grcp"], env={"IOTHUB_BROKER__URL": "mqtt://127.0.0.1:1"})
+    external = {"IOTHUB_BROKER__URL": "mqtt://127.0.0.1:1"}
+    unknown = runner.invoke(main, [*args, "--only", "sse,grcp"], env=external)
     assert (unknown.exit_code, unknown.output) == (
         1,
         "Error: --only: unknown component 'grcp' (choose from ingest, alerts, webhooks, http, sse, ws, grpc)\n",
@@ -153,6 +159,10 @@ def test_run_refuses_bad_only_in_one_line(tmp_path: Path) -> None:
     embedded = runner.invoke(main, [*args, "--only", "sse"])
     assert embedded.exit_code == 1
     assert embedded.output.startswith("Error: --only runs part of a hub beside others and needs an external broker")
+    shared_id = runner.invoke(main, [*args, "--only", "sse"], env=external)
+    assert shared_id.exit_code == 1
+    assert shared_id.output.startswith("Error: --only runs part of a hub beside others: set broker.client_id")
+    assert shared_id.output.count("\n") == 1
 
 
 async def test_an_unreachable_broker_stops_the_start_with_the_setting_named(tmp_path: Path) -> None:
