@@ -60,13 +60,14 @@ async def test_simulated_devices_reach_store_sse_and_websocket(tmp_path: Path) -
                 await events.status_of(device_id, online=False)  # the devices said goodbye on their status topic
             sent = [(d, n) for d in ids for n in range(messages)]
             by_sse: set[tuple[str, int]] = set()
-            while len(by_sse) < len(sent):
-                event = (await sse.next()).json
-                by_sse.add((event["device_id"], event["seq"]))
             by_ws: set[tuple[str, int]] = set()
-            while len(by_ws) < len(sent):
-                frame = await ws.until(lambda f: f.get("type") == "event" and f["event"] == "telemetry")
-                by_ws.add((frame["data"]["device_id"], frame["data"]["seq"]))
+            async with asyncio.timeout(WAIT_S * 2):
+                while len(by_sse) < len(sent):
+                    event = (await sse.next()).json
+                    by_sse.add((event["device_id"], event["seq"]))
+                while len(by_ws) < len(sent):
+                    frame = await ws.until(lambda f: f.get("type") == "event" and f["event"] == "telemetry")
+                    by_ws.add((frame["data"]["device_id"], frame["data"]["seq"]))
             assert by_ws == by_sse
             assert {d for d, _ in by_sse} == set(ids)
             assert len(by_sse) == len(sent)
