@@ -71,7 +71,7 @@ def main() -> None:
     "--only",
     metavar="NAMES",
     help="Run only these components, comma-separated: ingest, alerts, webhooks, http, sse, ws, grpc "
-    "(needs an external broker, broker.url) [all].",
+    "(needs an external broker, broker.url, and this process's own broker.client_id) [all].",
 )
 def run(
     config_file: Path | None,

@@ -57,7 +57,9 @@ grpc (the gRPC API).
 
 def components(only: str | None, settings: Settings) -> frozenset[str]:
     """The components ``--only`` names (all when None); a :class:`SettingsError` for a name that is
-    none of :data:`COMPONENTS`, or for a subset without an external broker."""
+    none of :data:`COMPONENTS`, for a subset without an external broker, or without its own
+    ``broker.client_id`` (the default is the same for every process on a host: they would take each
+    other's broker session over, in turn, for as long as they run)."""
     if only is None:
         return frozenset(COMPONENTS)
     names = [n.strip() for n in only.split(",") if n.strip()]
@@ -70,6 +72,12 @@ def components(only: str | None, settings: Settings) -> frozenset[str]:
         raise SettingsError(
             "--only runs part of a hub beside others and needs an external broker: set broker.url "
             f"[{env_name('broker.url')}] (the embedded broker feeds only its own process)"
+        )
+    if chosen != frozenset(COMPONENTS) and "client_id" not in settings.broker.model_fields_set:
+        raise SettingsError(
+            f"--only runs part of a hub beside others: set broker.client_id [{env_name('broker.client_id')}] "
+            f"to a name of this process's own (the default, {settings.broker.client_id}, is the same for every "
+            "process on this host, and they would take each other's broker session over)"
         )
     return chosen
 

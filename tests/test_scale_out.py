@@ -74,7 +74,10 @@ async def test_two_hubs_split_ingest_and_a_client_switching_between_them_resumes
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(publish_all(port, devices, count, pause_s=0.002))
             params = {"types": "telemetry", "devices": ",".join(devices)}
-            async with http.stream("GET", f"{a.http}/api/v1/stream", params=params) as response:
+            async with (
+                asyncio.timeout(WAIT_S * 6),
+                http.stream("GET", f"{a.http}/api/v1/stream", params=params) as response,
+            ):
                 stream = SseStream(response)
                 while len(received) < len(sent) // 2:
                     event = await stream.next()
@@ -82,7 +85,10 @@ async def test_two_hubs_split_ingest_and_a_client_switching_between_them_resumes
                     received.append((int(event.id), event.json["device_id"], event.json["seq"]))
             # Reconnect to the other process (no sticky sessions) with the last id seen.
             headers = {"Last-Event-ID": str(received[-1][0])}
-            async with http.stream("GET", f"{b.http}/api/v1/stream", params=params, headers=headers) as response:
+            async with (
+                asyncio.timeout(WAIT_S * 6),
+                http.stream("GET", f"{b.http}/api/v1/stream", params=params, headers=headers) as response,
+            ):
                 stream = SseStream(response)
                 while len(received) < len(sent):
                     event = await stream.next()

@@ -35,6 +35,7 @@ from iothub.bridge.uvicorn_ws import HubWebSocketProtocol
 from iothub.hub import commands, registry, twin
 from iothub.hub import errors as hub_errors
 from iothub.hub.core import Hub
+from iothub.hub.external import BrokerUnavailable
 from iothub.hub.registry import Scope
 from iothub.hub.settings import HttpSettings
 
@@ -52,6 +53,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     commands.DeviceOffline: 409,
     commands.CommandTimeout: 504,
     commands.BadCommand: 400,
+    commands.HubUnavailable: 503,  # the external broker is unreachable
+    BrokerUnavailable: 503,  # the same, for a twin's desired state
     twin.VersionConflict: 409,
     twin.DesiredTooLarge: 413,  # a desired state the device could not report back (ingest.max_payload_bytes)
     hub_errors.AlertsError: 400,  # a rule, webhook endpoint or delivery request refused

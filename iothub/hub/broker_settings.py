@@ -70,6 +70,9 @@ class BrokerSettings(BaseModel):
     cafile: Path | None = Field(default=None, description="CA for mqtts:// and wss:// (default: the system's)")
     keepalive_s: int = Field(default=30, ge=5, le=65535)
     connect_timeout_s: float = Field(default=10.0, gt=0, description="the first connection must succeed by then")
+    publish_timeout_s: float = Field(
+        default=10.0, gt=0, description="how long a command or twin publish waits for the broker's acknowledgement"
+    )
     reconnect_max_s: float = Field(default=10.0, gt=0, description="longest wait between reconnect attempts")
     tail_poll_s: float = Field(
         default=0.05, gt=0, le=10, description="how often the shared event log is read for other hubs' events"

@@ -18,6 +18,7 @@ Errors::
     ├── UnknownDevice    not in the registry (HTTP 404)
     ├── DeviceOffline    offline or disabled, and not queued (HTTP 409)
     ├── CommandTimeout   no answer in time (HTTP 504)
+    ├── HubUnavailable   the external broker cannot take the publish now (HTTP 503)
     └── BadCommand       bad name, arguments or timeout, or the queue is full (HTTP 400)
 """
 
@@ -34,6 +35,7 @@ from typing import Any, Protocol
 
 from iothub.devices import CommandResponse, RejectReason, TopicKind, is_valid_id, topic_for
 from iothub.hub.errors import HubError
+from iothub.hub.external import BrokerUnavailable
 from iothub.hub.fleet import Fleet
 from iothub.hub.registry import Registry
 from iothub.mqtt.topics import matches
@@ -61,6 +63,10 @@ class CommandTimeout(CommandError):
 
 class BadCommand(CommandError):
     pass
+
+
+class HubUnavailable(CommandError):
+    """The command could not be published: the external broker is unreachable or did not acknowledge."""
 
 
 class Publisher(Protocol):
@@ -166,7 +172,10 @@ class Commands:
     async def _publish(self, pending: _Pending) -> None:
         pending.sent_ns = time.monotonic_ns()
         topic = topic_for(pending.device_id, TopicKind.COMMAND, pending.name)
-        await self.publisher.publish(topic, pending.payload, qos=1)
+        try:
+            await self.publisher.publish(topic, pending.payload, qos=1)
+        except BrokerUnavailable as exc:
+            raise HubUnavailable(f"command {pending.name!r} for {pending.device_id!r} not sent: {exc}") from None
 
     def on_response(self, device_id: str, response: CommandResponse) -> dict[str, Any] | RejectReason:
         """Match a device's response; the event data when it answers a pending command."""
@@ -190,6 +199,11 @@ class Commands:
         if not queued:
             return
         for pending in list(queued):
-            if matches(topic_filter, topic_for(client_id, TopicKind.COMMAND, pending.name)):
+            if pending in queued and matches(topic_filter, topic_for(client_id, TopicKind.COMMAND, pending.name)):
                 queued.remove(pending)
-                await self._publish(pending)
+                try:
+                    await self._publish(pending)
+                except HubUnavailable as exc:  # the caller waiting on it hears why
+                    log.warning("%s", exc)
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)

@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any
 
 from iothub.hub.alerts import AlertEvaluator
 from iothub.hub.auth import Authenticator
@@ -205,23 +207,27 @@ class Hub:
     def _labels_of(self, device_id: str) -> dict[str, str]:
         return dict(self.labels.get(device_id))
 
-    async def _observe(self, events: list[HubEvent]) -> None:
-        """Events read from the shared log (any process's): presence and latest values reach the fleet;
-        a device seen coming online gets the commands queued for it."""
-        for event in events:
-            if event.type is EventType.TELEMETRY:
-                state = self.fleet.get(event.device_id) or self.fleet.touch(event.device_id, event.ts)
-                state.last_seen = max(state.last_seen, event.ts)
-                for metric, value in event.data.get("metrics", {}).items():
-                    current = state.latest.get(metric)
-                    if current is None or current[0] <= event.ts:
-                        state.latest[metric] = (event.ts, value)
-            elif event.type is EventType.STATUS:
-                state = self.fleet.get(event.device_id) or self.fleet.touch(event.device_id, event.ts)
-                online = bool(event.data.get("online"))
+    def _observe(self, event: HubEvent) -> Coroutine[Any, Any, None] | None:
+        """An event read from the shared log (any process's): presence and latest values reach the
+        fleet; a device seen coming online gets the commands queued for it (returned, for the tail to
+        run without waiting on the broker)."""
+        if event.type is EventType.TELEMETRY:
+            state = self.fleet.get(event.device_id) or self.fleet.touch(event.device_id, event.ts)
+            state.last_seen = max(state.last_seen, event.ts)
+            for metric, value in event.data.get("metrics", {}).items():
+                current = state.latest.get(metric)
+                if current is None or current[0] <= event.ts:
+                    state.latest[metric] = (event.ts, value)
+        elif event.type is EventType.STATUS:
+            state = self.fleet.get(event.device_id) or self.fleet.touch(event.device_id, event.ts)
+            online = bool(event.data.get("online"))
+            try:
                 reason = PresenceReason(event.data.get("reason", PresenceReason.UNKNOWN.value))
-                if state.set_presence(online, reason, event.ts, event.data.get("detail")) and online:
-                    await self.commands.on_subscribed(event.device_id, f"devices/{event.device_id}/commands/+")
+            except ValueError:  # written by a newer hub version, say
+                reason = PresenceReason.UNKNOWN
+            if state.set_presence(online, reason, event.ts, event.data.get("detail")) and online:
+                return self.commands.on_subscribed(event.device_id, f"devices/{event.device_id}/commands/+")
+        return None
 
     async def _announce_start(self) -> None:
         """``hub/status`` online, and every desired twin document again (retained)."""

@@ -79,7 +79,8 @@ def test_history_query_of_raw_points() -> None:
 
 
 def test_history_query_in_buckets_names_the_aggregate() -> None:
-    for agg, fn in [(Agg.AVG, "mean"), (Agg.MIN, "min"), (Agg.MAX, "max"), (Agg.LAST, "last")]:
+    assert set(Agg) == {Agg.AVG, Agg.MIN, Agg.MAX, Agg.LAST, Agg.COUNT}, "a new aggregate needs a case here"
+    for agg, fn in [(Agg.AVG, "mean"), (Agg.MIN, "min"), (Agg.MAX, "max"), (Agg.LAST, "last"), (Agg.COUNT, "count")]:
         flux = history_query("b", "m", "d", "t", 0, 1000, 60_000, agg, 10)
         assert f'aggregateWindow(every: 60000ms, fn: {fn}, createEmpty: false, timeSrc: "_start")' in flux
 

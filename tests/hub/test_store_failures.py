@@ -9,6 +9,7 @@ a table (as a full or failing disk would refuse the write), and dropping it ends
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import re
 import sqlite3
@@ -109,6 +110,24 @@ async def test_a_failed_write_is_rolled_back_and_the_store_stays_usable(tmp_path
         series = await store.query("d1", ["on", "t"], 0, 2_000, None, Agg.LAST, 10)
         assert [s.points for s in series] == [[(1_000, True), (1_000, 7)], [(1_000, 21.5)]]
         assert [e.id for e in await store.events_after(0, 10)] == [1, 2]
+
+
+async def test_a_writers_lock_held_too_long_fails_the_write_within_the_busy_timeout(tmp_path: Path) -> None:
+    """Shared mode: a process hung while holding the writers' lock does not hang this one."""
+    path = tmp_path / "iothub.db"
+    async with SqliteStore(path, shared=True, busy_timeout_s=0.3) as store:
+        await store.write(batch("d1", t=1.0))
+        with Path(f"{path}.writers").open("ab") as held:  # noqa: ASYNC230 (a local file, opened at once)
+            fcntl.flock(held, fcntl.LOCK_EX)  # another process's writer, hung
+            try:
+                expected = re.escape(f"cannot write to the SQLite store at {path}: another process has held the ")
+                with pytest.raises(StoreError, match=expected):
+                    async with asyncio.timeout(WAIT_S):
+                        await store.write(batch("d1", t=2.0))
+            finally:
+                fcntl.flock(held, fcntl.LOCK_UN)
+        events = await store.write(batch("d1", t=3.0))  # the lock is free again: writes go on
+        assert [e.id for e in events] == [2]
 
 
 # -- ingest ----------------------------------------------------------------------------------------

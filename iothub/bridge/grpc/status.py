@@ -37,6 +37,7 @@ GRPC_STATUS: dict[type[Exception], StatusCode] = {
     commands.DeviceOffline: StatusCode.UNAVAILABLE,  # offline or disabled, and not queued
     commands.CommandTimeout: StatusCode.DEADLINE_EXCEEDED,  # the device did not answer in time
     commands.BadCommand: StatusCode.INVALID_ARGUMENT,
+    commands.HubUnavailable: StatusCode.UNAVAILABLE,  # the external broker is unreachable
 }
 """Each error a handler may raise, and its gRPC status code."""
 

@@ -138,6 +138,7 @@ class CommandStatus(enum.StrEnum):
     OFFLINE = "offline"  # the device is offline or disabled (and the command was not queued)
     UNKNOWN_DEVICE = "unknown_device"
     BAD_COMMAND = "bad_command"  # bad name, or the device's queue is full
+    UNAVAILABLE = "unavailable"  # not sent: the hub's external broker is unreachable (try again later)
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,5 +290,6 @@ _STATUS: dict[type[commands.CommandError], CommandStatus] = {
     commands.DeviceOffline: CommandStatus.OFFLINE,
     commands.CommandTimeout: CommandStatus.TIMEOUT,
     commands.BadCommand: CommandStatus.BAD_COMMAND,
+    commands.HubUnavailable: CommandStatus.UNAVAILABLE,
     commands.CommandError: CommandStatus.BAD_COMMAND,  # any other refusal
 }

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 
 from iothub.hub.store.base import Agg, Point, Value
 
-_FLUX_FN = {Agg.AVG: "mean", Agg.MIN: "min", Agg.MAX: "max", Agg.LAST: "last"}
+# Empty windows are left out (``createEmpty: false``), as the SQLite store has no row for them.
+_FLUX_FN = {Agg.AVG: "mean", Agg.MIN: "min", Agg.MAX: "max", Agg.LAST: "last", Agg.COUNT: "count"}
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\\": "\\\\", "\n": r"\n"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\", "\n": r"\n"})
 

@@ -5,8 +5,11 @@ on a small pool, so queries never wait behind a write. Several hub processes may
 (external-broker mode): each batch takes the write lock first (``BEGIN IMMEDIATE``) and numbers its
 events after the newest id in the table, so ids stay unique and commit-ordered across processes.
 With ``shared=True`` the writers of those processes also queue on an advisory file lock
-(``iothub.db.writers``) before that, so one waits exactly until the other commits instead of in
-SQLite's busy-wait sleeps (1, 2, 5, 10 ms...); JSON is encoded before either lock is taken.
+(``iothub.db.writers``) before that, so one mostly waits in short sleeps (1 ms doubling to 20 ms)
+instead of SQLite's coarser busy-wait ones; JSON is encoded before either lock is taken. Neither
+wait is endless: a writer that cannot have the file lock within ``busy_timeout_s`` (5 s, as SQLite's
+busy timeout) fails the batch with :class:`StoreError`, which ingest retries, so a hung process
+cannot hang the others or their shutdown.
 Layout:
 
 * ``series(id, device_id, metric, kind)``: one row per device metric (``kind``: number, bool, string)
@@ -27,20 +30,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, TypeVar
-
-try:
-    import fcntl
-except ImportError:  # Windows: shared writers wait in SQLite's busy handler alone
-    fcntl = None  # type: ignore[assignment]
+from typing import Any, TypeVar
 
 from iothub.hub import outbox
 from iothub.hub.errors import StoreError
 from iothub.hub.events import EventType, HubEvent
 from iothub.hub.store.base import Agg, Batch, Series, StoredDevice, Value
+from iothub.hub.store.writers_lock import WritersLock
 
 T = TypeVar("T")
 
@@ -105,6 +104,9 @@ def _decode(kind: str, num: float | None, txt: str | None) -> Value | None:
     return int(num) if num.is_integer() and abs(num) < 2**53 else num
 
 
+BUSY_TIMEOUT_S = 5.0  # the longest a write waits for another writer (SQLite's lock, the writers' file lock)
+
+
 class SqliteStore:
     def __init__(
         self,
@@ -112,10 +114,12 @@ class SqliteStore:
         retention: int = 1_000_000,
         shared: bool = False,
         on_outbox: Callable[[], None] | None = None,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
     ) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
         self.shared = shared
-        self._writers: IO[bytes] | None = None  # the advisory lock file of shared writers
+        self._writers = WritersLock(Path(f"{path}.writers"), busy_timeout_s) if shared else None
         self.retention = retention
         self.on_outbox = on_outbox  # called (on the event loop) after a write that queued webhook deliveries
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-store-writer")
@@ -138,7 +142,6 @@ class SqliteStore:
             self._writer = None
         if self._writers is not None:
             self._writers.close()
-            self._writers = None
         self._writer_pool.shutdown(wait=True)
         self._reader_pool.shutdown(wait=True)
         for conn in self._readers:
@@ -154,7 +157,7 @@ class SqliteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         return conn
 
     def _open_writer(self) -> None:
@@ -165,8 +168,8 @@ class SqliteStore:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(SCHEMA)
             conn.executescript(outbox.SCHEMA)
-            if self.shared and fcntl is not None:
-                self._writers = open(f"{self.path}.writers", "ab")  # noqa: SIM115 (held open until close)
+            if self._writers is not None:
+                self._writers.open()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the SQLite store at {self.path}: {exc}") from exc
         self._writer = conn
@@ -204,20 +207,12 @@ class SqliteStore:
         self._series_undo.clear()
         data = [json.dumps(e.data) for e in batch.events]
         devices = [(device_id, json.dumps(state)) for device_id, state in batch.devices.items()]
-        with self._writers_turn():
-            return self._commit(conn, batch, data, devices)
-
-    @contextlib.contextmanager
-    def _writers_turn(self) -> Iterator[None]:
-        """Wait for the other processes' writers (shared mode), without polling."""
-        if self._writers is None:
-            yield
-            return
-        fcntl.flock(self._writers, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(self._writers, fcntl.LOCK_UN)
+            turn = self._writers.turn() if self._writers is not None else contextlib.nullcontext()
+            with turn:
+                return self._commit(conn, batch, data, devices)
+        except TimeoutError as exc:  # the writers' lock: another process hangs, or is very slow
+            raise StoreError(f"cannot write to the SQLite store at {self.path}: {exc}") from None
 
     def _commit(
         self, conn: sqlite3.Connection, batch: Batch, data: list[str], devices: list[tuple[str, str]]
