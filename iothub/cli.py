@@ -32,6 +32,9 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("amqtt.broker").addFilter(lambda r: not r.getMessage().startswith("Broker startup failed"))
         logging.getLogger("transitions").setLevel(logging.WARNING)
         logging.getLogger("websockets").setLevel(logging.WARNING)
+        # aiomqtt's own logger says ERROR for every connection the broker drops (a hub restarting);
+        # the simulator logs such losses itself, once per kind.
+        logging.getLogger("mqtt").setLevel(logging.CRITICAL)
 
 
 class _Main(click.Group):

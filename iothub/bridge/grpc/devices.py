@@ -101,16 +101,24 @@ class DeviceService:
         token = await authorize(self.hub, context, Scope.READ)
         stream_filter = StreamFilter.parse(request.devices, request.labels, types=["status"], where="field")
         resume = request.resume_from if request.HasField("resume_from") else None
-        first = self._current(stream_filter) if request.current else []
+        first = await self._current(stream_filter) if request.current else []
         await self.streams.serve(context, token.id, stream_filter, resume, first)
 
-    def _current(self, stream_filter: StreamFilter) -> list[bytes]:
-        """The presence of every matching device the hub has seen, as status events with id 0."""
+    async def _current(self, stream_filter: StreamFilter) -> list[bytes]:
+        """The presence of every matching device, as status events with id 0: what the hub saw of
+        each, and a registered device it has never seen as offline, reason ``unknown``, ``since_ms`` 0."""
+        fleet = self.hub.fleet.devices
+        registered = {record.id for record in await asyncio.to_thread(self.hub.registry.devices)}
+        never = {"online": False, "reason": "unknown", "detail": None, "since": None}
         frames = []
-        for device_id, state in sorted(self.hub.fleet.devices.items()):
-            if state.since is None:
+        for device_id in sorted(registered | fleet.keys()):
+            state = fleet.get(device_id)
+            if state is not None and state.since is not None:
+                e = HubEvent(0, EventType.STATUS, state.since, device_id, state.presence_view())
+            elif device_id in registered:
+                e = HubEvent(0, EventType.STATUS, 0, device_id, never)
+            else:
                 continue
-            e = HubEvent(0, EventType.STATUS, state.since, device_id, state.presence_view())
             if stream_filter.wants(e, self.hub.labels.get(device_id)):
                 frames.append(convert.event_frame(e, e.json))
         return frames

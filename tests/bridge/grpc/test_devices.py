@@ -100,18 +100,22 @@ async def test_get_device(hub: Running, channel: grpc.aio.Channel, admin: Metada
 
 async def test_watch_presence(hub: Running, channel: grpc.aio.Channel, admin: Metadata, events: EventWaiter) -> None:
     before, watched, other = unique_id("before"), unique_id("watched"), unique_id("other")
+    never = unique_id("never")
+    hub.hub.registry.add_device(never)  # registered, never connected
     async with mqtt_client(hub, before):
         await events.status_of(before, online=True)
         call = stub(channel).WatchPresence(
-            devices_pb2.WatchPresenceRequest(devices=[before, watched], current=True), metadata=admin
+            devices_pb2.WatchPresenceRequest(devices=[before, watched, never], current=True), metadata=admin
         )
-        (current,) = events_of(await read_items(call, 1))
+        current, never_seen = sorted(events_of(await read_items(call, 2)), key=lambda e: e.device_id != before)
         async with mqtt_client(hub, other), mqtt_client(hub, watched):
             (online,) = events_of(await read_items(call, 1))
         (offline,) = events_of(await read_items(call, 1))
         call.cancel()
     assert (current.id, current.device_id, current.status.online) == (0, before, True)
     assert current.status.reason == "connected"
+    assert (never_seen.id, never_seen.device_id, never_seen.status.online) == (0, never, False)
+    assert (never_seen.status.reason, never_seen.status.since_ms) == ("unknown", 0)
     for update, is_online, reason in ((online, True, "connected"), (offline, False, "clean_disconnect")):
         assert update.type == "status"
         assert update.device_id == watched
