@@ -31,7 +31,8 @@ from iothub.bridge.webhooks import WebhookSender
 from iothub.hub.core import HUB_COMPONENTS, Hub
 from iothub.hub.errors import HubError, SettingsError
 from iothub.hub.external import ExternalBroker
-from iothub.hub.settings import Settings, env_name
+from iothub.hub.settings import Settings
+from iothub.hub.settings_env import env_name
 
 log = logging.getLogger(__name__)
 

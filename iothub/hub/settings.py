@@ -7,15 +7,12 @@ names no setting is refused like an unknown key in the file: a typo never passes
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
 import tomllib
-import types
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Self
 
 import pydantic_settings
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -29,13 +26,12 @@ from pydantic_settings import (
 from iothub.hub.broker_settings import BrokerSettings
 from iothub.hub.errors import SettingsError
 from iothub.hub.rules import Rule
+from iothub.hub.settings_env import ENV_DELIMITER, ENV_PREFIX, env_name, foreign_variables, unknown_variables
 
 log = logging.getLogger(__name__)
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 DEFAULT_CONFIG_FILE = Path("iothub.toml")
-ENV_PREFIX = "IOTHUB_"
-ENV_DELIMITER = "__"
 
 
 class _Section(BaseModel):
@@ -292,10 +288,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     if config_file is not None and not config_file.is_file():
         problem = "is not a file" if config_file.exists() else "does not exist"
         raise SettingsError(f"config file {config_file} {problem}")
-    unknown = unknown_variables(os.environ)
+    unknown = unknown_variables(os.environ, Settings)
     if unknown:
         raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
-    for variable in foreign_variables(os.environ):
+    for variable in foreign_variables(os.environ, Settings):
         log.info("ignoring %s: not an iothub setting", variable)
     path = DEFAULT_CONFIG_FILE if config_file is None else config_file
     try:
@@ -319,97 +315,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         field = re.search(r'field "([^"]+)"', str(exc))
         name = f"{field[1]} [{env_name(field[1])}]" if field else "from the environment"
         raise SettingsError(f"setting {name}: expected a JSON object ({exc.__cause__ or exc})") from None
-
-
-def env_name(setting: str) -> str:
-    """The environment variable of a dotted setting name: ``mqtt.tls.port`` -> ``IOTHUB_MQTT__TLS__PORT``."""
-    return ENV_PREFIX + setting.replace(".", ENV_DELIMITER).upper()
-
-
-def unknown_variables(environ: Mapping[str, str], model: type[BaseModel] | None = None) -> list[str]:
-    """One line per ``IOTHUB_*`` variable in ``environ`` that names no setting, with the closest one.
-
-    The known names come from the settings model itself (every section and every field in it, any
-    key under a mapping field), so a setting added to the model is accepted from the environment as
-    soon as it exists.
-    """
-    known = _KnownVariables(model or Settings)
-    lines = []
-    for variable in sorted(environ):
-        name = variable.upper()
-        if name.startswith(ENV_PREFIX) and not known.accepts(name) and known.meant_for_us(name):
-            lines.append(f"setting {variable}: no such setting ({known.hint(name)})")
-    return lines
-
-
-def foreign_variables(environ: Mapping[str, str], model: type[BaseModel] | None = None) -> list[str]:
-    """``IOTHUB_*`` variables that name no setting and do not look like one: another product's, such
-    as ``IOTHUB_CONNECTION_STRING`` (Azure IoT Hub's convention). They are left alone."""
-    known = _KnownVariables(model or Settings)
-    return [
-        variable
-        for variable in sorted(environ)
-        if variable.upper().startswith(ENV_PREFIX)
-        and not known.accepts(variable.upper())
-        and not known.meant_for_us(variable.upper())
-    ]
-
-
-class _KnownVariables:
-    """The environment variables a settings model reads, found by walking its fields."""
-
-    def __init__(self, model: type[BaseModel]) -> None:
-        self.exact: set[str] = set()
-        self.leaves: set[str] = set()  # the variables of single values, what a typo is compared with
-        self.open_prefixes: list[str] = []  # a mapping field takes any key below it
-        self.sections: dict[str, list[str]] = {}  # "IOTHUB_MQTT__" -> what it holds, for hints
-        self._walk(model, ENV_PREFIX)
-
-    def _walk(self, model: type[BaseModel], prefix: str) -> None:
-        shown = self.sections.setdefault(prefix, [])
-        for name, field in model.model_fields.items():
-            variable = prefix + name.upper()
-            self.exact.add(variable)
-            shown.append(variable)
-            self.leaves.add(variable)
-            for kind in _types_in(field.annotation):
-                if isinstance(kind, type) and issubclass(kind, BaseModel):
-                    shown[-1] = variable + ENV_DELIMITER + "*"
-                    self.leaves.discard(variable)
-                    self._walk(kind, variable + ENV_DELIMITER)
-                elif kind is Any or kind is dict or get_origin(kind) in (dict, Mapping):
-                    self.open_prefixes.append(variable + ENV_DELIMITER)
-
-    def accepts(self, name: str) -> bool:
-        return name in self.exact or name.startswith(tuple(self.open_prefixes))
-
-    def meant_for_us(self, name: str) -> bool:
-        """Whether an unknown name looks like one of ours: nested with ``__`` (``IOTHUB_HTTPX__PORT``,
-        ``IOTHUB_BROKER__URL``), a single word (``IOTHUB_PORT``), or close to a setting's name."""
-        rest = name[len(ENV_PREFIX) :]
-        return ENV_DELIMITER in rest or "_" not in rest or bool(self._close(name))
-
-    def _close(self, name: str) -> list[str]:
-        return difflib.get_close_matches(name, sorted(self.leaves), n=1, cutoff=0.8)
-
-    def hint(self, name: str) -> str:
-        close = self._close(name)
-        if close:
-            return f"did you mean {close[0]}?"
-        section = max((p for p in self.sections if name.startswith(p)), key=len)
-        return "known: " + ", ".join(self.sections[section])
-
-
-def _types_in(annotation: Any) -> Iterator[Any]:
-    """The types an annotation allows: ``X | None`` and ``Annotated[X, ...]`` are opened up."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        yield from _types_in(get_args(annotation)[0])
-    elif origin in (Union, types.UnionType):
-        for arg in get_args(annotation):
-            yield from _types_in(arg)
-    else:
-        yield annotation
 
 
 def _explain(exc: ValidationError) -> str:

@@ -4,7 +4,8 @@ import pytest
 from pydantic import BaseModel
 
 from iothub.hub.errors import SettingsError
-from iothub.hub.settings import Settings, load_settings, unknown_variables
+from iothub.hub.settings import Settings, load_settings
+from iothub.hub.settings_env import unknown_variables
 
 
 def test_defaults_bind_loopback_on_the_design_ports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
