@@ -25,7 +25,7 @@ def _token(record: TokenRecord) -> dict[str, Any]:
 
 @click.group()
 def devices() -> None:
-    """Register and manage devices (MQTT username = device id, password = its secret)."""
+    """Register and manage devices (MQTT client id = username = device id, password = its secret)."""
 
 
 @devices.command("add")
@@ -47,7 +47,7 @@ def devices_add(
             raise click.BadParameter(f"{label!r} is not key=value", param_hint="--label")
         parsed[key] = value
     record, secret = registry_of(config_file, data_dir, create=True).add_device(device_id, name, device_type, parsed)
-    text = f"device {record.id} registered\nsecret: {secret}\n(shown once; connect with username {record.id})"
+    text = f"device {record.id} registered\nsecret: {secret}\n(shown once; connect with client id and username {record.id})"
     print_data({**_device(record), "secret": secret}, as_json, text)
 
 
