@@ -80,7 +80,8 @@ class Device(asyncio.Protocol):
         while end - at >= 2:
             first, length = buf[at], buf[at + 1]
             if length & 0x80:  # a long packet: nothing this device receives is one
-                self.transport and self.transport.close()
+                if self.transport is not None:
+                    self.transport.close()
                 return
             if end - at < 2 + length:
                 break

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -125,7 +124,14 @@ async def serve_hub(data_dir: str, durable: bool) -> None:
 
     await run(settings, ready)
     registry = found[0].hub.metrics.registry
-    print(json.dumps({"stored": registry.get_sample_value("iothub_messages_stored_total") or 0}), flush=True)
+    value = registry.get_sample_value
+    batches = value("iothub_store_batch_seconds_count") or 1
+    figures = {
+        "stored": value("iothub_messages_stored_total") or 0,
+        "batch_msgs": (value("iothub_store_batch_messages_sum") or 0) / batches,
+        "batch_ms": 1000 * (value("iothub_store_batch_seconds_sum") or 0) / batches,
+    }
+    print(json.dumps(figures), flush=True)
 
 
 class Broker:
@@ -194,8 +200,8 @@ def run_fleet(broker: Broker, args: argparse.Namespace) -> dict[str, Any]:
     me = [sys.executable, str(Path(__file__).resolve())]
     share = -(-args.devices // args.workers)
     workers = []
-    for w in range(args.workers):
-        first, count = w * share, min(share, args.devices - w * share)
+    for n in range(args.workers):
+        first, count = n * share, min(share, args.devices - n * share)
         cmd = [*me, "--worker", f"{broker.port},{first},{count},{args.rate},{args.warmup},{args.seconds}"]
         workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT))
     started = time.monotonic()
@@ -265,12 +271,11 @@ def main() -> None:
                 results[name] = run_fleet(broker, args)
                 out = broker.stop()
             if name == "hub":
-                results[name]["stored"] = json.loads(out.strip().splitlines()[-1])["stored"]
+                results[name].update(json.loads(out.strip().splitlines()[-1]))
             print(f"{name:10} " + "  ".join(f"{k}={v:,.1f}" for k, v in results[name].items()), flush=True)
     durable = "off" if args.not_durable else "on"
-    print(
-        f"\n{args.devices:,} devices at {args.rate:g} msg/s, QoS 1, hub durable ack {durable}, {args.seconds:g} s window"
-    )
+    window = f"{args.seconds:g} s window"
+    print(f"\n{args.devices:,} devices at {args.rate:g} msg/s, QoS 1, hub durable ack {durable}, {window}")
     print("| figure | " + " | ".join(results) + " |")
     print("|---" * (len(results) + 1) + "|")
     rows = [("acked_s", "msg/s acknowledged"), ("p50_ms", "p50 publish-to-PUBACK ms"),
