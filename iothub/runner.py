@@ -70,6 +70,29 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+def raise_open_files() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one: each MQTT connection is a descriptor.
+
+    Returns ``(soft, hard)`` after the attempt; the hard limit itself needs privileges to raise.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return -1, -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.info("open files: soft limit raised from %d to %d (the hard limit)", soft, wanted)
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("open files: cannot raise the soft limit %d to %d: %s", soft, wanted, exc)
+    if hard != resource.RLIM_INFINITY and hard < 65_536:
+        log.info("open files: the hard limit %d bounds MQTT connections to fewer than that", hard)
+    return soft, hard
+
+
 def describe(running: Running) -> str:
     parts = [f"mqtt={running.address('mqtt')}"]
     if "mqtt_ws" in running.ports:
@@ -85,6 +108,7 @@ async def run(settings: Settings, on_ready: Callable[[Running], None] | None = N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_files()
     try:
         async with AsyncExitStack() as stack:
             try:
