@@ -6,9 +6,10 @@ was given (the server's :meth:`~.server.MqttServer.serve`); amqtt's CONNECT hand
 delivery are not used (see :mod:`.server` for the rules they break). The overrides of amqtt's
 private methods, which are not an API (hence the exact pin), are all in :class:`_Listeners`:
 
-* ``stream_connected`` and ``ws_connected`` hand the connection over instead of running amqtt's
-  client handler (which, among other things, leaves a client over ``max_connections`` waiting
-  without a CONNACK);
+* ``ws_connected`` hands the connection over instead of running amqtt's client handler (which,
+  among other things, leaves a client over ``max_connections`` waiting without a CONNACK); TCP and
+  TLS connections never reach it: their server is built with :class:`~.transport.TcpTransport` as
+  its protocol, so they go straight to the server without a StreamReader/StreamWriter;
 * ``_create_ssl_context`` can require client certificates;
 * ``_create_server_instance`` listens with a backlog of ``ListenerConfig.backlog`` (asyncio's default
   of 100 makes a reconnect storm lose SYNs, and each lost one costs its client a 1 s retransmission;
@@ -81,11 +82,6 @@ class _Listeners(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         self._require_client_cert = config.require_client_cert
         self._backlog = config.backlog
 
-    async def stream_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
-    ) -> None:
-        await self._accept(TcpTransport(reader, writer))
-
     async def ws_connected(self, websocket: ServerConnection, listener_name: str) -> None:
         await self._accept(WebSocketTransport(websocket))
 
@@ -97,10 +93,10 @@ class _Listeners(Broker):  # type: ignore[misc]  # amqtt ships no type informati
                 partial(self.ws_connected, listener_name=listener_name), address, port, ssl=ssl_context,
                 subprotocols=[websockets.Subprotocol("mqtt")], backlog=self._backlog,
             )  # fmt: skip
-        return await asyncio.start_server(
-            partial(self.stream_connected, listener_name=listener_name), address, port,
-            reuse_address=True, ssl=ssl_context, backlog=self._backlog,
-        )  # fmt: skip
+        accept = self._accept
+        return await asyncio.get_running_loop().create_server(
+            lambda: TcpTransport(accept), address, port, reuse_address=True, ssl=ssl_context, backlog=self._backlog
+        )
 
     def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
         context: ssl.SSLContext = Broker._create_ssl_context(listener)
