@@ -328,6 +328,7 @@ def main() -> None:
         else:
             pairs = json.loads(Path(args.credentials).read_text())
             result = runner(devices(args.port, args.credentials, pairs, 60.0))
+        os.set_blocking(sys.stdout.fileno(), True)  # the event loop left it non-blocking: no partial write
         print(json.dumps(result), flush=True)
         return
     wanted = args.only.split(",")

@@ -263,6 +263,7 @@ def main() -> None:
     if args.worker:
         port, first, count, rate, warmup, seconds = args.worker.split(",")
         result = runner(worker(int(port), int(first), int(count), float(rate), float(warmup), float(seconds)))
+        os.set_blocking(sys.stdout.fileno(), True)  # the event loop left it non-blocking: no partial write
         print(json.dumps(result), flush=True)
         return
     results: dict[str, dict[str, Any]] = {}
@@ -280,7 +281,8 @@ def main() -> None:
     print("| figure | " + " | ".join(results) + " |")
     print("|---" * (len(results) + 1) + "|")
     rows = [("acked_s", "msg/s acknowledged"), ("p50_ms", "p50 publish-to-PUBACK ms"),
-            ("p99_ms", "p99 publish-to-PUBACK ms"), ("cpu_pct", "broker CPU % of a core"), ("cpu_system_pct", "of which in the kernel"),
+            ("p99_ms", "p99 publish-to-PUBACK ms"), ("cpu_pct", "broker CPU % of a core"),
+            ("cpu_system_pct", "of which in the kernel"),
             ("us_per_msg", "broker CPU us per message"), ("rss_mib", "broker RSS MiB"),
             ("loadgen_cpu_pct", "load generator CPU %"), ("connect_s", "all connected after s")]  # fmt: skip
     for key, label in rows:
