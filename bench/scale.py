@@ -130,6 +130,7 @@ async def serve_hub(data_dir: str, durable: bool) -> None:
         "stored": value("iothub_messages_stored_total") or 0,
         "batch_msgs": (value("iothub_store_batch_messages_sum") or 0) / batches,
         "batch_ms": 1000 * (value("iothub_store_batch_seconds_sum") or 0) / batches,
+        "batches_over_50ms": batches - (value("iothub_store_batch_seconds_bucket", {"le": "0.05"}) or 0),
     }
     print(json.dumps(figures), flush=True)
 
@@ -234,6 +235,7 @@ def run_fleet(broker: Broker, args: argparse.Namespace) -> dict[str, Any]:
         "acked_s": sum(r["acked_window"] for r in results) / args.seconds,
         "sent_s": sum(r["sent_window"] for r in results) / args.seconds,
         "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
         "p99_ms": percentile(latencies, 99),
         "cpu_pct": 100 * (cpu1 - cpu0) / elapsed,
         "cpu_system_pct": 100 * (sys1 - sys0) / elapsed,
