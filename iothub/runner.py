@@ -70,6 +70,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+_FEW_FILES = 4096
+
+
 def raise_open_files() -> tuple[int, int]:
     """Raise the soft limit of open files to the hard one: each MQTT connection is a descriptor.
 
@@ -84,12 +87,17 @@ def raise_open_files() -> tuple[int, int]:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            log.info("open files: soft limit raised from %d to %d (the hard limit)", soft, wanted)
+            log.debug("open files: soft limit raised from %d to %d (the hard limit)", soft, wanted)
             soft = wanted
         except (ValueError, OSError) as exc:
             log.warning("open files: cannot raise the soft limit %d to %d: %s", soft, wanted, exc)
-    if hard != resource.RLIM_INFINITY and hard < 65_536:
-        log.info("open files: the hard limit %d bounds MQTT connections to fewer than that", hard)
+    if soft != resource.RLIM_INFINITY and soft < _FEW_FILES:
+        log.warning(
+            "open files: the limit is %d (hard limit %d), which bounds MQTT connections to fewer than that;"
+            " raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) to serve more",
+            soft,
+            hard,
+        )
     return soft, hard
 
 
