@@ -47,7 +47,8 @@ def devices_add(
             raise click.BadParameter(f"{label!r} is not key=value", param_hint="--label")
         parsed[key] = value
     record, secret = registry_of(config_file, data_dir, create=True).add_device(device_id, name, device_type, parsed)
-    text = f"device {record.id} registered\nsecret: {secret}\n(shown once; connect with client id and username {record.id})"
+    shown = f"(shown once; connect with client id and username {record.id})"
+    text = f"device {record.id} registered\nsecret: {secret}\n{shown}"
     print_data({**_device(record), "secret": secret}, as_json, text)
 
 

@@ -108,6 +108,37 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 50, 100)
 
 
+_FEW_FILES = 4096
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Raise the soft limit of open files to the hard one: each MQTT connection is a descriptor.
+
+    Returns ``(soft, hard)`` after the attempt; the hard limit itself needs privileges to raise.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return -1, -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            log.debug("open files: soft limit raised from %d to %d (the hard limit)", soft, wanted)
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("open files: cannot raise the soft limit %d to %d: %s", soft, wanted, exc)
+    if soft != resource.RLIM_INFINITY and soft < _FEW_FILES:
+        log.warning(
+            "open files: the limit is %d (hard limit %d), which bounds MQTT connections to fewer than that;"
+            " raise the hard limit (ulimit -Hn, systemd LimitNOFILE=) to serve more",
+            soft,
+            hard,
+        )
+    return soft, hard
+
+
 def describe(running: Running) -> str:
     hub = running.hub
     if isinstance(hub.broker, ExternalBroker):
@@ -131,6 +162,7 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    raise_open_files()
     try:
         async with AsyncExitStack() as stack:
             try:

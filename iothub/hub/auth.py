@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from iothub.devices import TopicError, TopicKind
 from iothub.devices import parse as parse_topic
-from iothub.hub.credentials import verify_secret
+from iothub.hub.credentials import hash_secret, is_fast, needs_rehash, verify_secret
 from iothub.hub.registry import Registry, Role
 from iothub.mqtt.codec import BAD_CREDENTIALS, IDENTIFIER_REJECTED, NOT_AUTHORIZED
 from iothub.mqtt.policy import Credentials, Refusal
@@ -89,13 +89,24 @@ class TopicAcl:
     may_subscribe = staticmethod(may_subscribe)
 
 
+class _Slow(Exception):
+    """An argon2id hash must be checked: off the event loop."""
+
+
 class Authenticator:
-    """Checks credentials against the registry; verified secrets are cached (by their hash)."""
+    """Checks credentials against the registry.
+
+    Anonymous clients, certificates and SHA-256 secret hashes (what the hub writes) are checked on the
+    event loop: a registry lookup and a hash of microseconds, no thread hop. Only a secret still
+    hashed with argon2id (written by an earlier version) takes a worker thread; once verified, its hash
+    is replaced by the SHA-256 one, so each secret pays that once, and verified argon2 secrets are
+    cached (by their hash) meanwhile.
+    """
 
     def __init__(self, registry: Registry, allow_anonymous: bool) -> None:
         self.registry = registry
         self.allow_anonymous = allow_anonymous
-        self._verified: set[tuple[str, str]] = set()  # (stored hash, sha256 of the presented secret)
+        self._verified: set[tuple[str, str]] = set()  # (stored argon2 hash, sha256 of the presented secret)
         # argon2 takes 8 MiB and ~5 ms per check: a reconnect storm queues here instead of
         # spending a thread and 8 MiB on every waiting client.
         self._hashing = asyncio.Semaphore(os.cpu_count() or 2)
@@ -103,16 +114,21 @@ class Authenticator:
     async def authenticate(self, credentials: Credentials) -> Principal | Refusal:
         c = credentials
         password = None if c.password is None else c.password.decode(errors="replace")  # not UTF-8: no match
+        args = (c.client_id, c.username, password, c.certificate_cn)
+        try:
+            return self._authenticate(*args, slow=False)
+        except _Slow:
+            pass
         async with self._hashing:
-            return await asyncio.to_thread(self._authenticate, c.client_id, c.username, password, c.certificate_cn)
+            return await asyncio.to_thread(self._authenticate, *args, slow=True)
 
     def _authenticate(
-        self, client_id: str, username: str | None, password: str | None, peer_cn: str | None
+        self, client_id: str, username: str | None, password: str | None, peer_cn: str | None, *, slow: bool
     ) -> Principal | Refusal:
         if peer_cn is not None:
             if username is not None and username != peer_cn:
                 return Refusal(BAD_CREDENTIALS, f"username {username!r} differs from certificate CN {peer_cn!r}")
-            return self._device(client_id, peer_cn, None, cert_verified=True)
+            return self._device(client_id, peer_cn, None, cert_verified=True, slow=slow)
         if username is None:
             if self.allow_anonymous:
                 registered = self.registry.find_device(client_id) is not None
@@ -121,33 +137,42 @@ class Authenticator:
         if username.startswith(SERVICE_PREFIX):
             name = username[len(SERVICE_PREFIX) :]
             account = self.registry.find_account(name)
-            if account is None or password is None or not self._verify(password, account.secret_hash):
+            if account is None or password is None or not self._verify(password, account.secret_hash, slow):
                 return Refusal(BAD_CREDENTIALS, f"service account {name!r}: unknown or wrong secret")
             if self.registry.find_device(client_id) is not None:  # it would take the device's session over
                 return Refusal(
                     IDENTIFIER_REJECTED, f"service account {name!r} may not use device {client_id!r}'s client id"
                 )
+            if slow and needs_rehash(account.secret_hash):  # in the worker thread: a registry write
+                self.registry.upgrade_account_hash(name, account.secret_hash, hash_secret(password))
             return Principal(PrincipalKind.SERVICE, name, account.role)
-        return self._device(client_id, username, password, cert_verified=False)
+        return self._device(client_id, username, password, cert_verified=False, slow=slow)
 
     def _device(
-        self, client_id: str, device_id: str, password: str | None, *, cert_verified: bool
+        self, client_id: str, device_id: str, password: str | None, *, cert_verified: bool, slow: bool
     ) -> Principal | Refusal:
         device = self.registry.find_device(device_id)
         if device is None:
             return Refusal(BAD_CREDENTIALS, f"unknown device {device_id!r}")
-        if not cert_verified and (password is None or not self._verify(password, device.secret_hash)):
-            return Refusal(BAD_CREDENTIALS, f"device {device_id!r}: missing or wrong secret")
+        if not cert_verified:
+            if password is None or not self._verify(password, device.secret_hash, slow):
+                return Refusal(BAD_CREDENTIALS, f"device {device_id!r}: missing or wrong secret")
+            if slow and needs_rehash(device.secret_hash):  # in the worker thread: a registry write
+                self.registry.upgrade_secret_hash(device_id, device.secret_hash, hash_secret(password))
         if not device.enabled:
             return Refusal(NOT_AUTHORIZED, f"device {device_id!r} is disabled")
         if client_id != device_id:
             return Refusal(IDENTIFIER_REJECTED, f"device {device_id!r} must connect with client id {device_id!r}")
         return Principal(PrincipalKind.DEVICE, device_id, registered_device=True)
 
-    def _verify(self, secret: str, stored_hash: str) -> bool:
+    def _verify(self, secret: str, stored_hash: str, slow: bool) -> bool:
+        if is_fast(stored_hash):
+            return verify_secret(secret, stored_hash)
         key = (stored_hash, hashlib.sha256(secret.encode()).hexdigest())
         if key in self._verified:
             return True
+        if not slow:
+            raise _Slow
         if not verify_secret(secret, stored_hash):
             return False
         if len(self._verified) >= _CACHE_LIMIT:

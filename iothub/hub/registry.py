@@ -255,6 +255,11 @@ class Registry:
             raise NotFound(f"no device {device_id!r}")
         return self.device(device_id), secret
 
+    def upgrade_secret_hash(self, device_id: str, old_hash: str, new_hash: str) -> bool:
+        """Replace an earlier kind of hash of the same secret; False if the secret changed meanwhile."""
+        sql = "UPDATE devices SET secret_hash = ? WHERE id = ? AND secret_hash = ?"
+        return self._change(sql, (new_hash, device_id, old_hash)) > 0
+
     def remove_device(self, device_id: str) -> None:
         if not self._change("DELETE FROM devices WHERE id = ?", (device_id,)):
             raise NotFound(f"no device {device_id!r}")
@@ -289,6 +294,11 @@ class Registry:
     def accounts(self) -> list[AccountRecord]:
         rows = self._query("SELECT name, role, secret_hash, created FROM accounts ORDER BY name")
         return [AccountRecord(n, Role(r), h, c) for n, r, h, c in rows]
+
+    def upgrade_account_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """:meth:`upgrade_secret_hash` for a service account."""
+        sql = "UPDATE accounts SET secret_hash = ? WHERE name = ? AND secret_hash = ?"
+        return self._change(sql, (new_hash, name, old_hash)) > 0
 
     def remove_account(self, name: str) -> None:
         if not self._change("DELETE FROM accounts WHERE name = ?", (name,)):

@@ -6,10 +6,14 @@ was given (the server's :meth:`~.server.MqttServer.serve`); amqtt's CONNECT hand
 delivery are not used (see :mod:`.server` for the rules they break). The overrides of amqtt's
 private methods, which are not an API (hence the exact pin), are all in :class:`_Listeners`:
 
-* ``stream_connected`` and ``ws_connected`` hand the connection over instead of running amqtt's
-  client handler (which, among other things, leaves a client over ``max_connections`` waiting
-  without a CONNACK);
-* ``_create_ssl_context`` can require client certificates.
+* ``ws_connected`` hands the connection over instead of running amqtt's client handler (which,
+  among other things, leaves a client over ``max_connections`` waiting without a CONNACK); TCP and
+  TLS connections never reach it: their server is built with :class:`~.transport.TcpTransport` as
+  its protocol, so they go straight to the server without a StreamReader/StreamWriter;
+* ``_create_ssl_context`` can require client certificates;
+* ``_create_server_instance`` listens with a backlog of ``ListenerConfig.backlog`` (asyncio's default
+  of 100 makes a reconnect storm lose SYNs, and each lost one costs its client a 1 s retransmission;
+  the kernel caps it at ``net.core.somaxconn``).
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import asyncio
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import websockets
 from amqtt.broker import Broker
 from websockets.asyncio.server import ServerConnection
 
@@ -49,6 +55,7 @@ class ListenerConfig:
     keyfile: Path | None = None
     cafile: Path | None = None  # CA of client certificates
     require_client_cert: bool = False
+    backlog: int = 4096  # connections waiting to be accepted
 
     def amqtt_config(self) -> dict[str, Any]:
         listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}
@@ -73,14 +80,23 @@ class _Listeners(Broker):  # type: ignore[misc]  # amqtt ships no type informati
         super().__init__(config.amqtt_config())
         self._accept = accept
         self._require_client_cert = config.require_client_cert
-
-    async def stream_connected(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
-    ) -> None:
-        await self._accept(TcpTransport(reader, writer))
+        self._backlog = config.backlog
 
     async def ws_connected(self, websocket: ServerConnection, listener_name: str) -> None:
         await self._accept(WebSocketTransport(websocket))
+
+    async def _create_server_instance(
+        self, listener_name: str, listener_type: Any, address: str | None, port: int, ssl_context: ssl.SSLContext | None
+    ) -> Any:
+        if listener_type == "ws":
+            return await websockets.serve(
+                partial(self.ws_connected, listener_name=listener_name), address, port, ssl=ssl_context,
+                subprotocols=[websockets.Subprotocol("mqtt")], backlog=self._backlog,
+            )  # fmt: skip
+        accept = self._accept
+        return await asyncio.get_running_loop().create_server(
+            lambda: TcpTransport(accept), address, port, reuse_address=True, ssl=ssl_context, backlog=self._backlog
+        )
 
     def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
         context: ssl.SSLContext = Broker._create_ssl_context(listener)

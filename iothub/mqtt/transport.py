@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from websockets.asyncio.server import ServerConnection
@@ -57,42 +58,124 @@ def certificate_cn(ssl_object: ssl.SSLObject | None) -> str | None:
     return None
 
 
-class TcpTransport:
-    """Over asyncio streams (a TCP or TLS listener)."""
+class TcpTransport(asyncio.Protocol):
+    """Over a TCP or TLS connection, as the asyncio protocol of the listening server's connections.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._transport = writer.transport
-        self.certificate_cn = certificate_cn(writer.get_extra_info("ssl_object"))
+    No StreamReader/StreamWriter pair per connection: what arrives is kept as received until
+    :meth:`read` takes it all at once, which is one callback per read and about 2 KB less per idle
+    connection. Reading pauses while more than ``READ_SIZE`` bytes wait to be taken (a client
+    held back by durable ack cannot make the server buffer without bound). ``accept`` runs, as a
+    task of its own, for each connection made.
+    """
+
+    __slots__ = (
+        "_accept", "_chunks", "_closed", "_drained", "_eof", "_paused", "_size", "_task", "_transport", "_waiter",
+        "buffered", "certificate_cn",
+    )  # fmt: skip
+
+    def __init__(self, accept: Callable[[Transport], Awaitable[None]]) -> None:
+        self._accept = accept
+        self._transport: asyncio.Transport | None = None
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._eof = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.certificate_cn: str | None = None
+        self.buffered: Callable[[], int] = lambda: 0
+
+    # -- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
+        loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        self.certificate_cn = certificate_cn(transport.get_extra_info("ssl_object"))
         # the asyncio transport's own method, not a wrapper: it is asked about every message
-        self.buffered = self._transport.get_write_buffer_size
+        self.buffered = transport.get_write_buffer_size  # type: ignore[attr-defined]
+        self._task = loop.create_task(self._accept(self))  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > READ_SIZE and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        # plain TCP stays open to send what is buffered (the server closes it); TLS cannot half-close
+        return self._transport is not None and self._transport.get_extra_info("ssl_object") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drained is None or self._drained.done():
+            self._drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- Transport -----------------------------------------------------------------------------------
 
     async def read(self) -> bytes:
-        try:
-            return await self._reader.read(READ_SIZE)
-        except OSError:  # reset, TLS failure: the connection is over either way
-            return b""
+        if not self._chunks:
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            if not self._chunks:
+                return b""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._size = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
 
     def write(self, data: bytes) -> None:
-        if not self._transport.is_closing():
-            self._transport.write(data)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
 
     async def drain(self) -> None:
-        with contextlib.suppress(OSError):
-            await self._writer.drain()
+        if self._drained is not None and not self._drained.done():
+            await self._drained
 
     def close(self) -> None:
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def wait_closed(self) -> None:
+        if self._closed is None:
+            return
         try:
             async with asyncio.timeout(_CLOSE_WAIT_S):
-                await self._writer.wait_closed()
+                await asyncio.shield(self._closed)
         except TimeoutError:
-            self._transport.abort()
-        except OSError:
-            pass
+            if self._transport is not None:
+                self._transport.abort()
 
 
 class WebSocketTransport:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from pathlib import Path
 
 import aiomqtt
 import pytest
 
 from iothub.hub.auth import Principal, PrincipalKind, may_publish, may_subscribe
+from iothub.hub.credentials import hash_secret, hash_secret_argon2, verify_secret
 from iothub.hub.registry import Role
 from iothub.runner import Running, serve
 from tests.conftest import (
@@ -79,6 +81,41 @@ async def test_connack_codes(hub: Running) -> None:
     metrics = hub.hub.metrics.render().decode()
     assert 'iothub_mqtt_connects_total{result="0x04"} 5.0' in metrics
     assert 'iothub_mqtt_connects_total{result="0x02"} 1.0' in metrics
+
+
+def test_secrets_are_hashed_with_sha256_and_earlier_argon2_hashes_still_verify() -> None:
+    new = hash_secret("s3cret")
+    assert new.startswith("sha256$")
+    assert verify_secret("s3cret", new)
+    assert not verify_secret("s3cret!", new)
+    legacy = hash_secret_argon2("s3cret")
+    assert verify_secret("s3cret", legacy)
+    assert not verify_secret("other", legacy)
+    assert not verify_secret("s3cret", "sha256$not-hex")
+    assert not verify_secret("s3cret", "$argon2id$damaged")
+
+
+async def test_an_argon2_hash_is_replaced_after_its_next_successful_login(hub: Running) -> None:
+    """A registry written by an earlier version (argon2id) keeps working; each hash is upgraded once."""
+    port, registry = hub.ports["mqtt"], hub.hub.registry
+    device = unique_id()
+    secret = device_secret(hub, device)
+    _, account_secret = registry.add_account("legacy", Role.SERVICE)
+    with contextlib.closing(sqlite3.connect(registry.path)) as db, db:
+        db.execute("UPDATE devices SET secret_hash = ? WHERE id = ?", (hash_secret_argon2(secret), device))
+        db.execute("UPDATE accounts SET secret_hash = ? WHERE name = ?", (hash_secret_argon2(account_secret), "legacy"))
+    legacy = registry.device(device).secret_hash
+    assert legacy.startswith("$argon2id$")
+    assert await connack_code(port, device, username=device, password="wrong") == 0x04
+    assert registry.device(device).secret_hash == legacy  # a failed login changes nothing
+    assert await connack_code(port, device, username=device, password=secret) == 0x00
+    upgraded = registry.device(device).secret_hash
+    assert upgraded.startswith("sha256$")
+    assert verify_secret(secret, upgraded)
+    assert await connack_code(port, device, username=device, password=secret) == 0x00  # the new hash
+    assert await connack_code(port, device, username=device, password="wrong") == 0x04
+    assert await connack_code(port, "svc-legacy", username="svc:legacy", password=account_secret) == 0x00
+    assert registry.account("legacy").secret_hash == hash_secret(account_secret)
 
 
 async def test_anonymous_access_when_allowed(tmp_path: Path) -> None:

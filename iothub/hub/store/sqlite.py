@@ -1,7 +1,12 @@
 """SQLite store: the embedded default.
 
-One writer thread commits batches (WAL, ``synchronous=NORMAL``); readers use their own connections
-on a small pool, so queries never wait behind a write. Several hub processes may share one database
+One writer thread commits batches (WAL, ``synchronous=NORMAL``: a commit does not wait for the
+disk); readers use their own connections on a small pool, so queries never wait behind a write. The
+WAL is checkpointed into the database (the one step that waits for the disk) by a thread and
+connection of its own, at most every ``CHECKPOINT_S``, so a slow disk never holds up a commit, nor
+the acknowledgements waiting for it (durable ack).
+
+Several hub processes may share one database
 (external-broker mode): each batch takes the write lock first (``BEGIN IMMEDIATE``) and numbers its
 events after the newest id in the table, so ids stay unique and commit-ordered across processes.
 With ``shared=True`` the writers of those processes also queue on an advisory file lock
@@ -27,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -42,6 +48,8 @@ from iothub.hub.store.base import Agg, Batch, Series, StoredDevice, Value
 from iothub.hub.store.writers_lock import WritersLock
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+CHECKPOINT_S = 1.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -124,6 +132,10 @@ class SqliteStore:
         self.on_outbox = on_outbox  # called (on the event loop) after a write that queued webhook deliveries
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-store-writer")
         self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="iothub-store-reader")
+        self._checkpoint_pool = ThreadPoolExecutor(1, thread_name_prefix="iothub-store-checkpoint")
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint: asyncio.Future[None] | None = None
+        self._checkpoint_at = 0.0
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._local = threading.local()
@@ -137,6 +149,12 @@ class SqliteStore:
         await self._in_writer(self._open_writer)
 
     async def close(self) -> None:
+        if self._checkpoint is not None:
+            await asyncio.wait([self._checkpoint])  # its failure, if any, was logged
+        self._checkpoint_pool.shutdown(wait=True)
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         if self._writer is not None:
             await self._in_writer(self._writer.close)
             self._writer = None
@@ -166,6 +184,7 @@ class SqliteStore:
             conn = self._connect()
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint_wal
             conn.executescript(SCHEMA)
             conn.executescript(outbox.SCHEMA)
             if self._writers is not None:
@@ -197,7 +216,25 @@ class SqliteStore:
         events, queued = await self._in_writer(lambda: self._write(batch))
         if queued and self.on_outbox is not None:
             self.on_outbox()
+        loop = asyncio.get_running_loop()
+        if self._checkpoint is None and loop.time() >= self._checkpoint_at:
+            self._checkpoint_at = loop.time() + CHECKPOINT_S
+            self._checkpoint = loop.run_in_executor(self._checkpoint_pool, self._checkpoint_wal)
+            self._checkpoint.add_done_callback(self._checkpointed)
         return events
+
+    def _checkpoint_wal(self) -> None:
+        """Copy what the WAL holds into the database, without waiting for readers or the writer."""
+        if self._checkpointer is None:
+            self._checkpointer = self._connect()
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        if not done.cancelled() and done.exception() is not None:
+            log.warning(
+                "WAL checkpoint of %s failed (tried again in %g s): %s", self.path, CHECKPOINT_S, done.exception()
+            )
 
     def _write(self, batch: Batch) -> tuple[list[HubEvent], int]:
         """Commit ``batch``; its events, and how many webhook deliveries it queued."""
