@@ -201,9 +201,12 @@ def run_fleet(broker: Broker, args: argparse.Namespace) -> dict[str, Any]:
     me = [sys.executable, str(Path(__file__).resolve())]
     share = -(-args.devices // args.workers)
     workers = []
+    reports: list[Path] = []  # each worker's results, in a file (a pipe lost the tail of large ones)
     for n in range(args.workers):
         first, count = n * share, min(share, args.devices - n * share)
-        cmd = [*me, "--worker", f"{broker.port},{first},{count},{args.rate},{args.warmup},{args.seconds}"]
+        report = Path(tempfile.mkstemp(prefix="scale-worker-", suffix=".json")[1])
+        reports.append(report)
+        cmd = [*me, "--worker", f"{broker.port},{first},{count},{args.rate},{args.warmup},{args.seconds},{report}"]
         workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT))
     started = time.monotonic()
     for w in workers:
@@ -225,9 +228,10 @@ def run_fleet(broker: Broker, args: argparse.Namespace) -> dict[str, Any]:
     cpu1, sys1, load1, t1 = _cpu([hub]), _cpu([hub], True), _cpu(loadgen), time.monotonic()
     rss = hub.memory_info().rss
     results = []
-    for w in workers:
-        out, _ = w.communicate(timeout=120)
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    for w, report in zip(workers, reports, strict=True):
+        w.communicate(timeout=120)
+        results.append(json.loads(report.read_text()))
+        report.unlink()
     latencies = [x for r in results for x in r["latencies"]]
     elapsed = t1 - t0
     return {
@@ -263,10 +267,9 @@ def main() -> None:
         runner(serve_hub(args.serve_hub, not args.not_durable))
         return
     if args.worker:
-        port, first, count, rate, warmup, seconds = args.worker.split(",")
+        port, first, count, rate, warmup, seconds, report = args.worker.split(",")
         result = runner(worker(int(port), int(first), int(count), float(rate), float(warmup), float(seconds)))
-        os.set_blocking(sys.stdout.fileno(), True)  # the event loop left it non-blocking: no partial write
-        print(json.dumps(result), flush=True)
+        Path(report).write_text(json.dumps(result))
         return
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ import socket
 import struct
 
 from iothub.mqtt.policy import DisconnectReason, ServerOptions
-from tests.mqtt.stubs import WAIT_S, mqtt_server
+from tests.mqtt.stubs import WAIT_S, RecordingHooks, mqtt_server
 from tests.mqtt_raw import connect_packet, publish_packet, raw_connect, read_packet, subscribe_packet
 
 CONNACK, SUBACK = 2, 9
@@ -117,3 +117,23 @@ async def test_a_tcp_client_that_stops_reading_is_queued_for_and_catches_up_in_o
 def numbered(n: int) -> bytes:
     """A 10 kB payload that starts with its number."""
     return f"{n:08d}".encode().ljust(10_000, b".")
+
+
+async def test_a_tcp_client_held_back_by_durable_ack_is_no_longer_read_from() -> None:
+    """Past ``max_unacked`` the connection stops reading; the transport then pauses the socket, so
+    what the client goes on sending waits in the kernel and in the client, not in the server."""
+    async with mqtt_server(ServerOptions(max_unacked=10), hooks=RecordingHooks(tickets=True)) as s:
+        _, writer, _ = await raw_connect(s.port, "flood")
+        burst = publish_packet("t/x", b"x" * 1000, qos=1, packet_id=1) * 100
+        held_back = False
+        for _ in range(400):  # bounded: 40 MB, far more than the kernel buffers on both sides
+            writer.write(burst)
+            try:
+                async with asyncio.timeout(1.0):
+                    await writer.drain()
+            except TimeoutError:
+                held_back = True  # the server no longer takes what the client sends
+                break
+        assert held_back
+        assert len([c for c in s.hooks.calls if c[0] == "publish"]) < 40_000
+        writer.transport.abort()
