@@ -27,7 +27,11 @@ SHA256_PREFIX = "sha256$"
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(24)
+    """192 random bits, URL-safe, never starting with ``-``: command-line tools (argparse, click) would
+    take such a secret for an option (``--secret -x...``)."""
+    while (secret := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return secret
 
 
 def hash_secret(secret: str) -> str:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from iothub.hub.credentials import verify_secret
+from iothub.hub.credentials import new_secret, verify_secret
 from iothub.hub.registry import AlreadyExists, NotFound, Registry, RegistryError, Role, Scope
 
 
@@ -106,3 +106,11 @@ def test_a_file_that_cannot_be_the_registry_is_named(tmp_path: Path) -> None:
         Registry(not_a_dir / "registry.db")
     with pytest.raises(RegistryError, match=f"at {not_a_dir}/sub/registry.db: {not_a_dir} is not a directory$"):
         Registry(not_a_dir / "sub" / "registry.db")
+
+
+def test_a_secret_never_looks_like_a_command_line_option() -> None:
+    # One in 64 random URL-safe strings starts with "-"; 5,000 of them would hold ~78 such.
+    made = [new_secret() for _ in range(5000)]
+    assert not [s for s in made if s.startswith("-")]
+    assert len(set(made)) == 5000
+    assert all(len(s) == 32 for s in made)  # 192 bits
