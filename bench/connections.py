@@ -316,7 +316,9 @@ def main() -> None:
     parser.add_argument("--anonymous", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     _raise_open_files()
-    runner = _runner()
+    from bench.rawmqtt import runner as loop_runner
+
+    runner = loop_runner()
     if args.serve_hub:
         runner(serve_hub(args.serve_hub, args.port, args.anonymous))
         return
@@ -353,15 +355,7 @@ def main() -> None:
             )
 
 
-def _runner() -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONPATH", str(ROOT))
-    sys.path[0] = str(ROOT)  # not bench/: its grpc.py would shadow the grpc package
+    sys.path[0] = str(ROOT)  # the repository, for bench.rawmqtt
     main()

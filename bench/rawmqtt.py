@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from typing import Any
 
 _U16 = struct.Struct("!H")
 
@@ -127,3 +128,13 @@ async def connect(
         device.close()
         raise ConnectionError(f"{client_id}: CONNACK {code}")
     return device
+
+
+def runner() -> Any:
+    """``uvloop.run`` when uvloop is installed, else ``asyncio.run``: the load generator's workers run
+    on the loop the hub runs on."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run

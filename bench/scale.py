@@ -262,7 +262,9 @@ def main() -> None:
     parser.add_argument("--serve-hub", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    runner = _runner()
+    from bench.rawmqtt import runner as loop_runner
+
+    runner = loop_runner()
     if args.serve_hub:
         runner(serve_hub(args.serve_hub, not args.not_durable))
         return
@@ -297,15 +299,7 @@ def main() -> None:
         print(f"hub stored {hub['stored']:,.0f} of {hub['sent']:,} sent")
 
 
-def _runner() -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run
-    return uvloop.run
-
-
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONPATH", str(ROOT))
-    sys.path[0] = str(ROOT)  # not bench/: its grpc.py would shadow the grpc package
+    sys.path[0] = str(ROOT)  # the repository, for bench.rawmqtt
     main()
