@@ -38,12 +38,14 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from iothub.hub import outbox
 from iothub.hub.errors import StoreError
 from iothub.hub.events import EventType, HubEvent
+from iothub.hub.store import sqlite_reads as reads
 from iothub.hub.store.base import Agg, Batch, Series, StoredDevice, Value
 from iothub.hub.store.writers_lock import WritersLock
 
@@ -80,19 +82,6 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 """
 
-_AGG_SQL = {Agg.AVG: "AVG(num)", Agg.MIN: "MIN(num)", Agg.MAX: "MAX(num)", Agg.COUNT: "COUNT(*)"}
-
-# Downsampling: the buckets of the range, newest first (``(ts / step) * step``, whole multiples of the
-# step), each aggregated by its own index range scan. Grouping the rows instead (``GROUP BY ts / step``)
-# sorts every point of the range in a temporary B-tree: 4 times slower over 1,000,000 points.
-_BUCKETS = "WITH RECURSIVE b(start) AS (SELECT ? UNION ALL SELECT start - ? FROM b WHERE start - ? >= ?)"
-_IN_BUCKET = "series_id = ? AND ts >= max(start, ?) AND ts < start + ? AND ts <= ?"
-
-
-def _bucket_args(start_ms: int, end_ms: int, step_ms: int) -> tuple[int, int, int, int]:
-    first = start_ms // step_ms * step_ms
-    return end_ms // step_ms * step_ms, step_ms, step_ms, first
-
 
 def _kind(value: Value) -> str:
     if isinstance(value, bool):
@@ -100,16 +89,6 @@ def _kind(value: Value) -> str:
     if isinstance(value, str):
         return "string"
     return "number"
-
-
-def _decode(kind: str, num: float | None, txt: str | None) -> Value | None:
-    if txt is not None:
-        return txt
-    if num is None:
-        return None
-    if kind == "bool":
-        return num != 0
-    return int(num) if num.is_integer() and abs(num) < 2**53 else num
 
 
 BUSY_TIMEOUT_S = 5.0  # the longest a write waits for another writer (SQLite's lock, the writers' file lock)
@@ -317,33 +296,13 @@ class SqliteStore:
         self._series[(device_id, metric)] = (int(sid), kind)
         return int(sid)
 
-    # -- reads -----------------------------------------------------------------------------------
+    # -- reads (the SQL is in sqlite_reads) -------------------------------------------------------
 
     async def load_devices(self) -> list[StoredDevice]:
-        def load(conn: sqlite3.Connection) -> list[StoredDevice]:
-            latest: dict[str, dict[str, tuple[int, Value]]] = {}
-            series = conn.execute("SELECT id, device_id, metric, kind FROM series").fetchall()
-            for sid, device_id, metric, kind in series:
-                row = conn.execute(
-                    "SELECT ts, num, txt FROM points WHERE series_id = ? ORDER BY ts DESC LIMIT 1", (sid,)
-                ).fetchone()
-                if row is not None:
-                    value = _decode(kind, row[1], row[2])
-                    if value is not None:
-                        latest.setdefault(device_id, {})[metric] = (row[0], value)
-            return [
-                StoredDevice(device_id, json.loads(state), latest.get(device_id, {}))
-                for device_id, state in conn.execute("SELECT id, state FROM devices ORDER BY id")
-            ]
-
-        return await self._in_reader(load)
+        return await self._in_reader(reads.load_devices)
 
     async def metrics_of(self, device_id: str) -> list[str]:
-        def read(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("SELECT metric FROM series WHERE device_id = ? ORDER BY metric", (device_id,))
-            return [m for (m,) in rows]
-
-        return await self._in_reader(read)
+        return await self._in_reader(partial(reads.metrics_of, device_id=device_id))
 
     async def query(
         self,
@@ -355,69 +314,16 @@ class SqliteStore:
         agg: Agg,
         limit: int,
     ) -> list[Series]:
-        def read(conn: sqlite3.Connection) -> list[Series]:
-            out = []
-            for metric in metrics:
-                row = conn.execute(
-                    "SELECT id, kind FROM series WHERE device_id = ? AND metric = ?", (device_id, metric)
-                ).fetchone()
-                if row is None:
-                    out.append(Series(metric, []))
-                    continue
-                sid, kind = row
-                window = (sid, start_ms, end_ms)
-                # The newest ``limit`` points (or buckets) of the range, in time order; one more is read to
-                # tell whether older ones were left out.
-                if step_ms is None:
-                    rows = conn.execute(
-                        "SELECT ts, num, txt FROM points WHERE series_id = ? AND ts BETWEEN ? AND ?"
-                        " ORDER BY ts DESC LIMIT ?",
-                        (*window, limit + 1),
-                    )
-                    points = [(ts, _decode(kind, num, txt)) for ts, num, txt in rows]
-                elif agg is Agg.LAST or (kind == "string" and agg is not Agg.COUNT):
-                    rows = conn.execute(
-                        f"{_BUCKETS} SELECT start, p.num, p.txt FROM b JOIN points AS p ON p.rowid = ("
-                        f"SELECT rowid FROM points WHERE {_IN_BUCKET} ORDER BY ts DESC LIMIT 1) LIMIT ?",
-                        (*_bucket_args(start_ms, end_ms, step_ms), sid, start_ms, step_ms, end_ms, limit + 1),
-                    )
-                    points = [(b, _decode(kind, num, txt)) for b, num, txt in rows]
-                else:
-                    rows = conn.execute(
-                        f"{_BUCKETS} SELECT start, v FROM (SELECT start, (SELECT {_AGG_SQL[agg]} FROM points"
-                        f" WHERE {_IN_BUCKET}) AS v FROM b) WHERE v IS NOT NULL AND (v != 0 OR ?) LIMIT ?",
-                        (*_bucket_args(start_ms, end_ms, step_ms), sid, start_ms, step_ms, end_ms,
-                         agg is not Agg.COUNT, limit + 1),
-                    )  # fmt: skip
-                    points = [(b, v) for b, v in rows]
-                truncated = len(points) > limit
-                points = points[:limit][::-1]
-                out.append(Series(metric, points, truncated))
-            return out
-
-        return await self._in_reader(read)
+        return await self._in_reader(
+            partial(reads.query, device_id=device_id, metrics=metrics, start_ms=start_ms, end_ms=end_ms,
+                    step_ms=step_ms, agg=agg, limit=limit)
+        )  # fmt: skip
 
     async def events_after(self, after_id: int, limit: int) -> list[HubEvent]:
-        def read(conn: sqlite3.Connection) -> list[HubEvent]:
-            rows = conn.execute(
-                "SELECT id, ts, type, device_id, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (after_id, limit),
-            )
-            return [HubEvent(i, EventType(t), ts, d, json.loads(data)) for i, ts, t, d, data in rows]
-
-        return await self._in_reader(read)
+        return await self._in_reader(partial(reads.events_after, after_id=after_id, limit=limit))
 
     async def event_bounds(self) -> tuple[int, int]:
-        def read(conn: sqlite3.Connection) -> tuple[int, int]:
-            low, high = conn.execute("SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), 0) FROM events").fetchone()
-            return int(low), int(high)
-
-        return await self._in_reader(read)
+        return await self._in_reader(reads.event_bounds)
 
     async def stats(self) -> dict[str, Any]:
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
-            (points,) = conn.execute("SELECT COUNT(*) FROM points").fetchone()
-            (events,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
-            return {"points": points, "events": events}
-
-        return await self._in_reader(read)
+        return await self._in_reader(reads.stats)
