@@ -3,27 +3,12 @@ import one another without a circle. Read from the source with ``ast`` (imports 
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import iothub.mqtt
+from tests.imports import imports as _imports
 
 PACKAGE = Path(iothub.mqtt.__file__).parent
-
-
-def _imports(path: Path) -> set[str]:
-    """Every module ``path`` imports, as absolute dotted names."""
-    here = f"iothub.mqtt.{path.stem}".split(".")
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = ".".join(here[: -node.level]) if node.level else ""
-            module = ".".join(part for part in (base, node.module or "") if part)
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names)  # `from pkg import module`
-    return found
 
 
 def _graph() -> dict[str, set[str]]:
