@@ -235,8 +235,8 @@ def startup_error(exc: BaseException, settings: Settings) -> HubError | None:
     setting = f"{named[0]} [{env_name(named[0])}]"
     if failure.errno == errno.EADDRINUSE:
         return SettingsError(
-            f"setting {setting}: port {port} on {host} is already in use (another hub or broker running?); "
-            "choose another, or 0 for a free one"
+            f"setting {setting}: port {port} on {host} is already in use (`ss -tanp 'sport = :{port}'` shows by "
+            "what); choose another, or 0 for a free one"
         )
     return SettingsError(f"setting {setting}: cannot listen on {host}:{port}: {reason}")
 

@@ -57,7 +57,7 @@ def test_a_busy_port_names_the_setting(tmp_path: Path, taken_port: int, option: 
     assert code == 1
     assert errors == [
         f"Error: setting {setting}: port {taken_port} on 127.0.0.1 is already in use "
-        "(another hub or broker running?); choose another, or 0 for a free one"
+        f"(`ss -tanp 'sport = :{taken_port}'` shows by what); choose another, or 0 for a free one"
     ]
 
 

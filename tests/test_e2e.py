@@ -164,7 +164,7 @@ def test_a_second_hub_on_the_same_ports_says_which(
     assert result.returncode == 1
     assert result.stderr.splitlines() == [  # amqtt's own report of the failure (and its traceback) is left out
         f"Error: setting mqtt.port [IOTHUB_MQTT__PORT]: port {taken} on 127.0.0.1 is already in use "
-        "(another hub or broker running?); choose another, or 0 for a free one"
+        f"(`ss -tanp 'sport = :{taken}'` shows by what); choose another, or 0 for a free one"
     ]
 
 
