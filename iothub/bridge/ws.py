@@ -159,7 +159,7 @@ class _Connection:
         ws.watchdog.watched.add(self.watched)
         end: End | None = None
         try:
-            end = await session.run(self.frames())
+            end = await session.run(self.frames(), parse)
         except* (WebSocketDisconnect, OSError):
             pass  # the client went while the hub was writing to it
         finally:

@@ -30,16 +30,20 @@ from iothub.bridge.grpc.handlers import Handlers
 from iothub.bridge.grpc.status import Context
 from iothub.bridge.grpc.streams import GrpcStreams
 from iothub.bridge.live import (
+    ClientMessage,
     CommandReply,
     Delivery,
     EndReason,
+    ErrorCode,
     ErrorReply,
     Pong,
+    ProtocolError,
     Reply,
     Session,
     SessionLimits,
     Subscribed,
     Unsubscribed,
+    parse,
 )
 from iothub.bridge.watchdog import Ending, Watched, WatchedWriter
 from iothub.hub.core import Hub
@@ -54,8 +58,18 @@ END_ERRORS: dict[EndReason, type[BridgeError]] = {
 }
 
 
+KINDS = tuple(f.name for f in hub_pb2.ClientMessage.DESCRIPTOR.oneofs_by_name["kind"].fields)
+
+
+def read_message(message: hub_pb2.ClientMessage) -> ClientMessage:
+    """A ``ClientMessage`` as the live protocol's message, checked by its rules (:func:`parse`)."""
+    if message.WhichOneof("kind") is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"ClientMessage sets none of its kinds: {', '.join(KINDS)}")
+    return parse(as_json(message))
+
+
 def as_json(message: hub_pb2.ClientMessage) -> str:
-    """The WebSocket protocol's JSON object for a ``ClientMessage`` (validated by the session)."""
+    """The WebSocket protocol's JSON object for a ``ClientMessage``."""
     kind = message.WhichOneof("kind")
     out: dict[str, Any] = {}
     if kind == "subscribe":
@@ -165,7 +179,7 @@ class HubService:
         try:
             await context.send_initial_metadata(())
             # A half-close still reads: the results of the commands sent come first, then OK.
-            end = await session.run((as_json(message) async for message in requests), half_close=True)
+            end = await session.run(requests, read_message, half_close=True)
         finally:
             self.streams.watchdog.watched.discard(watched)
             self.sessions.discard(session)

@@ -4,7 +4,7 @@
 each feed it the client's frames and give it an :class:`Outbox` that writes the hub's side::
 
     session = Session(channel, hub.commands, outbox, token, SessionLimits())
-    end = await session.run(frames)  # frames: the client's text frames, until it goes
+    end = await session.run(frames, parse)  # the client's frames until it goes, and how to read one
     # end is None when the client went, else why the hub ends the connection (an End)
 
 A transport whose client can stop sending and still read (gRPC's half-close) runs it with
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -45,13 +45,13 @@ from iothub.bridge.live.messages import (
     Subscribed,
     Unsubscribe,
     Unsubscribed,
-    parse,
 )
 from iothub.bridge.streams import BadSubscription, Channel, Consumer, Delivery, StreamFilter
 from iothub.hub import commands
 from iothub.hub.records import Scope, TokenRecord
 
 F = TypeVar("F")
+In = TypeVar("In")  # what the transport reads: a text frame, a protobuf message
 
 
 class Outbox(Protocol[F]):
@@ -112,14 +112,18 @@ class Session(Generic[F]):
     _commands: set[asyncio.Task[None]] = field(default_factory=set)  # commands waiting or answering
     _half_close: bool = False
 
-    async def run(self, frames: AsyncIterator[str | bytes], half_close: bool = False) -> End | None:
-        """Serve the client until it goes (None) or the hub ends the session (why). With
-        ``half_close``, the end of ``frames`` means the client still reads: see the module."""
+    async def run(
+        self, frames: AsyncIterator[In], parse: Callable[[In], ClientMessage], half_close: bool = False
+    ) -> End | None:
+        """Serve the client until it goes (None) or the hub ends the session (why). ``parse`` reads one
+        frame (:func:`~iothub.bridge.live.messages.parse` for JSON text), raising :class:`ProtocolError`
+        for one it refuses. With ``half_close``, the end of ``frames`` means the client still reads: see
+        the module."""
         self._half_close = half_close
         try:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
-                tasks.create_task(self._read(frames), name="live-read")
+                tasks.create_task(self._read(frames, parse), name="live-read")
                 tasks.create_task(self._wait_for_end(), name="live-end")
         except* _Stop:
             pass
@@ -142,7 +146,7 @@ class Session(Generic[F]):
         await self._ending.wait()
         raise _Stop
 
-    async def _read(self, frames: AsyncIterator[str | bytes]) -> None:
+    async def _read(self, frames: AsyncIterator[In], parse: Callable[[In], ClientMessage]) -> None:
         async for frame in frames:
             try:
                 await self.handle(parse(frame))

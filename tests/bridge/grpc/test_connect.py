@@ -121,7 +121,8 @@ async def test_refused_messages_get_the_protocols_error_codes(channel: grpc.aio.
         (subscribe(""), ErrorCode.BAD_MESSAGE, "field 'id'"),
         (hub_pb2.ClientMessage(unsubscribe=hub_pb2.UnsubscribeMessage(id="nope")), ErrorCode.UNKNOWN_SUBSCRIPTION,
          "no subscription 'nope'"),
-        (hub_pb2.ClientMessage(), ErrorCode.UNKNOWN_TYPE, "message has no 'type'"),
+        (hub_pb2.ClientMessage(), ErrorCode.UNKNOWN_TYPE,
+         "ClientMessage sets none of its kinds: subscribe, unsubscribe, command, ping"),
     ]  # fmt: skip
     for message, code, text in cases:
         await call.write(message)
