@@ -99,9 +99,17 @@ def test_a_broken_config_file_names_file_and_line(tmp_path: Path) -> None:
 def test_a_mistyped_environment_variable_is_refused(tmp_path: Path) -> None:
     code, errors = iothub(tmp_path, "run", env={"IOTHUB_HTTPX__PORT": "1"})
     assert code == 1
+    assert errors == ["Error: setting IOTHUB_HTTPX__PORT: no such setting (did you mean IOTHUB_HTTP__PORT?)"]
+
+
+def test_several_bad_settings_are_listed_one_per_line(tmp_path: Path) -> None:
+    code, errors = iothub(tmp_path, "run", env={"IOTHUB_MQTT__MAX_INFLIGHT": "0", "IOTHUB_HTTP__PORT": "x"})
+    assert code == 1
     assert errors == [
         "Error: invalid settings:",
-        "  setting IOTHUB_HTTPX__PORT: no such setting (did you mean IOTHUB_HTTP__PORT?)",
+        "  setting mqtt.max_inflight [IOTHUB_MQTT__MAX_INFLIGHT]: Input should be greater than or equal to 1 (got '0')",
+        "  setting http.port [IOTHUB_HTTP__PORT]: Input should be a valid integer, unable to parse string as an integer"
+        " (got 'x')",
     ]
 
 

@@ -290,7 +290,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise SettingsError(f"config file {config_file} {problem}")
     unknown = unknown_variables(os.environ, Settings)
     if unknown:
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(unknown))
+        raise SettingsError(_problems(unknown))
     for variable in foreign_variables(os.environ, Settings):
         log.info("ignoring %s: not an iothub setting", variable)
     path = DEFAULT_CONFIG_FILE if config_file is None else config_file
@@ -326,4 +326,11 @@ def _explain(exc: ValidationError) -> str:
         shown = "" if isinstance(got, dict) or secret else f" (got {got!r})"
         message = err["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
         lines.append(f"setting {name} [{env_name(name)}]: {message}{shown}")
+    return _problems(lines)
+
+
+def _problems(lines: list[str]) -> str:
+    """One problem as its own line; several under a heading, one per line."""
+    if len(lines) == 1:
+        return lines[0]
     return "invalid settings:\n  " + "\n  ".join(lines)

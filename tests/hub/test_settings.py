@@ -40,7 +40,8 @@ def test_iothub_toml_in_the_working_directory_is_read(monkeypatch: pytest.Monkey
         (
             "IOTHUB_HTTP__PORT",
             "abc",
-            r"setting http.port \[IOTHUB_HTTP__PORT\]: Input should be a valid integer",
+            r"^setting http.port \[IOTHUB_HTTP__PORT\]: Input should be a valid integer, "
+            r"unable to parse string as an integer \(got 'abc'\)$",  # one problem: one line
         ),
         (
             "IOTHUB_MQTT__PORT",
@@ -79,7 +80,7 @@ def test_unknown_keys_and_missing_files_are_refused(tmp_path: Path) -> None:
 def test_unknown_environment_variables_are_refused_with_the_closest_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IOTHUB_HTTPX__PORT", "1")
     with pytest.raises(
-        SettingsError, match=r"setting IOTHUB_HTTPX__PORT: no such setting \(did you mean IOTHUB_HTTP__PORT\?\)"
+        SettingsError, match=r"^setting IOTHUB_HTTPX__PORT: no such setting \(did you mean IOTHUB_HTTP__PORT\?\)$"
     ):
         load_settings()
     monkeypatch.delenv("IOTHUB_HTTPX__PORT")
@@ -87,7 +88,8 @@ def test_unknown_environment_variables_are_refused_with_the_closest_setting(monk
     monkeypatch.setenv("IOTHUB_STORE__REMOTE__URL", "http://influx")
     with pytest.raises(SettingsError) as refused:
         load_settings()
-    assert str(refused.value).splitlines()[1:] == [
+    assert str(refused.value).splitlines() == [
+        "invalid settings:",
         "  setting IOTHUB_KAFKA__BROKERS: no such setting (known: IOTHUB_DATA_DIR, IOTHUB_LOG_LEVEL, IOTHUB_MQTT__*, "
         "IOTHUB_BROKER__*, IOTHUB_HTTP__*, IOTHUB_INGEST__*, IOTHUB_STORE__*, IOTHUB_FANOUT__*, IOTHUB_SSE__*, "
         "IOTHUB_WS__*, IOTHUB_GRPC__*, IOTHUB_ALERTS__*, IOTHUB_WEBHOOKS__*, IOTHUB_CLIENT__*, IOTHUB_RULES)",
@@ -159,6 +161,7 @@ def test_a_validator_message_stands_alone(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("IOTHUB_BROKER__URL", "http://x")
     with pytest.raises(SettingsError) as refused:
         load_settings()
-    assert str(refused.value).splitlines()[1] == (
-        "  setting broker.url [IOTHUB_BROKER__URL]: scheme 'http' is not one of mqtt, mqtts, ws, wss"
+    assert (
+        str(refused.value)
+        == "setting broker.url [IOTHUB_BROKER__URL]: scheme 'http' is not one of mqtt, mqtts, ws, wss"
     )
