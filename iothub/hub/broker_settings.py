@@ -51,27 +51,40 @@ def broker_address(url: str) -> BrokerAddress:
     return BrokerAddress(transport, tls, parts.hostname, port, username, password, path)  # type: ignore[arg-type]
 
 
+CLIENT_ID_FORM = "iothub-{hostname}"
+
+
+def default_client_id() -> str:
+    """``broker.client_id`` unless set: this host's name after ``iothub-``, at most 64 characters."""
+    return CLIENT_ID_FORM.format(hostname=socket.gethostname())[:64]
+
+
 class BrokerSettings(BaseModel):
     """An external MQTT broker (unset ``url``: the embedded one)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str | None = Field(
-        default=None, description="mqtt://user:pass@host:1883, mqtts://..., ws://..., wss://...; unset = embedded"
+        default=None,
+        description="an external MQTT broker: mqtt://user:pass@host:1883, mqtts://, ws://, wss://; unset = embedded",
     )
     group: str = Field(
         default="iothub", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="shared-subscription group of the hubs"
     )
     client_id: str = Field(
-        default_factory=lambda: f"iothub-{socket.gethostname()}"[:64],
+        default_factory=default_client_id,
         min_length=1,
-        description="this hub's MQTT client id: one per hub process, stable across restarts (its session)",
+        description="this hub's MQTT client id: one per hub process, stable across restarts; required with --only",
     )
     cafile: Path | None = Field(default=None, description="CA for mqtts:// and wss:// (default: the system's)")
-    keepalive_s: int = Field(default=30, ge=5, le=65535)
+    keepalive_s: int = Field(
+        default=30, ge=5, le=65535, description="MQTT keepalive with the broker: a silent link is pinged this often"
+    )
     connect_timeout_s: float = Field(default=10.0, gt=0, description="the first connection must succeed by then")
     publish_timeout_s: float = Field(
-        default=10.0, gt=0, description="how long a command or twin publish waits for the broker's acknowledgement"
+        default=10.0,
+        gt=0,
+        description="how long a command, twin or hub/status publish waits for the broker (to connect and acknowledge)",
     )
     reconnect_max_s: float = Field(default=10.0, gt=0, description="longest wait between reconnect attempts")
     tail_poll_s: float = Field(

@@ -40,10 +40,14 @@ class _Section(BaseModel):
 
 class TlsSettings(_Section):
     port: Port | None = Field(default=None, description="MQTT over TLS; unset to disable")
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    cafile: Path | None = Field(default=None, description="CA that signs device client certificates")
-    require_client_cert: bool = False
+    certfile: Path | None = Field(
+        default=None, description="the broker's certificate chain (PEM); needed with a TLS port"
+    )
+    keyfile: Path | None = Field(default=None, description="the private key of certfile (PEM); needed with a TLS port")
+    cafile: Path | None = Field(default=None, description="CA that signs device client certificates (CN = device id)")
+    require_client_cert: bool = Field(
+        default=False, description="refuse TLS clients without a certificate signed by cafile"
+    )
 
     @model_validator(mode="after")
     def _files_exist(self) -> Self:
@@ -62,54 +66,76 @@ class TlsSettings(_Section):
 
 class MqttSettings(_Section):
     host: str = Field(default="127.0.0.1", description="address the embedded broker binds")
-    port: Port = 1883
+    port: Port = Field(default=1883, description="the embedded broker's MQTT (TCP) port")
     ws_port: Port | None = Field(default=8083, description="MQTT over WebSocket; unset to disable")
     tls: TlsSettings = TlsSettings()
     allow_anonymous: bool = Field(default=False, description="let clients in without credentials (development)")
-    max_connections: int | None = Field(default=None, ge=1, description="more are refused with CONNACK 0x03")
+    max_connections: int | None = Field(
+        default=None, ge=1, description="more clients are refused at once with CONNACK 0x03; unset = no limit"
+    )
     acl_violation: Literal["drop", "disconnect"] = Field(
-        default="drop", description="what a publish to a forbidden topic costs the client besides the message"
+        default="drop",
+        description="a publish to a forbidden topic is dropped; disconnect also closes the client that sent it",
     )
     durable_ack: bool = Field(
         default=True, description="acknowledge QoS 1/2 device messages only once the store has committed them"
     )
-    max_inflight: int = Field(default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 messages per client")
+    max_inflight: int = Field(
+        default=20, ge=1, le=65535, description="unacknowledged QoS 1/2 messages per client; the rest wait in its queue"
+    )
     max_queued: int = Field(
-        default=1000, ge=1, description="messages queued per client (offline or window full); the oldest drop"
+        default=1000,
+        ge=1,
+        description="messages queued per client (offline or window full); past this the oldest are dropped"
+        " (iothub_mqtt_dropped_total)",
     )
     max_packet_bytes: int = Field(
-        default=1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="larger packets close the connection"
+        default=1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="a larger packet closes the connection (iothub_mqtt_protocol_errors_total)",
     )
     max_unacked: int = Field(
-        default=1000, ge=1, description="a client's messages waiting for the store before the hub stops reading it"
+        default=1000, ge=1, description="a client's messages waiting for the store before the hub stops reading from it"
     )
     checkpoint_s: float = Field(
-        default=2.0, gt=0, description="how often changed sessions and retained messages are saved"
+        default=2.0, gt=0, description="how often changed persistent sessions and retained messages are saved"
     )
 
 
 class HttpSettings(_Section):
-    host: str = "127.0.0.1"
-    port: Port = 8080
+    host: str = Field(default="127.0.0.1", description="address the HTTP server binds")
+    port: Port = Field(default=8080, description="REST, SSE, WebSocket, dashboard and /metrics")
     max_body_bytes: int = Field(
-        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger request bodies are refused (413)"
+        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="a larger JSON request body is refused with 413"
     )
 
 
 class IngestSettings(_Section):
-    max_payload_bytes: int = Field(default=64 * 1024, ge=64, le=16 * 1024 * 1024)
-    max_future_skew_s: float = Field(default=300.0, ge=0, description="how far ahead a device ts may be")
-    queue_size: int = Field(default=100_000, ge=100, description="messages waiting for the store")
-    batch_size: int = Field(default=2000, ge=1, description="most messages written in one transaction")
-    seq_window: int = Field(default=64, ge=1, le=4096, description="seq numbers remembered for dedup")
+    max_payload_bytes: int = Field(
+        default=64 * 1024,
+        ge=64,
+        le=16 * 1024 * 1024,
+        description="a larger device message is rejected as too_large; also bounds a twin's desired state",
+    )
+    max_future_skew_s: float = Field(
+        default=300.0, ge=0, description="a device ts further ahead of the hub's clock is rejected as ts_in_future"
+    )
+    queue_size: int = Field(
+        default=100_000, ge=100, description="messages waiting for the store; past this they are rejected as queue_full"
+    )
+    batch_size: int = Field(default=2000, ge=1, description="most messages written in one store transaction")
+    seq_window: int = Field(
+        default=64, ge=1, le=4096, description="recent seq numbers remembered per device to drop duplicates"
+    )
 
 
 class InfluxSettings(_Section):
     """InfluxDB 2.x / Cloud (or anything that takes ``/api/v2/write``) for telemetry points."""
 
     url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://", description="the server's base URL")
-    org: str = Field(default="", description="organisation (name or id)")
-    bucket: str = Field(default="iothub", min_length=1)
+    org: str = Field(default="", description="organisation (name or id); needed with backend influxdb")
+    bucket: str = Field(default="iothub", min_length=1, description="bucket the points are written to")
     token: SecretStr = Field(default=SecretStr(""), description="API token with write (and read) access")
     measurement: str = Field(default="telemetry", min_length=1, description="measurement of every point")
     tag_labels: tuple[str, ...] = Field(default=(), description="device labels written as tags besides device_id")
@@ -129,12 +155,14 @@ class StoreSettings(_Section):
         return self
 
     event_retention: int = Field(
-        default=1_000_000, ge=1000, description="events kept for resume; older ones are pruned"
+        default=1_000_000, ge=1000, description="events kept for consumers to resume from; older ones are pruned"
     )
 
 
 class FanoutSettings(_Section):
-    queue_size: int = Field(default=10_000, ge=1, description="events buffered per consumer")
+    queue_size: int = Field(
+        default=10_000, ge=1, description="events buffered per consumer before the oldest are dropped"
+    )
 
 
 class _StreamSection(_Section):
@@ -142,12 +170,14 @@ class _StreamSection(_Section):
 
     queue_size: int = Field(default=1000, ge=1, description="events buffered per client before the oldest drop")
     max_dropped: int = Field(default=10_000, ge=1, description="events a client may lose before it is disconnected")
-    replay_limit: int = Field(default=100_000, ge=1, description="most events replayed on resume")
+    replay_limit: int = Field(
+        default=100_000, ge=1, description="most events replayed on one resume; past it a gap says the rest was skipped"
+    )
     send_timeout_s: float = Field(default=30.0, gt=0, description="a write blocked this long ends the connection")
 
 
 class SseSettings(_StreamSection):
-    heartbeat_s: float = Field(default=15.0, gt=0, description="comment line sent on an idle stream")
+    heartbeat_s: float = Field(default=15.0, gt=0, description="a comment line is sent on a stream idle this long")
     retry_ms: int = Field(default=3000, ge=100, description="reconnect delay suggested to clients")
 
 
@@ -184,7 +214,7 @@ class AlertSettings(_Section):
         default=30.0,
         gt=0,
         le=36_500,
-        description="alert history older than this is pruned (an alert still firing stays)",
+        description="alert history older than this is pruned (an alert still firing keeps its last transition)",
     )
 
 
@@ -199,8 +229,8 @@ class WebhookSettings(_Section):
     retry_schedule_s: tuple[Annotated[float, Field(ge=0)], ...] = Field(
         default=DEFAULT_RETRY_SCHEDULE_S,
         max_length=50,
-        description="the first attempt is immediate; these are the delays before each retry (after the last"
-        " retry fails, the delivery is dead)",
+        description="delays before each retry (the first attempt is at once); when the last retry fails the delivery"
+        " is dead",
     )
     jitter: float = Field(default=0.1, ge=0, le=1, description="each retry delay varies by up to this fraction")
     timeout_s: float = Field(default=15.0, gt=0, le=300, description="an attempt with no answer by then fails")
@@ -211,7 +241,12 @@ class WebhookSettings(_Section):
     secret_overlap_s: float = Field(
         default=86_400.0, ge=0, description="how long the previous secret still signs after a rotation"
     )
-    poll_s: float = Field(default=1.0, gt=0, le=60, description="how often the outbox is checked without a nudge")
+    poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="how often the outbox is checked without a nudge (retries due, other processes' changes)",
+    )
     retention_days: float = Field(
         default=30.0,
         gt=0,
@@ -223,10 +258,14 @@ class WebhookSettings(_Section):
 class ClientSettings(_Section):
     """Where the ``iothub`` client verbs (watch, command, publish) find a running hub."""
 
-    url: str | None = Field(default=None, description="the hub's HTTP base URL [http://HTTP.HOST:HTTP.PORT]")
-    token: str | None = Field(default=None, description="API token for REST, SSE and WebSocket")
-    mqtt_url: str | None = Field(default=None, description="the broker, mqtt://host:port [MQTT.HOST:MQTT.PORT]")
-    grpc_address: str | None = Field(default=None, description="the gRPC API, host:port [GRPC.HOST:GRPC.PORT]")
+    url: str | None = Field(default=None, description="the hub's HTTP base URL; unset: http.host and http.port")
+    token: str | None = Field(default=None, description="API token for REST, SSE, WebSocket and gRPC")
+    mqtt_url: str | None = Field(
+        default=None, description="the broker, mqtt://host:port; unset: mqtt.host and mqtt.port"
+    )
+    grpc_address: str | None = Field(
+        default=None, description="the gRPC API, host:port; unset: grpc.host and grpc.port"
+    )
     username: str | None = Field(default=None, description="MQTT service account, svc:NAME")
     password: str | None = Field(default=None, description="the service account's secret")
 
@@ -242,8 +281,13 @@ class Settings(BaseSettings):
         toml_file=DEFAULT_CONFIG_FILE,
     )
 
-    data_dir: Path = Path("iothub-data")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: Path = Field(
+        default=Path("iothub-data"),
+        description="where the hub keeps its SQLite databases (shared by hub processes on one external broker)",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log messages less severe than this are not shown"
+    )
     mqtt: MqttSettings = MqttSettings()
     broker: BrokerSettings = BrokerSettings()
     http: HttpSettings = HttpSettings()
@@ -256,7 +300,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     webhooks: WebhookSettings = WebhookSettings()
     client: ClientSettings = ClientSettings()
-    rules: tuple[Rule, ...] = Field(default=(), description="alert rules; more come over REST or the CLI")
+    rules: tuple[Rule, ...] = Field(default=(), description="alert rules, a JSON list; more come over REST or the CLI")
 
     @model_validator(mode="after")
     def _unique_rule_names(self) -> Self:

@@ -65,7 +65,7 @@ class _KnownVariables:
             self.exact.add(variable)
             shown.append(variable)
             self.leaves.add(variable)
-            for kind in _types_in(field.annotation):
+            for kind in types_in(field.annotation):
                 if isinstance(kind, type) and issubclass(kind, BaseModel):
                     shown[-1] = variable + ENV_DELIMITER + "*"
                     self.leaves.discard(variable)
@@ -93,13 +93,13 @@ class _KnownVariables:
         return "known: " + ", ".join(self.sections[section])
 
 
-def _types_in(annotation: Any) -> Iterator[Any]:
+def types_in(annotation: Any) -> Iterator[Any]:
     """The types an annotation allows: ``X | None`` and ``Annotated[X, ...]`` are opened up."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        yield from _types_in(get_args(annotation)[0])
+        yield from types_in(get_args(annotation)[0])
     elif origin in (Union, types.UnionType):
         for arg in get_args(annotation):
-            yield from _types_in(arg)
+            yield from types_in(arg)
     else:
         yield annotation
