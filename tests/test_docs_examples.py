@@ -86,9 +86,9 @@ async def test_the_websocket_app_follows_and_commands_a_simulated_device(
     device, url, token = iothub_fleet.ids[0], iothub_hub.target.ws_url, iothub_hub.token
     first = await iothub_sse.expect("telemetry", device=device)
     code, out, err = await run_example("--url", url, "--token", token, "--device", device, script=WS_APP)
-    resumed = await run_example(
-        "--url", url, "--token", token, "--device", device, "--count", "1", "--resume-from", str(first.id),
-        script=WS_APP,
+    resumed = await run_example(  # the URL and token of `iothub watch`, from the environment
+        "--device", device, "--count", "1", "--resume-from", str(first.id), script=WS_APP,
+        env={"IOTHUB_CLIENT__URL": iothub_hub.target.url, "IOTHUB_CLIENT__TOKEN": token},
     )  # fmt: skip
     assert (code, err) == (0, ""), err
     lines = out.splitlines()

@@ -60,14 +60,16 @@ async def follow(address: str, token: str, device: str, last_id: int | None, cou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--address", default=os.environ.get("IOTHUB_GRPC", "127.0.0.1:50051"))
-    parser.add_argument("--token", default=os.environ.get("TOKEN"), help="an API token (or $TOKEN)")
+    env = os.environ
+    address = env.get("IOTHUB_CLIENT__GRPC_ADDRESS", "127.0.0.1:50051")
+    parser.add_argument("--address", default=address, help="the hub's gRPC address [IOTHUB_CLIENT__GRPC_ADDRESS]")
+    parser.add_argument("--token", default=env.get("IOTHUB_CLIENT__TOKEN"), help="API token [IOTHUB_CLIENT__TOKEN]")
     parser.add_argument("--device", required=True)
     parser.add_argument("--resume-from", type=int, help="the last event id you received")
     parser.add_argument("--count", type=int, help="stop after this many events")
     args = parser.parse_args()
     if not args.token:
-        parser.error("give --token or set TOKEN")
+        parser.error("an API token is needed: --token or IOTHUB_CLIENT__TOKEN")
     try:
         last = asyncio.run(follow(args.address, args.token, args.device, args.resume_from, args.count))
     except grpc.aio.AioRpcError as exc:

@@ -5,8 +5,9 @@
 It subscribes to the device's telemetry (resuming after ``--resume-from`` if given), prints
 ``<event id> <metric>=<value> ...`` for each reading, sends the command ``--command`` (default
 ``ping``) once the first reading is in, prints its result, and exits after ``--count`` readings.
-URL and token also come from ``IOTHUB_WS_URL`` and ``IOTHUB_TOKEN``. The token needs the
-``command`` scope to send commands (a ``read`` token may only subscribe).
+The token also comes from ``IOTHUB_CLIENT__TOKEN``, and the URL from the hub's address in
+``IOTHUB_CLIENT__URL``: the variables ``iothub watch`` and ``iothub command`` read. The token needs
+the ``command`` scope to send commands (a ``read`` token may only subscribe).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from websockets.exceptions import ConnectionClosed, InvalidURI
 def parse_args() -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(description="Follow a device over iothub's WebSocket and command it.")
-    default_url = env.get("IOTHUB_WS_URL", "ws://127.0.0.1:8080/api/v1/ws")
-    parser.add_argument("--url", default=default_url, help="the hub's WebSocket URL [IOTHUB_WS_URL]")
-    parser.add_argument("--token", default=env.get("IOTHUB_TOKEN"), help="API token [IOTHUB_TOKEN]")
+    hub = env.get("IOTHUB_CLIENT__URL", "http://127.0.0.1:8080").rstrip("/")
+    default_url = "ws" + hub.removeprefix("http") + "/api/v1/ws"  # http -> ws, https -> wss
+    parser.add_argument("--url", default=default_url, help="the hub's WebSocket URL [from IOTHUB_CLIENT__URL]")
+    parser.add_argument("--token", default=env.get("IOTHUB_CLIENT__TOKEN"), help="API token [IOTHUB_CLIENT__TOKEN]")
     parser.add_argument("--device", required=True, help="device id to follow")
     parser.add_argument("--command", default="ping", help="command to send once the first reading is in")
     parser.add_argument("--count", type=int, default=3, help="readings to print before exiting")
@@ -34,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--within", type=float, default=60.0, help="give up after this many seconds")
     args = parser.parse_args()
     if not args.token:
-        parser.error("an API token is needed: --token or IOTHUB_TOKEN")
+        parser.error("an API token is needed: --token or IOTHUB_CLIENT__TOKEN")
     return args
 
 

@@ -78,7 +78,7 @@ async def test_the_subscribe_example_prints_events_and_where_to_resume(hub: Runn
         "0",
         "--count",
         "2",
-        env={"TOKEN": hub.hub.first_token or ""},
+        env={"IOTHUB_CLIENT__TOKEN": hub.hub.first_token or ""},
     )
     assert (code, err) == (0, ""), err
     first, second, resume = out.splitlines()
