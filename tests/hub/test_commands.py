@@ -53,7 +53,8 @@ async def answering_device(
         finally:
             if task is not None:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                async with asyncio.timeout(WAIT_S):  # a device that will not stop fails here, not at pytest's timeout
+                    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_command_round_trip(hub: Running, events: EventWaiter) -> None:

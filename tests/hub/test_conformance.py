@@ -8,8 +8,9 @@ import time
 
 import aiomqtt
 
+from iothub.hub.registry import Role
 from iothub.runner import Running
-from tests.conftest import WAIT_S, EventWaiter, device_secret, mqtt_client, telemetry, unique_id
+from tests.conftest import WAIT_S, EventWaiter, device_secret, mqtt_client, service_client, telemetry, unique_id
 from tests.mqtt_raw import connect_packet
 
 
@@ -22,18 +23,25 @@ async def test_a_silent_client_is_closed_after_one_and_a_half_keepalives(hub: Ru
         await events.telemetry_from(device)
     await events.status_of(device, online=False)
     keepalive = 1
-    reader, writer = await asyncio.open_connection("127.0.0.1", hub.ports["mqtt"])
     will = (f"devices/{device}/status", b'{"online": false, "reason": "gone quiet"}')
-    connected_at = time.monotonic()  # before the CONNECT: the server's clock for silence starts later
-    writer.write(connect_packet(device, username=device, password=secret, will=will, keepalive=keepalive))
-    async with asyncio.timeout(WAIT_S):
-        assert (await reader.readexactly(4))[3] == 0
-    online = await events.status_of(device, online=True)
-    async with asyncio.timeout(WAIT_S):  # however late under load, so long as it is closed
-        assert await reader.read() == b""  # the broker closed the connection
-    closed_after = time.monotonic() - connected_at
+    async with service_client(hub, unique_id("will-watch"), Role.OBSERVER) as watcher:
+        await watcher.subscribe(will[0], qos=1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", hub.ports["mqtt"])
+        connected_at = time.monotonic()  # before the CONNECT: the server's clock for silence starts later
+        writer.write(connect_packet(device, username=device, password=secret, will=will, keepalive=keepalive))
+        try:
+            async with asyncio.timeout(WAIT_S):
+                assert (await reader.readexactly(4))[3] == 0
+            online = await events.status_of(device, online=True)
+            async with asyncio.timeout(WAIT_S):  # however late under load, so long as it is closed
+                assert await reader.read() == b""  # the broker closed the connection
+            closed_after = time.monotonic() - connected_at
+            async with asyncio.timeout(WAIT_S):  # ... and published its Will
+                sent = await anext(aiter(watcher.messages))
+        finally:
+            writer.close()
     offline = await events.status_of(device, online=False)
-    writer.close()
+    assert (str(sent.topic), sent.payload) == will
     assert closed_after >= 1.5 * keepalive - 0.05, closed_after  # not before 1.5x the keepalive
     assert offline.data["reason"] == "keepalive_timeout"
     assert online.data["reason"] == "connected"
