@@ -6,7 +6,7 @@ It subscribes to the device's telemetry (resuming after ``--resume-from`` if giv
 ``<event id> <metric>=<value> ...`` for each reading, sends the command ``--command`` (default
 ``ping``) once the first reading is in, prints its result, and exits after ``--count`` readings.
 The token also comes from ``IOTHUB_CLIENT__TOKEN``, and the URL from the hub's address in
-``IOTHUB_CLIENT__URL``: the variables ``iothub watch`` and ``iothub command`` read. The token needs
+``IOTHUB_CLIENT__URL`` (default http://127.0.0.1:8080), as for ``iothub watch`` and ``iothub command``. The token needs
 the ``command`` scope to send commands (a ``read`` token may only subscribe).
 """
 

@@ -229,8 +229,8 @@ class WebhookSettings(_Section):
     retry_schedule_s: tuple[Annotated[float, Field(ge=0)], ...] = Field(
         default=DEFAULT_RETRY_SCHEDULE_S,
         max_length=50,
-        description="delays before each retry (the first attempt is at once); when the last retry fails the delivery"
-        " is dead",
+        description="delays before each retry (the first attempt is at once; [] for none); when the last retry fails"
+        " the delivery is dead",
     )
     jitter: float = Field(default=0.1, ge=0, le=1, description="each retry delay varies by up to this fraction")
     timeout_s: float = Field(default=15.0, gt=0, le=300, description="an attempt with no answer by then fails")
@@ -259,14 +259,16 @@ class ClientSettings(_Section):
     """Where the ``iothub`` client verbs (watch, command, publish) find a running hub."""
 
     url: str | None = Field(default=None, description="the hub's HTTP base URL; unset: http.host and http.port")
-    token: str | None = Field(default=None, description="API token for REST, SSE, WebSocket and gRPC")
+    token: str | None = Field(
+        default=None, description="API token for REST, SSE, WebSocket and gRPC (iothub tokens create)"
+    )
     mqtt_url: str | None = Field(
         default=None, description="the broker, mqtt://host:port; unset: mqtt.host and mqtt.port"
     )
     grpc_address: str | None = Field(
         default=None, description="the gRPC API, host:port; unset: grpc.host and grpc.port"
     )
-    username: str | None = Field(default=None, description="MQTT service account, svc:NAME")
+    username: str | None = Field(default=None, description="MQTT service account, svc:NAME (iothub accounts add)")
     password: str | None = Field(default=None, description="the service account's secret")
 
 

@@ -1,14 +1,17 @@
-"""The settings table of ``docs/configuration.md``, rendered from the settings model.
+"""The settings tables of the docs, rendered from the settings model (a tool for the docs pages).
 
 One row per leaf setting, in the model's order: its dotted name, its environment variable, its
-default as a user would write it, and the field's description. ``python -m iothub.hub.settings_doc
-[FILE]`` (``scripts/settings-table``) rewrites the part of the page between :data:`BEGIN` and
-:data:`END`; a test fails when the page differs from what this renders.
+default as a user would write it, and the field's description. ``docs/configuration.md`` has the
+table of every setting; a channel's page has the table of its sections (``ws``; ``broker, store``).
+Each table sits between a :func:`begin` marker, which names the sections, and :data:`END`.
+``python -m iothub.hub.settings_doc [PAGE...]`` (``scripts/settings-table``) rewrites them; a test
+fails when a page differs from what this renders.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,8 +25,12 @@ from iothub.hub.broker_settings import CLIENT_ID_FORM, default_client_id
 from iothub.hub.settings import Settings
 from iothub.hub.settings_env import env_name, types_in
 
-PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-BEGIN = "<!-- settings table: written by scripts/settings-table from the settings model; edit the model -->"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+EVERY = "every setting"
+_BEGIN = re.compile(
+    r"<!-- settings table of (?P<what>[^:>]+): written by scripts/settings-table from the settings model;"
+    r" edit the model -->\n"
+)
 END = "<!-- end of settings table -->"
 HEADER = "| setting | environment | default | |\n|---|---|---|---|\n"
 
@@ -61,9 +68,20 @@ def rows(model: type[BaseModel] = Settings) -> list[Row]:
     return table
 
 
-def render(model: type[BaseModel] = Settings) -> str:
-    """The Markdown table, header included."""
-    lines = (f"| {r.setting} | {r.variable} | {r.default} | {_cell(r.description)} |\n" for r in rows(model))
+def begin(sections: Sequence[str] = ()) -> str:
+    """The marker before the table of ``sections`` (every setting when empty)."""
+    what = ", ".join(sections) or EVERY
+    return (
+        f"<!-- settings table of {what}: written by scripts/settings-table from the settings model; edit the model -->"
+    )
+
+
+def render(model: type[BaseModel] = Settings, sections: Sequence[str] = ()) -> str:
+    """The Markdown table of ``sections`` (``ws``, ``store.influx``; every setting when empty), header included."""
+    chosen = [r for r in rows(model) if not sections or any(_within(r.setting.strip("`"), s) for s in sections)]
+    if not chosen:
+        raise ValueError(f"no setting in {', '.join(sections)}")
+    lines = (f"| {r.setting} | {r.variable} | {r.default} | {_cell(r.description)} |\n" for r in chosen)
     return HEADER + "".join(lines)
 
 
@@ -87,28 +105,45 @@ def shown_default(name: str, field: FieldInfo) -> str:
     return f"`{value}`"
 
 
-def replace_table(page: str, table: str) -> str:
-    """``page`` with the text between its markers replaced by ``table``; ValueError without them."""
-    head, begin, rest = page.partition(BEGIN + "\n")
-    _, end, tail = rest.partition(END)
-    if not begin or not end:
-        raise ValueError(f"the page has no settings table between {BEGIN!r} and {END!r}")
-    return head + begin + table + end + tail
+def replace_tables(page: str, model: type[BaseModel] = Settings) -> str:
+    """``page`` with each table between a :func:`begin` marker and :data:`END` rendered anew;
+    ValueError for a page without one, or a marker without its end."""
+    out, at = [], 0
+    for marker in _BEGIN.finditer(page):
+        end = page.find(END, marker.end())
+        if end < 0:
+            raise ValueError(f"a settings table has no end marker {END!r}")
+        what = marker["what"].strip()
+        sections = [] if what == EVERY else [s.strip() for s in what.split(",")]
+        out += [page[at : marker.end()], render(model, sections)]
+        at = end
+    if not out:
+        raise ValueError(f"the page has no settings table (a marker like {begin()!r})")
+    return "".join([*out, page[at:]])
+
+
+def pages() -> list[Path]:
+    """The docs pages that hold a settings table."""
+    return [p for p in sorted(DOCS.glob("*.md")) if _BEGIN.search(p.read_text())]
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    """Rewrite the settings table of the page named (default: ``docs/configuration.md``)."""
-    page = Path(argv[0]) if argv else PAGE
-    try:
-        old = page.read_text()
-        new = replace_table(old, render())
-    except (OSError, ValueError) as exc:
-        print(f"settings-table: {page}: {exc}", file=sys.stderr)
-        return 1
-    if new != old:
-        page.write_text(new)
-    print(f"{page}: settings table {'rewritten' if new != old else 'unchanged'}")
+    """Rewrite the settings tables of the pages named (default: every docs page that has one)."""
+    for page in [Path(a) for a in argv] or pages():
+        try:
+            old = page.read_text()
+            new = replace_tables(old)
+        except (OSError, ValueError) as exc:
+            print(f"settings-table: {page}: {exc}", file=sys.stderr)
+            return 1
+        if new != old:
+            page.write_text(new)
+        print(f"{page}: settings table {'rewritten' if new != old else 'unchanged'}")
     return 0
+
+
+def _within(name: str, section: str) -> bool:
+    return name == section or name.startswith(section + ".")
 
 
 def _is_json(field: FieldInfo) -> bool:

@@ -1,4 +1,5 @@
-"""The settings table of docs/configuration.md is the one the settings model gives, row for row."""
+"""The settings tables of the docs (every setting in configuration.md, a channel's sections on its
+page) are the ones the settings model gives, row for row."""
 
 from __future__ import annotations
 
@@ -9,20 +10,28 @@ import pytest
 from pydantic import BaseModel, Field
 
 from iothub.hub.settings import Settings
-from iothub.hub.settings_doc import BEGIN, END, PAGE, leaves, main, render, replace_table, rows
+from iothub.hub.settings_doc import DOCS, END, begin, leaves, main, pages, render, replace_tables, rows
 from iothub.hub.settings_env import unknown_variables
 
 
-def test_the_docs_table_is_the_one_the_model_gives() -> None:
-    page = PAGE.read_text()
-    assert page == replace_table(page, render()), (
-        "docs/configuration.md's settings table differs from the settings model: run scripts/settings-table"
-    )
+def test_the_docs_tables_are_the_ones_the_model_gives() -> None:
+    stale = [p.name for p in pages() if p.read_text() != replace_tables(p.read_text())]
+    assert stale == [], f"settings tables differ from the settings model in {stale}: run scripts/settings-table"
+    with_tables = {p.name: p.read_text() for p in pages()}
+    assert begin() in with_tables["configuration.md"]  # every setting, in one place
+    sections = {"websocket.md": ["ws"], "grpc.md": ["grpc"], "scale-out.md": ["broker", "store"],
+                "webhooks.md": ["rules", "alerts", "webhooks"], "testing.md": ["client"]}  # fmt: skip
+    for page, names in sections.items():
+        assert begin(names) in with_tables[page], page
 
 
-def test_every_setting_has_a_one_line_description() -> None:
-    missing = [name for name, field in leaves(Settings) if not field.description or "\n" in field.description]
-    assert missing == []
+def test_a_page_table_holds_its_sections_only() -> None:
+    table = render(sections=["ws", "store.influx"])
+    names = [line.split("`")[1] for line in table.splitlines()[2:]]
+    assert names == [n for n, _ in leaves(Settings) if n.startswith(("ws.", "store.influx."))]
+    assert "ws.ping_timeout_s" in names
+    with pytest.raises(ValueError, match=r"^no setting in wss$"):
+        render(sections=["wss"])
 
 
 def test_one_row_per_setting_with_the_variable_the_hub_reads() -> None:
@@ -78,8 +87,8 @@ def test_a_new_setting_needs_a_description_and_changes_the_table() -> None:
     table = render(Grown)
     assert "| `cluster.url` | `IOTHUB_CLUSTER__URL` | unset | peer hubs, a\\|b |\n" in table
     assert table.endswith("| `cluster.size` | `IOTHUB_CLUSTER__SIZE` | 3 | hubs in the cluster |\n")
-    page = PAGE.read_text()
-    assert replace_table(page, table) != page
+    page = (DOCS / "configuration.md").read_text()
+    assert replace_tables(page, Grown) != page
 
 
 def test_a_computed_default_must_say_how_it_is_shown() -> None:
@@ -93,11 +102,13 @@ def test_a_computed_default_must_say_how_it_is_shown() -> None:
         render(Grown)
 
 
-def test_the_script_rewrites_only_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_script_rewrites_only_the_tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     page = tmp_path / "configuration.md"
-    page.write_text(f"# Settings\n\nprose\n\n{BEGIN}\n| stale | row |\n{END}\n\n```toml\nport = 1\n```\n")
+    stale = "| stale | row |\n"
+    text = "# Settings\n\nprose\n\n{}\n{}{}\n\nmore\n\n{}\n{}{}\n\n```toml\nport = 1\n```\n"
+    page.write_text(text.format(begin(), stale, END, begin(["client"]), stale, END))
     assert main([str(page)]) == 0
-    assert page.read_text() == f"# Settings\n\nprose\n\n{BEGIN}\n{render()}{END}\n\n```toml\nport = 1\n```\n"
+    assert page.read_text() == text.format(begin(), render(), END, begin(["client"]), render(sections=["client"]), END)
     assert main([str(page)]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"{page}: settings table rewritten",
@@ -106,5 +117,8 @@ def test_the_script_rewrites_only_the_table(tmp_path: Path, capsys: pytest.Captu
 
     page.write_text("# Settings\n\nno markers\n")
     assert main([str(page)]) == 1
-    assert capsys.readouterr().err.startswith(f"settings-table: {page}: the page has no settings table between ")
+    assert capsys.readouterr().err.startswith(f"settings-table: {page}: the page has no settings table ")
     assert page.read_text() == "# Settings\n\nno markers\n"
+    page.write_text(f"{begin()}\n| stale |\n")
+    assert main([str(page)]) == 1
+    assert "has no end marker" in capsys.readouterr().err
