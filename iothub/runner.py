@@ -235,10 +235,15 @@ def startup_error(exc: BaseException, settings: Settings) -> HubError | None:
     setting = f"{named[0]} [{env_name(named[0])}]"
     if failure.errno == errno.EADDRINUSE:
         return SettingsError(
-            f"setting {setting}: port {port} on {host} is already in use (`ss -tanp 'sport = :{port}'` shows by "
-            "what); choose another, or 0 for a free one"
+            f"setting {setting}: port {port} on {host} is already in use ({_who_holds(port)} shows by what); "
+            "choose another, or 0 for a free one"
         )
     return SettingsError(f"setting {setting}: cannot listen on {host}:{port}: {reason}")
+
+
+def _who_holds(port: int) -> str:
+    """The command that shows what holds a port, on this system."""
+    return f"`ss -tanp 'sport = :{port}'`" if sys.platform.startswith("linux") else f"`lsof -i :{port}`"
 
 
 def _is_address(host: str) -> bool:
