@@ -28,7 +28,7 @@ def _bucket_args(start_ms: int, end_ms: int, step_ms: int) -> tuple[int, int, in
     return end_ms // step_ms * step_ms, step_ms, step_ms, first
 
 
-def decode(kind: str, num: float | None, txt: str | None) -> Value | None:
+def _decode(kind: str, num: float | None, txt: str | None) -> Value | None:
     """A stored point's value as it was written: ``kind`` is the series' (number, bool, string)."""
     if txt is not None:
         return txt
@@ -48,7 +48,7 @@ def load_devices(conn: sqlite3.Connection) -> list[StoredDevice]:
             "SELECT ts, num, txt FROM points WHERE series_id = ? ORDER BY ts DESC LIMIT 1", (sid,)
         ).fetchone()
         if row is not None:
-            value = decode(kind, row[1], row[2])
+            value = _decode(kind, row[1], row[2])
             if value is not None:
                 latest.setdefault(device_id, {})[metric] = (row[0], value)
     return [
@@ -88,14 +88,14 @@ def query(
                 "SELECT ts, num, txt FROM points WHERE series_id = ? AND ts BETWEEN ? AND ? ORDER BY ts DESC LIMIT ?",
                 (sid, start_ms, end_ms, limit + 1),
             )
-            points = [(ts, decode(kind, num, txt)) for ts, num, txt in rows]
+            points = [(ts, _decode(kind, num, txt)) for ts, num, txt in rows]
         elif agg is Agg.LAST or (kind == "string" and agg is not Agg.COUNT):
             rows = conn.execute(
                 f"{_BUCKETS} SELECT start, p.num, p.txt FROM b JOIN points AS p ON p.rowid = ("
                 f"SELECT rowid FROM points WHERE {_IN_BUCKET} ORDER BY ts DESC LIMIT 1) LIMIT ?",
                 (*_bucket_args(start_ms, end_ms, step_ms), sid, start_ms, step_ms, end_ms, limit + 1),
             )
-            points = [(b, decode(kind, num, txt)) for b, num, txt in rows]
+            points = [(b, _decode(kind, num, txt)) for b, num, txt in rows]
         else:
             rows = conn.execute(
                 f"{_BUCKETS} SELECT start, v FROM (SELECT start, (SELECT {_AGG_SQL[agg]} FROM points"
