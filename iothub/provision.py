@@ -2,7 +2,8 @@
 
 ``iothub simulate`` registers its devices in the local registry (type = signal profile, label
 ``simulated=true``) and keeps their secrets in ``{data_dir}/simulator-credentials.json`` (mode 0600),
-so later runs reuse them; a device whose secret was rotated since is given a new one.
+so later runs reuse them; a device whose secret was rotated since (the kept secret no longer matches
+the registry's hash) is given a new one.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from iothub.hub.credentials import verify_secret
 from iothub.hub.registry import Registry
 
 CREDENTIALS_FILE = "simulator-credentials.json"
@@ -23,7 +25,8 @@ def provision_fleet(registry: Registry, devices: dict[str, str], cache: Path) ->
     for device_id, device_type in devices.items():
         record = registry.find_device(device_id)
         cached = known.get(device_id)
-        if record is not None and cached is not None and cached.get("rotated") == record.secret_rotated:
+        if record is not None and cached is not None and _still_valid(cached, record.secret_hash):
+            known[device_id] = {"secret": cached["secret"], "hash": record.secret_hash}
             credentials[device_id] = str(cached["secret"])
             continue
         if record is None:
@@ -32,7 +35,7 @@ def provision_fleet(registry: Registry, devices: dict[str, str], cache: Path) ->
             record, secret = registry.rotate_secret(device_id)
         if not record.enabled:
             registry.set_enabled(device_id, True)
-        known[device_id] = {"secret": secret, "rotated": record.secret_rotated}
+        known[device_id] = {"secret": secret, "hash": record.secret_hash}
         credentials[device_id] = secret
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
@@ -41,6 +44,13 @@ def provision_fleet(registry: Registry, devices: dict[str, str], cache: Path) ->
         json.dump(known, out)
     tmp.replace(cache)
     return credentials
+
+
+def _still_valid(cached: dict[str, object], secret_hash: str) -> bool:
+    """Whether a kept secret is still the device's: its hash is the one kept with it, or (a hash the
+    hub has upgraded since, a cache from an earlier version) the secret verifies against it. A
+    timestamp would not do: a rotation within the same millisecond as the registration went unseen."""
+    return cached.get("hash") == secret_hash or verify_secret(str(cached["secret"]), secret_hash)
 
 
 def read_credentials(path: Path) -> dict[str, str]:

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,22 @@ def test_a_fleet_is_registered_once_and_rekeyed_when_rotated(tmp_path: Path) -> 
     assert verify_secret(again["s-0"], registry.device("s-0").secret_hash)
     assert registry.device("s-0").enabled
     assert read_credentials(cache) == again
+    # A cache from an earlier version (a rotation timestamp, no hash) is reused while its secrets verify.
+    cache.write_text(json.dumps({d: {"secret": s, "rotated": 1} for d, s in again.items()}))
+    assert provision_fleet(registry, {"s-0": "thermostat", "s-1": "tracker"}, cache) == again
+
+
+def test_a_rotation_is_seen_however_soon_it_follows(tmp_path: Path) -> None:
+    """Registration and rotation may fall in the same millisecond (a rotation timestamp missed it)."""
+    registry = Registry(tmp_path / "registry.db")
+    for n in range(200):
+        cache = tmp_path / f"creds-{n}.json"
+        device = f"quick-{n}"
+        first = provision_fleet(registry, {device: "thermostat"}, cache)
+        registry.rotate_secret(device)
+        again = provision_fleet(registry, {device: "thermostat"}, cache)
+        assert again[device] != first[device]
+        assert verify_secret(again[device], registry.device(device).secret_hash)
 
 
 def test_credentials_files(tmp_path: Path) -> None:
