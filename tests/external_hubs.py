@@ -60,9 +60,11 @@ async def hub_process(
         **env,
     }
     args = [*IOTHUB, "run", "--http-port", "0", "--grpc-port", "0", *(["--only", only] if only else [])]
+    log = (data_dir.parent / f"{client_id}.log").open("ab")  # its log, kept with the test's files
     proc = await asyncio.create_subprocess_exec(
-        *args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environ, cwd=data_dir.parent
+        *args, stdout=subprocess.PIPE, stderr=log, env=environ, cwd=data_dir.parent
     )
+    log.close()  # the process has its own copy
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(START_S):

@@ -74,9 +74,13 @@ async def test_two_hubs_split_ingest_and_a_client_switching_between_them_resumes
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(publish_all(port, devices, count, pause_s=0.002))
             params = {"types": "telemetry", "devices": ",".join(devices)}
+            # From the log's start: the devices publish already, and a live-only stream would begin
+            # with whatever is committed once it is attached.
             async with (
                 asyncio.timeout(WAIT_S * 6),
-                http.stream("GET", f"{a.http}/api/v1/stream", params=params) as response,
+                http.stream(
+                    "GET", f"{a.http}/api/v1/stream", params=params, headers={"Last-Event-ID": "0"}
+                ) as response,
             ):
                 stream = SseStream(response)
                 while len(received) < len(sent) // 2:
@@ -84,6 +88,7 @@ async def test_two_hubs_split_ingest_and_a_client_switching_between_them_resumes
                     assert event.id is not None
                     received.append((int(event.id), event.json["device_id"], event.json["seq"]))
             # Reconnect to the other process (no sticky sessions) with the last id seen.
+            switched_at = len(received)
             headers = {"Last-Event-ID": str(received[-1][0])}
             async with (
                 asyncio.timeout(WAIT_S * 6),
@@ -91,7 +96,19 @@ async def test_two_hubs_split_ingest_and_a_client_switching_between_them_resumes
             ):
                 stream = SseStream(response)
                 while len(received) < len(sent):
-                    event = await stream.next()
+                    try:
+                        event = await stream.next()
+                    except TimeoutError:
+                        ids = [i for i, _, _ in received]
+                        metrics = (await http.get(f"{b.http}/metrics")).text
+                        counters = [line for line in metrics.splitlines() if line.startswith("iothub_stream_")]
+                        missing = sorted(set(range(1, max(ids) + 1)) - set(ids))
+                        backwards = [(n, ids[n - 1], ids[n]) for n in range(1, len(ids)) if ids[n] < ids[n - 1]]
+                        raise AssertionError(
+                            f"hub B stopped sending: {len(received)} of {len(sent)} received, switched after"
+                            f" {switched_at} at id {ids[switched_at - 1]}, last ids {ids[-5:]}; missing {missing},"
+                            f" out of order {backwards}; {counters}"
+                        ) from None
                     assert event.id is not None
                     received.append((int(event.id), event.json["device_id"], event.json["seq"]))
         ids = [i for i, _, _ in received]
