@@ -40,18 +40,25 @@ async def answering_device(
         await client.publish(f"devices/{device}/status", b'{"online": true}', qos=1)
         await events.status_of(device, online=True)
 
+        closing = asyncio.Event()
+
         async def respond() -> None:
             async for message in client.messages:
                 assert isinstance(message.payload, bytes)
                 request = json.loads(message.payload)
                 reply = {"id": request["id"], "ok": True, "result": {"echo": request["args"]}}
                 await client.publish(f"devices/{device}/responses", json.dumps(reply), qos=1)
+                # On Python 3.11 a cancel that lands as the PUBACK arrives is lost inside aiomqtt's
+                # publish (asyncio.wait_for returns the result): end here instead of waiting for more.
+                if closing.is_set():
+                    return
 
         task = asyncio.create_task(respond()) if answer else None
         try:
             yield client
         finally:
             if task is not None:
+                closing.set()
                 task.cancel()
                 async with asyncio.timeout(WAIT_S):  # a device that will not stop fails here, not at pytest's timeout
                     await asyncio.gather(task, return_exceptions=True)
