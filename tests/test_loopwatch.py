@@ -75,6 +75,14 @@ async def test_a_callback_slowed_only_by_a_busy_cpu_is_excused() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("no per-thread schedstat (/proc/self/task/TID/schedstat) on this CI machine")
         pytest.skip("no per-thread schedstat here: only wall time can be measured")
-    watch = await asyncio.to_thread(_compute_beside_busy_neighbours)
-    assert not watch.blocked, watch.blocked
-    assert len(watch.excused) == 1, "the callback was not even slow: the CPU was not contended"
+    # Up to three tries: on a virtual machine that is itself loaded, the time the host takes the vCPU
+    # away (steal) is not run-queue wait, so one try may find the callback slow with no wait to
+    # subtract. A watch that subtracts nothing fails every try.
+    tries = []
+    for _ in range(3):
+        watch = await asyncio.to_thread(_compute_beside_busy_neighbours)
+        tries.append((watch.blocked, watch.excused))
+        if not watch.blocked and watch.excused:
+            break
+    assert not watch.blocked, tries
+    assert len(watch.excused) == 1, f"the callback was not even slow: the CPU was not contended ({tries})"
